@@ -1,0 +1,37 @@
+// Operator schemas of irda_ext, defined once. Backends register kernels in
+// csrc/cpu/*.cpp (TORCH_LIBRARY_IMPL(irda_ext, CPU, m)) and csrc/cuda/*.cu
+// (TORCH_LIBRARY_IMPL(irda_ext, CUDA, m)); fake kernels and autograd are
+// attached from Python (irda_ext/_ops.py).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import irda_ext._C` loads this shared library, which runs the static
+// registrations below. No pybind11 module: the ops live in torch.ops.irda_ext.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(irda_ext, m) {
+  // SPEC 2. Dense per-bin moments of one batch: count[B] (int64), mean[B, D]
+  // and scatter[B, D, D] centred on the batch mean of each bin; zeros for
+  // empty bins. Accumulated in float32 for half/bfloat16 features.
+  m.def("bin_moments(Tensor z, Tensor bin_index, int num_bins) -> (Tensor count, Tensor mean, Tensor scatter)");
+  // SPEC 2. Streaming merge of one batch into running statistics, in place.
+  // count[B] int64, mean[B, D], cov[B, D, D] (unbiased). momentum=None is
+  // Chan's exact pooled merge; otherwise an exponential moving average with
+  // that momentum. Only bins present in the batch are read or written.
+  m.def("bin_stats_update_(Tensor(a!) count, Tensor(b!) mean, Tensor(c!) cov, Tensor z, Tensor bin_index, float? momentum) -> ()");
+  // SPEC 3. mean_s = S @ mean, cov_s[b] = sum_b' S[b, b'] cov[b'], with S
+  // banded: S[b, b'] = 0 for |b - b'| > bandwidth (entries outside are ignored).
+  m.def("wfds_smooth(Tensor weights, Tensor mean, Tensor cov, int bandwidth) -> (Tensor mean_s, Tensor cov_s)");
+  // SPEC 6. Fused surrogate: per-sample loss[n] and the saved log-sum-exp
+  // lse[n, K] (mode "exact") or lse[n, 1] (mode "paper").
+  m.def("irda_surrogate(Tensor pred, Tensor target, Tensor bin_index, Tensor centers, Tensor eta, Tensor log_prior, Tensor shift, Tensor var, float alpha, float beta, Tensor noise_var, str mode) -> (Tensor loss, Tensor lse)");
+  // Backward of irda_surrogate, recomputing the grid from the saved lse.
+  // Returns d/dpred[n], d/dshift[n], d/dvar[n] and the per-sample
+  // contributions to d/dnoise_var[n] (summed by the caller, deterministically).
+  m.def("irda_surrogate_backward(Tensor grad_loss, Tensor pred, Tensor target, Tensor bin_index, Tensor centers, Tensor eta, Tensor log_prior, Tensor shift, Tensor var, float alpha, float beta, Tensor noise_var, str mode, Tensor lse) -> (Tensor grad_pred, Tensor grad_shift, Tensor grad_var, Tensor grad_noise_var)");
+}
