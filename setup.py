@@ -32,7 +32,9 @@ def _extension():
     sources = ["csrc/ops.cpp"] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     debug = os.environ.get("DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx_flags = opt + ["-fopenmp", "-std=c++17"]
+    # No -std flag: torch.utils.cpp_extension adds the standard its headers need
+    # (C++17 up to torch 2.9, C++20 after).
+    cxx_flags = opt + ["-fopenmp"]
     if want_cuda:
         problems = []
         if torch.version.cuda is None:
@@ -49,7 +51,7 @@ def _extension():
         # A default that covers the data-centre GPUs the benchmarks target; override with
         # TORCH_CUDA_ARCH_LIST for other cards.
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-        nvcc_flags = opt + ["-std=c++17", "--expt-relaxed-constexpr"]
+        nvcc_flags = opt + ["--expt-relaxed-constexpr"]
         return CUDAExtension(
             "irda_ext._C",
             sources + cuda_sources,

@@ -1,0 +1,104 @@
+// Input checks shared by the CPU and CUDA kernels. Shape and dtype problems
+// raise ValueError / TypeError in Python (TORCH_CHECK_VALUE / TORCH_CHECK_TYPE)
+// with what was expected and what came. Value checks that would need a device
+// synchronisation (bin index range, NaN) are done by the CPU kernels inline and
+// by the Python wrappers for other devices.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+
+namespace irda {
+
+inline std::string shape_str(const at::Tensor& t) { return c10::str(t.sizes()); }
+
+inline void check_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), name, " must be a floating-point tensor, got ",
+                   t.scalar_type());
+}
+
+inline void check_dim(const at::Tensor& t, int64_t dim, const char* name, const char* layout) {
+  TORCH_CHECK_VALUE(t.dim() == dim, name, " must have shape ", layout, ", got ", shape_str(t));
+}
+
+inline void check_same_dtype(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), name, " must have the dtype of ", ref_name, " (",
+                   ref.scalar_type(), "), got ", t.scalar_type());
+}
+
+inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), name, " must be on the device of ", ref_name, " (", ref.device(),
+                    "), got ", t.device());
+}
+
+inline void check_index(const at::Tensor& bin_index, int64_t n) {
+  TORCH_CHECK_TYPE(bin_index.scalar_type() == at::kLong, "bin_index must be int64, got ", bin_index.scalar_type());
+  TORCH_CHECK_VALUE(bin_index.dim() == 1 && bin_index.size(0) == n, "bin_index must have shape [", n,
+                    "] (one bin per sample), got ", shape_str(bin_index));
+}
+
+// Statistics: count [B] int64, mean [B, D], cov [B, D, D] of one float dtype.
+inline void check_stats(const at::Tensor& count, const at::Tensor& mean, const at::Tensor& cov) {
+  check_dim(mean, 2, "mean", "[B, D]");
+  const int64_t B = mean.size(0), D = mean.size(1);
+  check_float(mean, "mean");
+  TORCH_CHECK_TYPE(mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble,
+                   "statistics must be float32 or float64, got ", mean.scalar_type());
+  TORCH_CHECK_TYPE(count.scalar_type() == at::kLong, "count must be int64, got ", count.scalar_type());
+  TORCH_CHECK_VALUE(count.dim() == 1 && count.size(0) == B, "count must have shape [", B, "], got ",
+                    shape_str(count));
+  TORCH_CHECK_VALUE(cov.dim() == 3 && cov.size(0) == B && cov.size(1) == D && cov.size(2) == D,
+                    "cov must have shape [", B, ", ", D, ", ", D, "], got ", shape_str(cov));
+  check_same_dtype(cov, mean, "cov", "mean");
+  check_same_device(count, mean, "count", "mean");
+  check_same_device(cov, mean, "cov", "mean");
+}
+
+inline void check_features(const at::Tensor& z, const at::Tensor& bin_index, int64_t D) {
+  check_dim(z, 2, "z", "[n, D]");
+  check_float(z, "z");
+  TORCH_CHECK_VALUE(D < 0 || z.size(1) == D, "z must have shape [n, ", D, "], got ", shape_str(z));
+  check_index(bin_index, z.size(0));
+  check_same_device(bin_index, z, "bin_index", "z");
+}
+
+inline void check_surrogate_inputs(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& bin_index,
+                                   const at::Tensor& centers, const at::Tensor& eta, const at::Tensor& log_prior,
+                                   const at::Tensor& shift, const at::Tensor& var, const at::Tensor& noise_var,
+                                   c10::string_view mode) {
+  TORCH_CHECK_VALUE(mode == "exact" || mode == "paper", "mode must be \"exact\" or \"paper\", got \"",
+                    std::string(mode), "\"");
+  check_dim(pred, 1, "pred", "[n]");
+  check_float(pred, "pred");
+  const int64_t n = pred.size(0);
+  check_dim(centers, 1, "centers", "[B]");
+  const int64_t B = centers.size(0);
+  TORCH_CHECK_VALUE(B >= 1, "there must be at least one bin, got centers of shape ", shape_str(centers));
+  check_dim(eta, 2, "eta", "[K, B]");
+  TORCH_CHECK_VALUE(eta.size(1) == B && eta.size(0) >= 1, "eta must have shape [K, ", B, "] with K >= 1, got ",
+                    shape_str(eta));
+  TORCH_CHECK_VALUE(log_prior.dim() == 1 && log_prior.size(0) == B, "log_prior must have shape [", B, "], got ",
+                    shape_str(log_prior));
+  const at::Tensor* per_sample[] = {&target, &shift, &var};
+  const char* names[] = {"target", "shift", "var"};
+  for (int j = 0; j < 3; ++j) {
+    TORCH_CHECK_VALUE(per_sample[j]->dim() == 1 && per_sample[j]->size(0) == n, names[j], " must have shape [", n,
+                      "] like pred, got ", shape_str(*per_sample[j]));
+    check_same_dtype(*per_sample[j], pred, names[j], "pred");
+    check_same_device(*per_sample[j], pred, names[j], "pred");
+  }
+  check_same_dtype(centers, pred, "centers", "pred");
+  check_same_dtype(eta, pred, "eta", "pred");
+  check_same_dtype(log_prior, pred, "log_prior", "pred");
+  check_same_dtype(noise_var, pred, "noise_var", "pred");
+  TORCH_CHECK_VALUE(noise_var.numel() == 1 && noise_var.dim() <= 1, "noise_var must be a scalar tensor, got shape ",
+                    shape_str(noise_var));
+  check_same_device(centers, pred, "centers", "pred");
+  check_same_device(eta, pred, "eta", "pred");
+  check_same_device(log_prior, pred, "log_prior", "pred");
+  check_same_device(noise_var, pred, "noise_var", "pred");
+  check_index(bin_index, n);
+  check_same_device(bin_index, pred, "bin_index", "pred");
+}
+
+}  // namespace irda

@@ -1,0 +1,200 @@
+// Per-bin feature statistics (SPEC 2) on the CPU.
+//
+// The batch is bucketed by bin with a counting sort; for every bin present we
+// build its centred sample vectors (two-pass: batch mean first, so float32
+// never forms E[zz^T] - mu mu^T) and then stream once over that bin's D x D
+// covariance, row by row, applying the merge of merge_math.h:
+//   cov[d, :] = keep * cov[d, :] + sum_j w_j x_j[d] x_j[:]
+// Absent bins are never touched.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "../checks.h"
+#include "../merge_math.h"
+
+namespace irda {
+namespace {
+
+// The batch bucketed by bin: samples of bin bins[p] are order[offset[p] .. offset[p+1]).
+struct Buckets {
+  std::vector<int64_t> bins, offset, order;
+};
+
+Buckets bucket_by_bin(const at::Tensor& bin_index, int64_t num_bins) {
+  const int64_t n = bin_index.size(0);
+  const int64_t* bin = bin_index.data_ptr<int64_t>();
+  std::vector<int64_t> count(num_bins, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK_VALUE(bin[i] >= 0 && bin[i] < num_bins, "bin_index[", i, "] = ", bin[i], " is outside [0, ",
+                      num_bins, ")");
+    ++count[bin[i]];
+  }
+  Buckets out;
+  std::vector<int64_t> slot(num_bins, -1);
+  out.offset.push_back(0);
+  for (int64_t b = 0; b < num_bins; ++b) {
+    if (count[b] == 0) continue;
+    slot[b] = static_cast<int64_t>(out.bins.size());
+    out.bins.push_back(b);
+    out.offset.push_back(out.offset.back() + count[b]);
+  }
+  std::vector<int64_t> fill(out.offset.begin(), out.offset.end() - 1);
+  out.order.resize(n);
+  for (int64_t i = 0; i < n; ++i) out.order[fill[slot[bin[i]]]++] = i;
+  return out;
+}
+
+// For each present bin: the vectors whose weighted outer products are added
+// (centred samples, then delta), their weights, and the factor on the old cov.
+template <typename T>
+struct Plan {
+  int64_t D = 0;
+  std::vector<int64_t> vec_offset;  // vectors of present bin p: [vec_offset[p], vec_offset[p+1])
+  std::vector<T> vecs;              // [num_vectors, D]
+  std::vector<T> weights;           // [num_vectors]
+  std::vector<T> keep;              // [P]
+};
+
+// Computes batch means, updates mean/count in place (when merging) and builds the plan.
+template <typename T>
+Plan<T> build_plan(const Buckets& bk, const T* z, int64_t D, int64_t* count, T* mean, double momentum,
+                   bool plain_moments) {
+  const int64_t P = static_cast<int64_t>(bk.bins.size());
+  Plan<T> plan;
+  plan.D = D;
+  plan.vec_offset.resize(P + 1);
+  plan.vec_offset[0] = 0;
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t nb = bk.offset[p + 1] - bk.offset[p];
+    plan.vec_offset[p + 1] = plan.vec_offset[p] + nb + (plain_moments ? 0 : 1);
+  }
+  plan.vecs.assign(static_cast<size_t>(plan.vec_offset[P] * D), T(0));
+  plan.weights.assign(plan.vec_offset[P], T(0));
+  plan.keep.assign(P, T(0));
+  at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> m(D);
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t b = bk.bins[p];
+      const int64_t lo = bk.offset[p], hi = bk.offset[p + 1], nb = hi - lo;
+      std::fill(m.begin(), m.end(), 0.0);
+      for (int64_t s = lo; s < hi; ++s) {
+        const T* zi = z + bk.order[s] * D;
+        for (int64_t d = 0; d < D; ++d) m[d] += static_cast<double>(zi[d]);
+      }
+      for (int64_t d = 0; d < D; ++d) m[d] /= static_cast<double>(nb);
+      const MergeCoef c = plain_moments ? moment_coefficients() : merge_coefficients(count[b], nb, momentum);
+      T* v = plan.vecs.data() + plan.vec_offset[p] * D;
+      for (int64_t s = lo; s < hi; ++s, v += D) {
+        const T* zi = z + bk.order[s] * D;
+        for (int64_t d = 0; d < D; ++d) v[d] = static_cast<T>(static_cast<double>(zi[d]) - m[d]);
+        plan.weights[plan.vec_offset[p] + (s - lo)] = static_cast<T>(c.sample_w);
+      }
+      T* mb = mean + b * D;
+      if (!plain_moments) {  // delta = m_b - mu_old, then the new mean
+        for (int64_t d = 0; d < D; ++d) v[d] = static_cast<T>(m[d] - static_cast<double>(mb[d]));
+        plan.weights[plan.vec_offset[p + 1] - 1] = static_cast<T>(c.delta_w);
+        for (int64_t d = 0; d < D; ++d) {
+          const double old = c.mean_old == 0.0 ? 0.0 : c.mean_old * static_cast<double>(mb[d]);
+          mb[d] = static_cast<T>(old + c.mean_batch * m[d]);
+        }
+        count[b] += nb;
+      } else {
+        for (int64_t d = 0; d < D; ++d) mb[d] = static_cast<T>(m[d]);
+        count[b] = nb;
+      }
+      plan.keep[p] = static_cast<T>(c.keep);
+    }
+  });
+  return plan;
+}
+
+// One pass over the rows of every present bin's covariance.
+template <typename T>
+void apply_plan(const Plan<T>& plan, const Buckets& bk, T* cov) {
+  const int64_t D = plan.D, P = static_cast<int64_t>(bk.bins.size());
+  // Rows of all present bins form one flat range, so both cores stay busy
+  // however the samples are spread over bins.
+  at::parallel_for(0, P * D, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t p = r / D, d = r % D;
+      T* row = cov + (bk.bins[p] * D + d) * D;
+      const T keep = plan.keep[p];
+      const int64_t v0 = plan.vec_offset[p], v1 = plan.vec_offset[p + 1];
+      // First vector fused with the scaling of the old row (or its overwrite).
+      const T* x0 = plan.vecs.data() + v0 * D;
+      const T c0 = plan.weights[v0] * x0[d];
+      if (keep == T(0)) {
+        for (int64_t e = 0; e < D; ++e) row[e] = c0 * x0[e];
+      } else {
+        for (int64_t e = 0; e < D; ++e) row[e] = keep * row[e] + c0 * x0[e];
+      }
+      for (int64_t v = v0 + 1; v < v1; ++v) {
+        const T* x = plan.vecs.data() + v * D;
+        const T c = plan.weights[v] * x[d];
+        if (c == T(0)) continue;
+        for (int64_t e = 0; e < D; ++e) row[e] += c * x[e];
+      }
+    }
+  });
+}
+
+void check_finite(const at::Tensor& z) {
+  TORCH_CHECK_VALUE(at::isfinite(z).all().item<bool>(), "z contains NaN or infinite features");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_moments_cpu(const at::Tensor& z, const at::Tensor& bin_index,
+                                                               int64_t num_bins) {
+  check_features(z, bin_index, -1);
+  TORCH_CHECK_VALUE(num_bins >= 1, "num_bins must be at least 1, got ", num_bins);
+  const int64_t D = z.size(1);
+  // half / bfloat16 features are accumulated in float32
+  const auto acc = (z.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
+  const at::Tensor zc = z.to(acc).contiguous();
+  check_finite(zc);
+  const at::Tensor bins = bin_index.contiguous();
+  at::Tensor count = at::zeros({num_bins}, bin_index.options());
+  at::Tensor mean = at::zeros({num_bins, D}, zc.options());
+  at::Tensor scatter = at::zeros({num_bins, D, D}, zc.options());
+  if (z.size(0) == 0 || D == 0) return {count, mean, scatter};
+  const Buckets bk = bucket_by_bin(bins, num_bins);
+  AT_DISPATCH_FLOATING_TYPES(acc, "bin_moments_cpu", [&] {
+    const Plan<scalar_t> plan = build_plan<scalar_t>(bk, zc.data_ptr<scalar_t>(), D, count.data_ptr<int64_t>(),
+                                                     mean.data_ptr<scalar_t>(), -1.0, /*plain_moments=*/true);
+    apply_plan(plan, bk, scatter.data_ptr<scalar_t>());
+  });
+  return {count, mean, scatter};
+}
+
+void bin_stats_update_cpu(at::Tensor& count, at::Tensor& mean, at::Tensor& cov, const at::Tensor& z,
+                          const at::Tensor& bin_index, std::optional<double> momentum) {
+  check_stats(count, mean, cov);
+  check_features(z, bin_index, mean.size(1));
+  TORCH_CHECK_VALUE(count.is_contiguous() && mean.is_contiguous() && cov.is_contiguous(),
+                    "the statistics (count, mean, cov) must be contiguous");
+  if (momentum.has_value()) {
+    TORCH_CHECK_VALUE(*momentum >= 0.0 && *momentum < 1.0, "momentum must be in [0, 1), got ", *momentum);
+  }
+  const int64_t D = mean.size(1), B = mean.size(0);
+  if (z.size(0) == 0 || D == 0) return;
+  const at::Tensor zc = z.to(mean.scalar_type()).contiguous();
+  check_finite(zc);
+  const Buckets bk = bucket_by_bin(bin_index.contiguous(), B);
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "bin_stats_update_cpu", [&] {
+    const Plan<scalar_t> plan =
+        build_plan<scalar_t>(bk, zc.data_ptr<scalar_t>(), D, count.data_ptr<int64_t>(), mean.data_ptr<scalar_t>(),
+                             momentum.has_value() ? *momentum : -1.0, /*plain_moments=*/false);
+    apply_plan(plan, bk, cov.data_ptr<scalar_t>());
+  });
+}
+
+}  // namespace
+}  // namespace irda
+
+TORCH_LIBRARY_IMPL(irda_ext, CPU, m) {
+  m.impl("bin_moments", &irda::bin_moments_cpu);
+  m.impl("bin_stats_update_", &irda::bin_stats_update_cpu);
+}

@@ -1,0 +1,69 @@
+// Banded W-FDS smoothing (SPEC 3) on the CPU:
+//   mean_s[b] = sum_{|b'-b| <= h} S[b, b'] mean[b'],  cov_s[b] likewise.
+// Each output row is written once and reads only the 2h + 1 rows in its band.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "../checks.h"
+
+namespace irda {
+namespace {
+
+void check_smooth_inputs(const at::Tensor& weights, const at::Tensor& mean, const at::Tensor& cov,
+                         int64_t bandwidth) {
+  check_dim(mean, 2, "mean", "[B, D]");
+  check_float(mean, "mean");
+  const int64_t B = mean.size(0), D = mean.size(1);
+  TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(0) == B && weights.size(1) == B, "weights must have shape [",
+                    B, ", ", B, "], got ", shape_str(weights));
+  TORCH_CHECK_VALUE(cov.dim() == 3 && cov.size(0) == B && cov.size(1) == D && cov.size(2) == D,
+                    "cov must have shape [", B, ", ", D, ", ", D, "], got ", shape_str(cov));
+  check_same_dtype(weights, mean, "weights", "mean");
+  check_same_dtype(cov, mean, "cov", "mean");
+  check_same_device(weights, mean, "weights", "mean");
+  check_same_device(cov, mean, "cov", "mean");
+  TORCH_CHECK_VALUE(bandwidth >= 0, "bandwidth must be non-negative, got ", bandwidth);
+}
+
+// out[b] = sum over the band of S[b, b'] in[b'], rows of length `row` and `rows` rows per bin.
+template <typename T>
+void banded_apply(const T* S, const T* in, T* out, int64_t B, int64_t rows, int64_t row, int64_t h) {
+  at::parallel_for(0, B * rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / rows, d = r % rows;
+      T* o = out + (b * rows + d) * row;
+      const int64_t lo = std::max<int64_t>(0, b - h), hi = std::min<int64_t>(B - 1, b + h);
+      std::fill(o, o + row, T(0));
+      for (int64_t bp = lo; bp <= hi; ++bp) {
+        const T w = S[b * B + bp];
+        if (w == T(0)) continue;
+        const T* x = in + (bp * rows + d) * row;
+        for (int64_t e = 0; e < row; ++e) o[e] += w * x[e];
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> wfds_smooth_cpu(const at::Tensor& weights, const at::Tensor& mean,
+                                                   const at::Tensor& cov, int64_t bandwidth) {
+  check_smooth_inputs(weights, mean, cov, bandwidth);
+  const int64_t B = mean.size(0), D = mean.size(1);
+  const at::Tensor S = weights.contiguous(), m = mean.contiguous(), c = cov.contiguous();
+  at::Tensor mean_s = at::empty_like(m);
+  at::Tensor cov_s = at::empty_like(c);
+  if (B == 0 || D == 0) return {mean_s, cov_s};
+  AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "wfds_smooth_cpu", [&] {
+    const scalar_t* s = S.data_ptr<scalar_t>();
+    banded_apply<scalar_t>(s, m.data_ptr<scalar_t>(), mean_s.data_ptr<scalar_t>(), B, 1, D, bandwidth);
+    banded_apply<scalar_t>(s, c.data_ptr<scalar_t>(), cov_s.data_ptr<scalar_t>(), B, D, D, bandwidth);
+  });
+  return {mean_s, cov_s};
+}
+
+}  // namespace
+}  // namespace irda
+
+TORCH_LIBRARY_IMPL(irda_ext, CPU, m) { m.impl("wfds_smooth", &irda::wfds_smooth_cpu); }

@@ -1,0 +1,107 @@
+// Scalar math of the IRDA surrogate (SPEC 6), shared by the CPU and CUDA kernels.
+//
+// Everything is written in terms of u = 1 / (2 sigma^2) and the unscaled cluster
+// shares eta, so that eta_hat = u * eta and the derivative in u (hence in the
+// noise variance, d u / d sigma^2 = -2 u^2) is a sum of simple terms.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "merge_math.h"  // IRDA_HOST_DEVICE
+
+namespace irda {
+
+// Relative margin of the cap on s^2 in exact mode: 1 - 2 a s^2 >= 1e-3.
+constexpr double kCapMargin = 1e-3;
+
+template <typename T>
+IRDA_HOST_DEVICE T neg_inf() {
+  return -INFINITY;
+}
+
+// One competitor (k', b') of numerator cluster k in exact mode, for a sample
+// whose own bin b has share eta_own = eta[k, b] and target y, against label
+// t = t_{b'} with share eta_comp = eta[k', b'] and log-prior difference
+// lp = l_{b'} - l_b.
+//   a = u (eta_own - eta_comp), c = 2 u (eta_comp t - eta_own y),
+//   d = u (eta_own y^2 - eta_comp t^2) + lp,  r = 1 - 2 a s2,
+//   N = a m^2 + c m + c^2 s2 / 2,
+//   F = -log(r) / 2 + d + N / r      (log E exp(a g^2 + c g + d), g ~ N(m, s2))
+template <typename T>
+struct ExactTerm {
+  T F;
+  T dF_dm;   // d F / d m
+  T dF_ds2;  // d F / d s2
+  T dF_du;   // d F / d u at fixed s2
+};
+
+template <typename T>
+IRDA_HOST_DEVICE ExactTerm<T> exact_term(T eta_own, T eta_comp, T y, T t, T lp, T m, T s2, T u) {
+  const T delta = eta_own - eta_comp;
+  const T C = T(2) * (eta_comp * t - eta_own * y);
+  const T E = eta_own * y * y - eta_comp * t * t;
+  const T a = u * delta;
+  const T c = u * C;
+  const T d = u * E + lp;
+  const T r = T(1) - T(2) * a * s2;
+  const T inv_r = T(1) / r;
+  const T N = a * m * m + c * m + T(0.5) * c * c * s2;
+  ExactTerm<T> out;
+  out.F = T(-0.5) * std::log(r) + d + N * inv_r;
+  out.dF_dm = (T(2) * a * m + c) * inv_r;
+  out.dF_ds2 = (a + T(0.5) * c * c) * inv_r + T(2) * a * N * inv_r * inv_r;
+  const T dF_da = (s2 + m * m) * inv_r + T(2) * s2 * N * inv_r * inv_r;
+  const T dF_dc = (m + c * s2) * inv_r;
+  out.dF_du = delta * dF_da + C * dF_dc + E;
+  return out;
+}
+
+// Paper mode (eq. 22 as printed, SPEC 6.1): the logit of competitor (k', b')
+// for a sample of bin b with target y, prediction p, shift and var:
+//   Z = -u e' (t - p)^2 + alpha u R1 shift + beta u^2 R2 var + l_{b'}
+//   R1 = (e - e') + 2 (e' t - e y),  R2 = (e' t - e y)^2 + (e - e')^2 / 4
+// with e = eta[k', b] and e' = eta[k', b'].
+template <typename T>
+struct PaperTerm {
+  T Z;
+  T dZ_dp;
+  T dZ_dshift;
+  T dZ_dvar;
+  T dZ_du;
+};
+
+template <typename T>
+IRDA_HOST_DEVICE PaperTerm<T> paper_term(T e_own, T e_comp, T y, T t, T lp_comp, T p, T shift, T var,
+                                        T alpha, T beta, T u) {
+  const T diff = t - p;
+  const T lin = e_comp * t - e_own * y;
+  const T de = e_own - e_comp;
+  const T R1 = de + T(2) * lin;
+  const T R2 = lin * lin + T(0.25) * de * de;
+  PaperTerm<T> out;
+  out.Z = -u * e_comp * diff * diff + alpha * u * R1 * shift + beta * u * u * R2 * var + lp_comp;
+  out.dZ_dp = T(2) * u * e_comp * diff;
+  out.dZ_dshift = alpha * u * R1;
+  out.dZ_dvar = beta * u * u * R2;
+  out.dZ_du = -e_comp * diff * diff + alpha * R1 * shift + T(2) * beta * u * R2 * var;
+  return out;
+}
+
+// The variance of the augmented prediction in exact mode, s2 = min(beta var, cap),
+// cap = (1 - 1e-3) / (2 amax), amax = u * spread, spread = max_k eta[k, b] - min
+// over the valid competitors of eta[k', b'] (only when spread > 0). Returns
+// whether the cap is active: then d s2 / d var = 0 and d s2 / d u = -s2 / u.
+template <typename T>
+IRDA_HOST_DEVICE bool capped_variance(T beta_var, T spread, T u, T* s2) {
+  if (spread > T(0)) {
+    const T cap = T(1.0 - kCapMargin) / (T(2) * u * spread);
+    if (beta_var > cap) {
+      *s2 = cap;
+      return true;
+    }
+  }
+  *s2 = beta_var;
+  return false;
+}
+
+}  // namespace irda

@@ -1,0 +1,127 @@
+"""Loads the compiled operator library and attaches fake kernels and autograd.
+
+The schemas live in ``csrc/ops.cpp``; the CPU kernels in ``csrc/cpu`` and the CUDA
+kernels in ``csrc/cuda`` register themselves when ``irda_ext._C`` is imported. The
+fake (meta) kernels below give every op shapes without data, which makes
+``torch.compile`` and ``torch.library.opcheck`` work; backward passes are
+themselves ops (``irda_surrogate_backward``) or compositions of ops.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  (loads the library: registers schemas and kernels)
+
+ops = torch.ops.irda_ext
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("irda_ext::bin_moments")
+def _bin_moments_fake(z, bin_index, num_bins):
+    acc = _acc_dtype(z.dtype)
+    d = z.shape[1]
+    return (
+        z.new_empty((num_bins,), dtype=torch.int64),
+        z.new_empty((num_bins, d), dtype=acc),
+        z.new_empty((num_bins, d, d), dtype=acc),
+    )
+
+
+@torch.library.register_fake("irda_ext::bin_stats_update_")
+def _bin_stats_update_fake(count, mean, cov, z, bin_index, momentum):
+    return None
+
+
+@torch.library.register_fake("irda_ext::wfds_smooth")
+def _wfds_smooth_fake(weights, mean, cov, bandwidth):
+    return torch.empty_like(mean), torch.empty_like(cov)
+
+
+def _banded_weight_grad(grad_mean, mean, grad_cov, cov, bandwidth):
+    """d/dS of sum(grad_mean * S@mean) + sum(grad_cov * S.cov), zero outside the band."""
+    num_bins = mean.shape[0]
+    grad = mean.new_zeros((num_bins, num_bins))
+    for offset in range(-bandwidth, bandwidth + 1):
+        lo, hi = max(0, -offset), min(num_bins, num_bins - offset)
+        if lo >= hi:
+            continue
+        rows = torch.arange(lo, hi, device=mean.device)
+        value = mean.new_zeros((hi - lo,))
+        if grad_mean is not None:
+            value = value + (grad_mean[lo:hi] * mean[lo + offset : hi + offset]).sum(-1)
+        if grad_cov is not None:
+            value = value + (grad_cov[lo:hi] * cov[lo + offset : hi + offset]).sum((-2, -1))
+        grad = grad.index_put((rows, rows + offset), value)
+    return grad
+
+
+def _wfds_smooth_setup(ctx, inputs, output):
+    weights, mean, cov, bandwidth = inputs
+    ctx.save_for_backward(weights, mean, cov)
+    ctx.bandwidth = bandwidth
+
+
+def _wfds_smooth_backward(ctx, grad_mean, grad_cov):
+    weights, mean, cov = ctx.saved_tensors
+    h = ctx.bandwidth
+    if grad_mean is None:
+        grad_mean = torch.zeros_like(mean)
+    if grad_cov is None:
+        grad_cov = torch.zeros_like(cov)
+    d_weights = d_mean = d_cov = None
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        # The transpose of a band matrix is a band matrix of the same width.
+        d_mean, d_cov = ops.wfds_smooth(weights.t().contiguous(), grad_mean, grad_cov, h)
+    if ctx.needs_input_grad[0]:
+        d_weights = _banded_weight_grad(grad_mean, mean, grad_cov, cov, h)
+    return d_weights, d_mean, d_cov, None
+
+
+torch.library.register_autograd(
+    "irda_ext::wfds_smooth", _wfds_smooth_backward, setup_context=_wfds_smooth_setup
+)
+
+
+@torch.library.register_fake("irda_ext::irda_surrogate")
+def _irda_surrogate_fake(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta,
+                         noise_var, mode):
+    n = pred.shape[0]
+    lse_width = eta.shape[0] if mode == "exact" else 1
+    return pred.new_empty((n,)), pred.new_empty((n, lse_width))
+
+
+@torch.library.register_fake("irda_ext::irda_surrogate_backward")
+def _irda_surrogate_backward_fake(grad_loss, pred, target, bin_index, centers, eta, log_prior, shift, var,
+                                  alpha, beta, noise_var, mode, lse):
+    n = pred.shape[0]
+    return tuple(pred.new_empty((n,)) for _ in range(4))
+
+
+def _irda_surrogate_setup(ctx, inputs, output):
+    pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta, noise_var, mode = inputs
+    _, lse = output
+    ctx.save_for_backward(pred, target, bin_index, centers, eta, log_prior, shift, var, noise_var, lse)
+    ctx.alpha, ctx.beta, ctx.mode = alpha, beta, mode
+
+
+def _irda_surrogate_backward(ctx, grad_loss, grad_lse):
+    pred, target, bin_index, centers, eta, log_prior, shift, var, noise_var, lse = ctx.saved_tensors
+    if grad_loss is None:
+        grad_loss = torch.zeros_like(pred)
+    g_pred, g_shift, g_var, g_noise = ops.irda_surrogate_backward(
+        grad_loss, pred, target, bin_index, centers, eta, log_prior, shift, var,
+        ctx.alpha, ctx.beta, noise_var, ctx.mode, lse,
+    )
+    # Per-sample contributions summed here, in a fixed order: deterministic.
+    g_noise = g_noise.sum().reshape(noise_var.shape)
+    return g_pred, None, None, None, None, None, g_shift, g_var, None, None, g_noise, None
+
+
+torch.library.register_autograd(
+    "irda_ext::irda_surrogate", _irda_surrogate_backward, setup_context=_irda_surrogate_setup
+)
+
+OP_NAMES = ("bin_moments", "bin_stats_update_", "wfds_smooth", "irda_surrogate", "irda_surrogate_backward")

@@ -1,0 +1,48 @@
+"""Isotropic adjustment of the smoothed covariances (SPEC 4, paper eq. 23-24)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from ._validate import check_tensor
+
+
+def isotropic_adjustment(cov: torch.Tensor, valid: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``lambda_b`` and ``v_b`` of ``Sigma_bar_b = (1 - v_b) Sigma_b + v_b lambda_b I``.
+
+    ``lambda_b = max_d Sigma_b[d, d]``; raw ``v_b = ||Sigma_b - lambda_b I||_F^2``
+    divided by its maximum over the ``valid`` bins (those with data; all by
+    default), so it lies in ``[0, 1]``; ``v_b = 0`` for invalid bins and when
+    every raw value is zero. Constants of the step: computed without gradient.
+
+    Shape: cov ``[B, D, D]``, valid ``[B]`` bool. Returns ``lam [B]``, ``v [B]``.
+    """
+    check_tensor(cov, "cov", dim=3, floating=True)
+    with torch.no_grad():
+        diag = torch.diagonal(cov, dim1=-2, dim2=-1)
+        lam = diag.amax(-1)
+        # ||S - lam I||^2 = sum of all squares - sum diag^2 + sum (diag - lam)^2,
+        # accumulated in float64 so the off-diagonal part does not cancel away.
+        total = cov.to(torch.float64).square().sum((-2, -1))
+        d64 = diag.to(torch.float64)
+        raw = total - d64.square().sum(-1) + (d64 - lam.to(torch.float64)[:, None]).square().sum(-1)
+        raw = raw.clamp_min(0)
+        if valid is None:
+            valid = torch.ones_like(lam, dtype=torch.bool)
+        raw = torch.where(valid, raw, torch.zeros_like(raw))
+        top = raw.max() if raw.numel() else raw.new_zeros(())
+        v = torch.where(top > 0, raw / top.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(raw))
+    return lam, v.to(cov.dtype)
+
+
+def isotropic_covariance(cov: torch.Tensor, lam: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``Sigma_bar = (1 - v) Sigma + v lambda I`` (materialised; the loss only needs its quadratic form)."""
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    return (1 - v)[:, None, None] * cov + (v * lam)[:, None, None] * eye
+
+
+def adjusted_quadratic(w: torch.Tensor, cov: torch.Tensor, lam: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``q_b = w^T Sigma_bar_b w = (1 - v_b) w^T Sigma_b w + v_b lambda_b ||w||^2``, differentiable in ``w``."""
+    quad = torch.einsum("bde,e->bd", cov, w).matmul(w)
+    return (1 - v) * quad + v * lam * w.dot(w)

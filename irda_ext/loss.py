@@ -1,0 +1,237 @@
+"""``IRDALoss``: the IRDA training loss as a module (paper Algorithm 1, SPEC 2-6)."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from .bin_stats import BinStats
+from .binning import Bins
+from .clusters import FeatureReservoir, cluster_shares
+from .confusion import ConfusionCounter
+from .isotropic import adjusted_quadratic, isotropic_adjustment
+from .surrogate import MODES, irda_surrogate
+from .wfds import kernel_matrix, restrict_to_bins, wfds_smooth, wfds_weights
+
+
+class IRDALoss(nn.Module):
+    """Implicit data augmentation for deep imbalanced regression.
+
+    Each step: the batch's detached features update per-bin running statistics
+    (momentum, as FDS); the statistics are smoothed across bins with W-FDS
+    weights (kernel x confusion of the previous epoch); the smoothed covariance
+    gets the isotropic adjustment; and the loss is the fused surrogate of the
+    expected ReMSE under the augmentation ``z ~ N(z + alpha (mu_s - mu), beta Sigma_bar)``,
+    multiplied by ``2 sigma^2`` (detached) so its gradient has MSE scale.
+    ``end_epoch()`` re-estimates the confusion matrix from the epoch's
+    predictions and the cluster shares ``eta`` by k-means on a reservoir of the
+    epoch's features.
+
+    Args:
+        bins: the label ``Bins``.
+        feature_dim: ``D``, the input size of the linear head.
+        num_clusters: ``K``; 1 reduces to the Balanced-MSE family.
+        alpha, beta: strengths of the mean shift and of the covariance.
+        mode: ``"exact"`` (the Jensen bound) or ``"paper"`` (eq. 22 as printed).
+        momentum: of the running statistics (``None``: cumulative).
+        noise_sigma: initial ``sigma`` in label units (default: one bin width).
+        learn_sigma: make ``log sigma`` an ``nn.Parameter`` (give it its own
+            learning rate, ~1e-2, as Balanced-MSE does); otherwise fixed.
+        ramp_epochs: ramp alpha and beta linearly from 0 over this many
+            ``end_epoch()`` calls (as ISDA ramps its strength); ``None``: no ramp.
+        isotropic: ``"auto"`` computes ``v_b`` (SPEC 4); a float fixes it for all bins.
+        kernel, kernel_size, kernel_sigma: the W-FDS kernel.
+        kmeans_samples: reservoir size for the epoch-end k-means.
+        clamp_targets: put out-of-range targets in the edge bins instead of raising.
+        seed: seeds the k-means.
+
+    Example:
+        >>> bins = Bins(0, 30, 1)
+        >>> backbone, head = nn.Linear(8, 16), nn.Linear(16, 1)
+        >>> criterion = IRDALoss(bins, feature_dim=16, num_clusters=2)
+        >>> criterion.fit_prior(torch.rand(500) * 30)
+        >>> x, y = torch.randn(32, 8), torch.rand(32) * 30
+        >>> loss = criterion(backbone(x), y, head)
+        >>> loss.backward()
+        >>> criterion.end_epoch()
+    """
+
+    def __init__(self, bins: Bins, feature_dim: int, num_clusters: int = 3, alpha: float = 0.5, beta: float = 0.75,
+                 mode: str = "exact", momentum: Optional[float] = 0.9, noise_sigma: Optional[float] = None,
+                 learn_sigma: bool = True, ramp_epochs: Optional[int] = None, isotropic: Union[str, float] = "auto",
+                 kernel: str = "gaussian", kernel_size: int = 5, kernel_sigma: float = 2.0,
+                 kmeans_samples: int = 20000, clamp_targets: bool = False, seed: int = 0,
+                 stats_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if not isinstance(bins, Bins):
+            raise TypeError(f"bins must be an irda_ext.Bins, got {type(bins).__name__}")
+        if isinstance(num_clusters, bool) or not isinstance(num_clusters, int) or num_clusters < 1:
+            raise ValueError(f"num_clusters must be a positive int, got {num_clusters!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        for name, value in (("alpha", alpha), ("beta", beta)):
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if not (isotropic == "auto" or (isinstance(isotropic, (int, float)) and 0 <= isotropic <= 1)):
+            raise ValueError(f"isotropic must be 'auto' or a number in [0, 1], got {isotropic!r}")
+        if ramp_epochs is not None and (not isinstance(ramp_epochs, int) or ramp_epochs < 1):
+            raise ValueError(f"ramp_epochs must be None or a positive int, got {ramp_epochs!r}")
+        noise_sigma = bins.width if noise_sigma is None else noise_sigma
+        if not (isinstance(noise_sigma, (int, float)) and noise_sigma > 0):
+            raise ValueError(f"noise_sigma must be positive, got {noise_sigma!r}")
+        B = bins.num_bins
+        self.bins, self.feature_dim, self.num_clusters = bins, feature_dim, num_clusters
+        self.alpha, self.beta, self.mode = float(alpha), float(beta), mode
+        self.ramp_epochs, self.isotropic = ramp_epochs, isotropic
+        self.kernel, self.kernel_size, self.kernel_sigma = kernel, kernel_size, kernel_sigma
+        self.bandwidth = kernel_size // 2
+        self.clamp_targets, self.seed = clamp_targets, seed
+        self.epochs_done = 0
+        kernel_matrix(1, kernel, kernel_size, kernel_sigma)  # validates the kernel arguments now
+
+        self.stats = BinStats(B, feature_dim, momentum=momentum, dtype=stats_dtype)
+        self.confusion_counter = ConfusionCounter(B)
+        self.reservoir = FeatureReservoir(kmeans_samples, feature_dim, dtype=stats_dtype) if num_clusters > 1 else None
+        self.register_buffer("centers", bins.centers.clone())
+        self.register_buffer("confusion", torch.eye(B, dtype=torch.float64))
+        self.register_buffer("smoothing", wfds_weights(self.confusion, kernel, kernel_size, kernel_sigma))
+        self.register_buffer("eta", torch.full((num_clusters, B), 1.0 / num_clusters, dtype=torch.float64))
+        # Uniform until fit_prior(): no prior correction.
+        self.register_buffer("log_prior", torch.full((B,), -math.log(B), dtype=torch.float64))
+        log_sigma = torch.tensor(math.log(noise_sigma), dtype=torch.float64)
+        if learn_sigma:
+            self.log_sigma = nn.Parameter(log_sigma)
+        else:
+            self.register_buffer("log_sigma", log_sigma)
+
+    # ----- set-up and epoch-level estimates -------------------------------------------------
+    @torch.no_grad()
+    def fit_prior(self, train_targets: torch.Tensor, smooth: bool = False) -> None:
+        """``log pi_b`` from the training labels (bins without samples: ``-inf``, they drop out).
+
+        ``smooth=True`` convolves the histogram with the W-FDS kernel first (LDS)."""
+        counts = self.bins.counts(torch.as_tensor(train_targets), clamp=self.clamp_targets).to(torch.float64)
+        if counts.sum() == 0:
+            raise ValueError("fit_prior: no training targets given")
+        if smooth:
+            k = kernel_matrix(self.bins.num_bins, self.kernel, self.kernel_size, self.kernel_sigma)
+            counts = torch.where(counts > 0, k @ counts, counts)
+        prior = counts / counts.sum()
+        self.log_prior.copy_(torch.log(prior).to(self.log_prior.device))
+
+    @torch.no_grad()
+    def end_epoch(self) -> None:
+        """Re-estimates the confusion (hence the W-FDS weights) and the cluster shares, and advances the ramp."""
+        self.confusion.copy_(self.confusion_counter.confusion())
+        self.confusion_counter.reset()
+        self.smoothing.copy_(wfds_weights(self.confusion, self.kernel, self.kernel_size, self.kernel_sigma))
+        if self.reservoir is not None:
+            features, bins = self.reservoir.sample()
+            eta = cluster_shares(features, bins, self.num_clusters, self.bins.num_bins,
+                                 seed=self.seed + self.epochs_done)
+            self.eta.copy_(eta.to(self.eta.device))
+            self.reservoir.reset()
+        self.epochs_done += 1
+
+    @property
+    def noise_var(self) -> torch.Tensor:
+        return torch.exp(2 * self.log_sigma)
+
+    def strength(self):
+        """The current ``(alpha, beta)`` after the ramp."""
+        ramp = 1.0 if self.ramp_epochs is None else min(1.0, self.epochs_done / self.ramp_epochs)
+        return self.alpha * ramp, self.beta * ramp
+
+    # ----- the loss --------------------------------------------------------------------------
+    def augmentation(self, head: nn.Linear, mean_gate=None, cov_gate=None, v=None):
+        """Per-bin ``shift_b = w (mu_s - mu)_b``, the smoothed-mean prediction
+        ``w mu_s_b + w0`` and ``q_b = w Sigma_bar_b w`` for the current statistics.
+
+        ``mean_gate``, ``cov_gate`` (``[B]``, scale ``mu_s - mu`` and ``Sigma_s``) and ``v``
+        (``[B]``, replaces the computed ``v_b``) let Meta-IRDA learn the augmentation;
+        all three are differentiable."""
+        stats = self.stats
+        has_data = stats.count > 0
+        weights = restrict_to_bins(self.smoothing, has_data).to(stats.mean.dtype)
+        mean_s, cov_s = wfds_smooth(weights, stats.mean, stats.cov, self.bandwidth)
+        if v is None:
+            if self.isotropic == "auto":
+                lam, v = isotropic_adjustment(cov_s, valid=has_data)
+            else:
+                lam, _ = isotropic_adjustment(cov_s, valid=has_data)
+                v = torch.full_like(lam, float(self.isotropic))
+        else:
+            lam, _ = isotropic_adjustment(cov_s, valid=has_data)
+        w = head.weight.reshape(-1).to(stats.mean.dtype)
+        delta = mean_s - stats.mean
+        shift = delta @ w
+        if mean_gate is not None:
+            shift = mean_gate * shift
+            mean_s = stats.mean + mean_gate[:, None] * delta
+        smoothed_pred = mean_s @ w + head.bias.reshape(()).to(w.dtype)
+        q = adjusted_quadratic(w, cov_s, lam, v)
+        if cov_gate is not None:
+            q = cov_gate * q
+        return shift, smoothed_pred, q
+
+    def forward(self, features: torch.Tensor, targets: torch.Tensor, head: nn.Linear, reduction: str = "mean",
+                weight: Optional[torch.Tensor] = None, update: bool = True, **gates) -> torch.Tensor:
+        """The IRDA loss of a batch.
+
+        Args:
+            features: ``[n, D]`` backbone features (the head's input).
+            targets: ``[n]`` (or ``[n, 1]``) labels.
+            head: the ``nn.Linear(D, 1)`` regressor; predictions are ``head(features)``.
+            reduction, weight: as in ``irda_surrogate``.
+            update: merge this batch into the statistics and the epoch's records
+                (``False`` for a look-ahead step that must not count twice).
+            gates: ``mean_gate``, ``cov_gate``, ``v`` for Meta-IRDA (see ``augmentation``).
+        """
+        if not isinstance(head, nn.Linear) or head.out_features != 1 or head.in_features != self.feature_dim:
+            raise TypeError(f"head must be nn.Linear({self.feature_dim}, 1), got {head!r}")
+        if head.bias is None:
+            raise ValueError("head must have a bias (the paper's g(z) = w z + w0)")
+        if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[1] != self.feature_dim:
+            got = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise ValueError(f"features must have shape [n, {self.feature_dim}], got {got}")
+        targets = targets.reshape(-1) if isinstance(targets, torch.Tensor) else torch.as_tensor(targets)
+        if targets.shape[0] != features.shape[0]:
+            raise ValueError(f"targets must have {features.shape[0]} entries (one per feature row), "
+                             f"got shape {tuple(targets.shape)}")
+        bin_index = self.bins.index(targets, clamp=self.clamp_targets).to(features.device)
+        pred = head(features).reshape(-1)
+        if update:
+            z = features.detach()
+            self.stats.update(z, bin_index)
+            self.confusion_counter.add(bin_index, self.bins.index(pred.detach(), clamp=True).to(bin_index.device))
+            if self.reservoir is not None:
+                self.reservoir.add(z, bin_index)
+
+        dtype = pred.dtype if pred.dtype in (torch.float32, torch.float64) else torch.float32
+        shift_b, smoothed_pred, q = self.augmentation(head, **gates)
+        y = targets.to(device=pred.device, dtype=dtype)
+        if self.mode == "exact":
+            shift = shift_b[bin_index]
+        else:  # eq. 20: the residual of the smoothed mean of the sample's bin
+            shift = (smoothed_pred[bin_index].to(dtype) - y).abs()
+        var = q[bin_index].clamp_min(0)
+        alpha, beta = self.strength()
+        noise_var = self.noise_var.to(dtype)
+        loss = irda_surrogate(pred.to(dtype), y, bin_index, self.centers.to(dtype), self.eta.to(dtype),
+                              self.log_prior.to(dtype), shift.to(dtype), var.to(dtype), alpha, beta, noise_var,
+                              mode=self.mode, reduction=reduction, weight=weight)
+        # Balanced-MSE's scaling: the gradient in pred then has the scale of MSE's.
+        return loss * (2 * noise_var).detach()
+
+    # ----- checkpointing ---------------------------------------------------------------------
+    def get_extra_state(self):
+        return {"epochs_done": self.epochs_done}
+
+    def set_extra_state(self, state):
+        self.epochs_done = int(state["epochs_done"])
+
+    def extra_repr(self) -> str:
+        return (f"bins={self.bins}, feature_dim={self.feature_dim}, num_clusters={self.num_clusters}, "
+                f"alpha={self.alpha}, beta={self.beta}, mode={self.mode!r}, ramp_epochs={self.ramp_epochs}")

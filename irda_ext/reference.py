@@ -1,0 +1,146 @@
+"""Pure-PyTorch versions of every kernel: the readable truth for tests and benchmarks.
+
+Dense and slow on purpose: each function is the formula of the SPEC written
+directly, with autograd for the gradients. Nothing here is used in training.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .wfds import kernel_matrix  # noqa: F401  (re-exported: the kernel is part of the truth)
+
+
+def bin_moments(z: torch.Tensor, bin_index: torch.Tensor, num_bins: int):
+    """SPEC 2: per-bin count, batch mean and centred scatter, by one-hot sums."""
+    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+    z = z.to(acc)
+    onehot = torch.nn.functional.one_hot(bin_index, num_bins).to(acc)  # [n, B]
+    count = onehot.sum(0)
+    mean = onehot.t() @ z / count.clamp_min(1)[:, None]
+    centred = z - mean[bin_index]
+    scatter = torch.einsum("nb,nd,ne->bde", onehot, centred, centred)
+    return count.to(torch.int64), mean, scatter
+
+
+def bin_stats_update(count, mean, cov, z, bin_index, momentum: Optional[float] = None):
+    """SPEC 2: the streaming merge, returning new ``(count, mean, cov)`` (no in-place)."""
+    num_bins = mean.shape[0]
+    n_b, m_b, scatter = bin_moments(z.to(mean.dtype), bin_index, num_bins)
+    m_b, scatter = m_b.to(mean.dtype), scatter.to(mean.dtype)
+    count, mean, cov = count.clone(), mean.clone(), cov.clone()
+    for b in range(num_bins):
+        nb = int(n_b[b])
+        if nb == 0:
+            continue
+        n_old = int(count[b])
+        batch_cov = scatter[b] / (nb - 1) if nb >= 2 else torch.zeros_like(scatter[b])
+        if momentum is None or n_old == 0:
+            n = n_old + nb
+            delta = m_b[b] - mean[b]
+            m2 = (cov[b] * (n_old - 1) if n_old >= 2 else torch.zeros_like(cov[b])) + scatter[b] \
+                + torch.outer(delta, delta) * (n_old * nb / n)
+            mean[b] = mean[b] + delta * (nb / n)
+            cov[b] = m2 / (n - 1) if n >= 2 else torch.zeros_like(m2)
+        else:
+            mean[b] = momentum * mean[b] + (1 - momentum) * m_b[b]
+            cov[b] = momentum * cov[b] + (1 - momentum) * batch_cov
+        count[b] += nb
+    return count, mean, cov
+
+
+def wfds_smooth(weights: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, bandwidth: Optional[int] = None):
+    """SPEC 3, dense: ``S @ mean`` and ``sum_b' S[b, b'] cov[b']`` (entries beyond ``bandwidth`` dropped)."""
+    if bandwidth is not None:
+        b = torch.arange(weights.shape[0], device=weights.device)
+        weights = weights * ((b[:, None] - b[None, :]).abs() <= bandwidth).to(weights.dtype)
+    return weights @ mean, torch.einsum("bc,cde->bde", weights, cov)
+
+
+def isotropic_adjustment(cov: torch.Tensor, valid: Optional[torch.Tensor] = None):
+    """SPEC 4 written directly with the matrix ``Sigma - lambda I``."""
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    lam = torch.diagonal(cov, dim1=-2, dim2=-1).amax(-1)
+    raw = (cov - lam[:, None, None] * eye).square().sum((-2, -1))
+    if valid is not None:
+        raw = torch.where(valid, raw, torch.zeros_like(raw))
+    top = raw.max()
+    v = raw / top if top > 0 else torch.zeros_like(raw)
+    return lam, v
+
+
+def _label_grid(target, bin_index, centers):
+    """``t[i, b'] = c_b'``, except ``t[i, b_i] = y_i``."""
+    t = centers[None, :].expand(target.shape[0], -1).clone()
+    t[torch.arange(target.shape[0]), bin_index] = target
+    return t
+
+
+def _valid_competitors(log_prior, bin_index):
+    """``[n, B]``: bins with a finite log-prior, and always the sample's own bin."""
+    valid = torch.isfinite(log_prior)[None, :].expand(bin_index.shape[0], -1).clone()
+    valid[torch.arange(bin_index.shape[0]), bin_index] = True
+    return valid
+
+
+def irda_surrogate(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta, noise_var,
+                   mode: str = "exact", reduction: str = "mean", weight=None):
+    """SPEC 6 with the whole grid materialised (``[n, K, K, B]`` exact, ``[n, K, B]`` paper)."""
+    n = pred.shape[0]
+    K, B = eta.shape
+    if not isinstance(noise_var, torch.Tensor):
+        noise_var = torch.tensor(float(noise_var), dtype=pred.dtype)
+    u = 1.0 / (2.0 * noise_var)
+    eh = eta * u  # eta_hat [K, B]
+    t = _label_grid(target, bin_index, centers)  # [n, B]
+    valid = _valid_competitors(log_prior, bin_index)  # [n, B]
+    lp = torch.where(valid, log_prior[None, :].expand(n, -1), torch.zeros((), dtype=pred.dtype))
+    rows = torch.arange(n)
+    y = target
+    if mode == "exact":
+        m = pred + alpha * shift
+        eh_own = eh[:, bin_index].t()  # [n, K]: eta_hat[k, b_i]
+        a = eh_own[:, :, None, None] - eh[None, None, :, :]  # [n, k, k', b']
+        c = 2 * (eh[None, None] * t[:, None, None, :] - (eh_own * y[:, None])[:, :, None, None])
+        d = (eh_own * y[:, None] ** 2)[:, :, None, None] - eh[None, None] * t[:, None, None, :] ** 2 \
+            + (lp - lp[rows, bin_index][:, None])[:, None, None, :]
+        # the cap: s^2 <= (1 - 1e-3) / (2 max a) over the valid competitors
+        a_valid = torch.where(valid[:, None, None, :], a, torch.full_like(a, -torch.inf))
+        a_max = a_valid.amax((1, 2, 3))
+        s2 = beta * var
+        cap = (1 - 1e-3) / (2 * a_max)
+        s2 = torch.where(a_max > 0, torch.minimum(s2, cap), s2)[:, None, None, None]
+        mm = m[:, None, None, None]
+        r = 1 - 2 * a * s2
+        F = -0.5 * torch.log(r) + d + (a * mm**2 + c * mm + 0.5 * c**2 * s2) / r
+        F = torch.where(valid[:, None, None, :], F, torch.full_like(F, -torch.inf))
+        loss = torch.logsumexp(F.flatten(2), -1).mean(1)
+    elif mode == "paper":
+        eh_own = eh[:, bin_index].t()[:, :, None]  # [n, k, 1]: eta_hat[k, b_i]
+        lin = eh[None] * t[:, None, :] - eh_own * y[:, None, None]  # [n, k, b']
+        de = eh_own - eh[None]
+        r1 = de + 2 * lin
+        r2 = lin**2 + de**2 / 4
+        Z = -eh[None] * (t[:, None, :] - pred[:, None, None]) ** 2 + alpha * r1 * shift[:, None, None] \
+            + beta * r2 * var[:, None, None] + lp[:, None, :]
+        Z = torch.where(valid[:, None, :], Z, torch.full_like(Z, -torch.inf))
+        own = Z[rows, :, bin_index]  # [n, K]
+        loss = torch.logsumexp(Z.flatten(1), -1) - own.mean(1)
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    if weight is not None:
+        loss = loss * weight
+    if reduction == "mean":
+        return loss.sum() / max(n, 1)
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def remse_loss(pred, target, bin_index, centers, eta, log_prior, noise_var):
+    """The un-augmented ReMSE loss of paper eq. 15 with the prior of eq. 21, per sample:
+    ``mean_k [LSE_{k',b'} (-eta_hat[k',b'] (t_b' - pred)^2 + l_b') - (-eta_hat[k,b] (y - pred)^2 + l_b)]``.
+    The Monte-Carlo check of the exact mode averages it over sampled augmentations."""
+    return irda_surrogate(pred, target, bin_index, centers, eta, log_prior, torch.zeros_like(pred),
+                          torch.zeros_like(pred), 0.0, 0.0, noise_var, mode="paper", reduction="none")

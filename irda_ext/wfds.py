@@ -1,0 +1,113 @@
+"""W-FDS: confusion-weighted kernel smoothing of per-bin statistics (SPEC 3, paper eq. 5-6)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from ._ops import ops
+from ._validate import check_tensor
+
+KERNELS = ("gaussian", "triangular", "laplace")
+
+
+def kernel_window(kernel: str = "gaussian", kernel_size: int = 5, sigma: float = 2.0,
+                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The symmetric kernel over bin distance ``-(ks//2) .. ks//2``, peak 1.
+
+    gaussian ``exp(-x^2 / (2 sigma^2))``, triangular ``1 - |x| / (ks//2 + 1)``,
+    laplace ``exp(-|x| / sigma)``: the windows of LDS/FDS (Yang et al., 2021). The
+    Gaussian is sampled in closed form (LDS builds it with scipy's
+    ``gaussian_filter1d`` on a delta, whose reflecting boundary changes the
+    outer weights by a few per cent).
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
+    if not (isinstance(sigma, (int, float)) and sigma > 0):
+        raise ValueError(f"sigma must be a positive number, got {sigma!r}")
+    half = kernel_size // 2
+    x = torch.arange(-half, half + 1, dtype=dtype)
+    if kernel == "gaussian":
+        return torch.exp(-(x**2) / (2.0 * sigma**2))
+    if kernel == "triangular":
+        return 1.0 - x.abs() / (half + 1)
+    return torch.exp(-x.abs() / sigma)
+
+
+def kernel_matrix(num_bins: int, kernel: str = "gaussian", kernel_size: int = 5, sigma: float = 2.0,
+                  dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """``k(b, b')`` as a banded ``[B, B]`` matrix (zero beyond ``kernel_size // 2``)."""
+    window = kernel_window(kernel, kernel_size, sigma, dtype)
+    half = kernel_size // 2
+    b = torch.arange(num_bins)
+    dist = b[None, :] - b[:, None]
+    inside = dist.abs() <= half
+    k = torch.where(inside, window[(dist + half).clamp(0, kernel_size - 1)], torch.zeros((), dtype=dtype))
+    return k.to(device)
+
+
+def wfds_weights(confusion: torch.Tensor, kernel: str = "gaussian", kernel_size: int = 5,
+                 sigma: float = 2.0) -> torch.Tensor:
+    """Row-normalised W-FDS weights ``S[b, b'] = eps[b, b'] k(b, b') / sum_b'' (...)``.
+
+    A row with no mass falls back to the normalised kernel row, which is FDS's
+    smoothing. ``confusion`` is ``eps [B, B]`` (paper eq. 6): the share of bin-b
+    training samples predicted in bin b'; the identity gives ``S = I``.
+
+    Returns:
+        ``S [B, B]`` in the dtype and on the device of ``confusion``, banded with
+        bandwidth ``kernel_size // 2``.
+    """
+    check_tensor(confusion, "confusion", dim=2, floating=True)
+    if confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"confusion must be square [B, B], got {tuple(confusion.shape)}")
+    if not torch.compiler.is_compiling() and bool((confusion < 0).any() | ~torch.isfinite(confusion).all()):
+        raise ValueError("confusion must be finite and non-negative")
+    k = kernel_matrix(confusion.shape[0], kernel, kernel_size, sigma, confusion.dtype, confusion.device)
+    s = confusion * k
+    mass = s.sum(1, keepdim=True)
+    fallback = k / k.sum(1, keepdim=True)
+    return torch.where(mass > 0, s / mass.clamp_min(torch.finfo(s.dtype).tiny), fallback)
+
+
+def restrict_to_bins(weights: torch.Tensor, has_data: torch.Tensor) -> torch.Tensor:
+    """Drops the columns of bins without data and renormalises the rows.
+
+    A bin with no statistics has a zero mean and covariance, which would drag its
+    neighbours' smoothed statistics towards zero. A row left without mass keeps
+    only its own bin (its statistics are then whatever that bin has).
+    """
+    s = weights * has_data.to(weights.dtype)[None, :]
+    mass = s.sum(1, keepdim=True)
+    eye = torch.eye(weights.shape[0], dtype=weights.dtype, device=weights.device)
+    return torch.where(mass > 0, s / mass.clamp_min(torch.finfo(s.dtype).tiny), eye)
+
+
+def bandwidth_of(weights: torch.Tensor) -> int:
+    """The largest ``|b - b'|`` with a non-zero weight (reads the values)."""
+    nz = torch.nonzero(weights)
+    return int((nz[:, 0] - nz[:, 1]).abs().max()) if nz.numel() else 0
+
+
+def wfds_smooth(weights: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor,
+                bandwidth: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Smoothed statistics ``mean_s = S @ mean`` and ``cov_s[b] = sum_b' S[b, b'] cov[b']``.
+
+    Args:
+        weights: ``S [B, B]``, banded (``wfds_weights``).
+        mean: ``[B, D]``. cov: ``[B, D, D]``.
+        bandwidth: the band half-width; entries of ``S`` outside it are ignored.
+            ``None`` reads it off ``S`` (a host read).
+
+    Differentiable in all three tensors.
+    """
+    check_tensor(weights, "weights", dim=2, floating=True)
+    check_tensor(mean, "mean", dim=2, floating=True)
+    check_tensor(cov, "cov", dim=3, floating=True)
+    if bandwidth is None:
+        bandwidth = bandwidth_of(weights)
+    if isinstance(bandwidth, bool) or not isinstance(bandwidth, int) or bandwidth < 0:
+        raise ValueError(f"bandwidth must be a non-negative int, got {bandwidth!r}")
+    return ops.wfds_smooth(weights, mean, cov, bandwidth)
