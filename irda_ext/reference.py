@@ -109,7 +109,8 @@ def irda_surrogate(pred, target, bin_index, centers, eta, log_prior, shift, var,
         a_valid = torch.where(valid[:, None, None, :], a, torch.full_like(a, -torch.inf))
         a_max = a_valid.amax((1, 2, 3))
         s2 = beta * var
-        cap = (1 - 1e-3) / (2 * a_max)
+        # (a safe denominator where no cap applies keeps NaN out of the gradient of where())
+        cap = (1 - 1e-3) / (2 * torch.where(a_max > 0, a_max, torch.ones_like(a_max)))
         s2 = torch.where(a_max > 0, torch.minimum(s2, cap), s2)[:, None, None, None]
         mm = m[:, None, None, None]
         r = 1 - 2 * a * s2

@@ -1,0 +1,169 @@
+"""bin_moments and BinStats against irda_ext.reference (SPEC 2)."""
+import pytest
+import torch
+from testing import devices, features
+
+import irda_ext
+from irda_ext import reference as ref
+
+SHAPES = [  # (n, D, B): awkward sizes included
+    (1, 1, 1),
+    (1, 5, 3),
+    (8, 1, 4),
+    (97, 13, 7),
+    (40, 97, 3),
+    (0, 4, 3),
+]
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("n,D,B", SHAPES)
+def test_bin_moments_matches_reference(device, n, D, B):
+    z, b = features(n, D, B, device)
+    got = irda_ext.bin_moments(z, b, B)
+    want = ref.bin_moments(z, b, B)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_bin_moments_empty_bins_are_zero(device):
+    z, b = features(30, 6, 10, device, bins=[2] * 10 + [7] * 20)
+    count, mean, scatter = irda_ext.bin_moments(z, b, 10)
+    empty = torch.ones(10, dtype=torch.bool)
+    empty[[2, 7]] = False
+    assert count[empty].eq(0).all() and mean[empty].eq(0).all() and scatter[empty].eq(0).all()
+    assert count.tolist()[2] == 10 and count.tolist()[7] == 20
+
+
+@pytest.mark.parametrize("device", devices())
+def test_bin_moments_non_contiguous(device):
+    z, b = features(50, 12, 5, device)
+    z_nc = z.t().contiguous().t()[:, ::2]  # strided view
+    b_nc = torch.stack([b, b], 1)[:, 0]
+    assert not z_nc.is_contiguous() and not b_nc.is_contiguous()
+    for g, w in zip(irda_ext.bin_moments(z_nc, b_nc, 5), ref.bin_moments(z_nc.contiguous(), b, 5)):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("momentum", [None, 0.9, 0.0])
+@pytest.mark.parametrize("n,D,B", [(1, 1, 1), (33, 5, 6), (97, 9, 97)])
+def test_bin_stats_streaming_matches_reference(device, momentum, n, D, B):
+    stats = irda_ext.BinStats(B, D, momentum=momentum, dtype=torch.float64, device=device)
+    count = torch.zeros(B, dtype=torch.int64, device=device)
+    mean = torch.zeros(B, D, dtype=torch.float64, device=device)
+    cov = torch.zeros(B, D, D, dtype=torch.float64, device=device)
+    for step in range(4):
+        z, b = features(n, D, B, device, seed=step, offset=step)
+        stats.update(z, b)
+        count, mean, cov = ref.bin_stats_update(count, mean, cov, z, b, momentum)
+        torch.testing.assert_close(stats.count, count)
+        torch.testing.assert_close(stats.mean, mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(stats.cov, cov, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_cumulative_equals_pooled_statistics(device):
+    """Chan's merge over batches gives the statistics of all the data at once."""
+    B, D = 5, 7
+    stats = irda_ext.BinStats(B, D, momentum=None, dtype=torch.float64, device=device)
+    zs, bs = [], []
+    for step in range(5):
+        z, b = features(20 + step, D, B, device, seed=step, offset=3.0 * step)
+        stats.update(z, b)
+        zs.append(z)
+        bs.append(b)
+    z, b = torch.cat(zs), torch.cat(bs)
+    for k in range(B):
+        zk = z[b == k]
+        assert stats.count[k] == zk.shape[0]
+        torch.testing.assert_close(stats.mean[k], zk.mean(0))
+        torch.testing.assert_close(stats.cov[k], torch.cov(zk.t()))
+
+
+@pytest.mark.parametrize("device", devices())
+def test_update_touches_only_present_bins(device):
+    stats = irda_ext.BinStats(4, 3, momentum=0.9, device=device)
+    sentinel = torch.full_like(stats.cov[3], float("nan"))  # an absent bin must never be read
+    stats.cov[3] = sentinel
+    stats.mean[3] = 7.0
+    z, b = features(10, 3, 4, device, dtype=torch.float32, bins=[0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    stats.update(z, b)
+    assert torch.isnan(stats.cov[3]).all() and stats.mean[3].eq(7.0).all() and stats.count[3] == 0
+    assert torch.isfinite(stats.cov[:3]).all()
+
+
+@pytest.mark.parametrize("device", devices())
+def test_float32_stable_with_large_offset(device):
+    """Features with a common offset of 1e4 and unit spread: the naive E[zz^T] - mu mu^T
+    in float32 loses everything (1e8 vs 1); the centred kernel keeps the covariance."""
+    B, D = 3, 8
+    stats = irda_ext.BinStats(B, D, momentum=None, dtype=torch.float32, device=device)
+    zs, bs = [], []
+    for step in range(6):
+        z, b = features(64, D, B, device, dtype=torch.float64, seed=step, offset=1e4)
+        stats.update(z.float(), b)
+        zs.append(z)
+        bs.append(b)
+    z, b = torch.cat(zs), torch.cat(bs)
+    for k in range(B):
+        exact = torch.cov(z[b == k].t())
+        err = (stats.cov[k].double() - exact).abs().max()
+        assert err < 5e-2, err
+        naive = (z[b == k].float().t() @ z[b == k].float() / (b == k).sum() - torch.outer(
+            z[b == k].float().mean(0), z[b == k].float().mean(0))).double()
+        assert (naive - exact).abs().max() > 10 * err  # the test can tell stable from naive
+
+
+def test_state_dict_round_trip():
+    stats = irda_ext.BinStats(4, 3, momentum=0.5)
+    stats.update(*features(12, 3, 4, dtype=torch.float32))
+    other = irda_ext.BinStats(4, 3, momentum=0.5)
+    other.load_state_dict(stats.state_dict())
+    for name in ("count", "mean", "cov"):
+        assert torch.equal(getattr(other, name), getattr(stats, name))
+
+
+def test_half_features_on_cpu_accumulate_in_float32():
+    z, b = features(40, 6, 3, dtype=torch.float16)
+    count, mean, scatter = irda_ext.bin_moments(z, b, 3)
+    assert mean.dtype == torch.float32 and scatter.dtype == torch.float32
+    want = ref.bin_moments(z.double(), b, 3)
+    torch.testing.assert_close(scatter.double(), want[2], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_bad_input_raises_clear_errors(device):
+    stats = irda_ext.BinStats(4, 3, device=device)
+    z, b = features(5, 3, 4, device, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"outside \[0, 4\)|range"):
+        stats.update(z, b + 10)
+    with pytest.raises(ValueError, match=r"shape \[n, 3\]"):
+        stats.update(z[:, :2], b)
+    with pytest.raises(ValueError, match="one bin per sample"):
+        stats.update(z, b[:3])
+    with pytest.raises(TypeError, match="int64"):
+        stats.update(z, b.int())
+    bad = z.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        stats.update(bad, b)
+    with pytest.raises(TypeError, match="floating"):
+        irda_ext.bin_moments(b[:, None], b, 4)
+    with pytest.raises(ValueError, match="num_bins"):
+        irda_ext.bin_moments(z, b, 0)
+    with pytest.raises(ValueError, match="momentum"):
+        irda_ext.BinStats(4, 3, momentum=1.5)
+    assert stats.count.sum() == 0  # nothing was merged by the failed calls
+
+
+def test_opcheck_bin_ops():
+    for device in devices():
+        z, b = features(17, 5, 4, device)
+        torch.library.opcheck(torch.ops.irda_ext.bin_moments.default, (z, b, 4))
+        for momentum in (None, 0.9):
+            stats = irda_ext.BinStats(4, 5, momentum=momentum, dtype=torch.float64, device=device)
+            stats.update(z, b)
+            torch.library.opcheck(torch.ops.irda_ext.bin_stats_update_.default,
+                                  (stats.count.clone(), stats.mean.clone(), stats.cov.clone(), z, b, momentum))

@@ -1,0 +1,144 @@
+"""IRDALoss, the module: a training loop, epoch-end estimates, checkpoints, compile."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import irda_ext
+from irda_ext import Bins, IRDALoss
+from irda_ext import reference as ref
+
+
+def make_problem(n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.distributions.Exponential(0.3).sample((n,)).clamp(max=19.9)
+    x = torch.stack([y, y**0.5], 1) + 0.3 * torch.randn(n, 2, generator=g)
+    return x, y
+
+
+@pytest.mark.parametrize("mode", ["exact", "paper"])
+@pytest.mark.parametrize("K", [1, 3])
+def test_training_loop_learns_and_updates_estimates(mode, K):
+    torch.manual_seed(0)
+    x, y = make_problem()
+    bins = Bins(0, 20, 1)
+    backbone, head = nn.Sequential(nn.Linear(2, 16), nn.ReLU()), nn.Linear(16, 1)
+    crit = IRDALoss(bins, 16, K, mode=mode, ramp_epochs=2, kmeans_samples=100)
+    crit.fit_prior(y)
+    opt = torch.optim.Adam([*backbone.parameters(), *head.parameters(), *crit.parameters()], lr=1e-2)
+    first = None
+    for epoch in range(4):
+        for i in range(0, len(y), 64):
+            loss = crit(backbone(x[i:i + 64]), y[i:i + 64], head)
+            assert torch.isfinite(loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            first = first if first is not None else loss.item()
+        crit.end_epoch()
+    mae = (head(backbone(x)).squeeze(1) - y).abs().mean()
+    assert mae < 2.0, mae
+    assert crit.epochs_done == 4 and crit.strength() == (0.5, 0.75)
+    torch.testing.assert_close(crit.confusion.sum(1), torch.ones(20, dtype=torch.float64))
+    assert not torch.equal(crit.confusion, torch.eye(20, dtype=torch.float64))
+    torch.testing.assert_close(crit.eta.sum(0), torch.ones(20, dtype=torch.float64))
+    assert crit.log_sigma.grad is not None
+    # the running statistics are those of the features seen (momentum 0.9, per bin)
+    assert crit.stats.count.sum() == 4 * len(y)
+
+
+def test_loss_equals_functional_composition():
+    """forward = 2 sigma^2 * irda_surrogate(pred, shift, var) with shift/var from the smoothed statistics."""
+    torch.manual_seed(1)
+    bins = Bins(0, 10, 1)
+    head = nn.Linear(4, 1).double()
+    crit = IRDALoss(bins, 4, 2, stats_dtype=torch.float64, noise_sigma=1.5)
+    y = torch.rand(30, dtype=torch.float64) * 10
+    crit.fit_prior(y)
+    z = torch.randn(30, 4, dtype=torch.float64)
+    crit(z, y, head)
+    crit.end_epoch()
+    z2 = torch.randn(30, 4, dtype=torch.float64)
+    loss = crit(z2, y, head)
+    # the same by hand, from the reference kernels
+    stats = crit.stats
+    has = stats.count > 0
+    S = irda_ext.wfds.restrict_to_bins(crit.smoothing, has)
+    mean_s, cov_s = ref.wfds_smooth(S, stats.mean, stats.cov)
+    lam, v = ref.isotropic_adjustment(cov_s, has)
+    w = head.weight.reshape(-1)
+    b = bins.index(y)
+    shift = ((mean_s - stats.mean) @ w)[b]
+    var = ((1 - v) * torch.einsum("d,bde,e->b", w, cov_s, w) + v * lam * (w @ w))[b]
+    want = ref.irda_surrogate(head(z2).reshape(-1), y, b, crit.centers, crit.eta, crit.log_prior, shift, var,
+                              0.5, 0.75, crit.noise_var) * 2 * 1.5**2
+    torch.testing.assert_close(loss, want)
+
+
+def test_state_dict_round_trip_restores_everything():
+    torch.manual_seed(2)
+    bins = Bins(0, 10, 1)
+    head = nn.Linear(3, 1)
+    crit = IRDALoss(bins, 3, 2, ramp_epochs=3)
+    y = torch.rand(40) * 10
+    crit.fit_prior(y)
+    for _ in range(2):
+        crit(torch.randn(40, 3), y, head).backward()
+        crit.end_epoch()
+    other = IRDALoss(bins, 3, 2, ramp_epochs=3)
+    other.load_state_dict(copy.deepcopy(crit.state_dict()))
+    for name, t in crit.state_dict().items():
+        if isinstance(t, torch.Tensor):
+            assert torch.equal(other.state_dict()[name], t), name
+    assert other.epochs_done == 2 and other.strength() == crit.strength()
+    for key in ("stats.cov", "confusion", "eta", "log_prior", "log_sigma", "smoothing"):
+        assert key in crit.state_dict()
+    z = torch.randn(40, 3)
+    torch.testing.assert_close(other(z, y, head), crit(z, y, head))
+
+
+def test_compile_fullgraph():
+    torch.manual_seed(3)
+    bins = Bins(0, 10, 1)
+    backbone, head = nn.Linear(5, 8), nn.Linear(8, 1)
+    crit = IRDALoss(bins, 8, 2, kmeans_samples=50)
+    y = torch.rand(32) * 10
+    crit.fit_prior(y)
+    x = torch.randn(32, 5)
+
+    def step(x, y):
+        return crit(backbone(x), y, head)
+
+    eager = IRDALoss(bins, 8, 2, kmeans_samples=50)
+    eager.load_state_dict(crit.state_dict())
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    got = compiled(x, y)
+    got.backward()
+    want = eager(backbone(x), y, head)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(crit.stats.cov, eager.stats.cov)  # the in-place update ran in the graph
+
+
+def test_bad_input():
+    bins = Bins(0, 10, 1)
+    crit = IRDALoss(bins, 4, 2)
+    head = nn.Linear(4, 1)
+    with pytest.raises(TypeError, match=r"nn.Linear\(4, 1\)"):
+        crit(torch.randn(3, 4), torch.rand(3), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"shape \[n, 4\]"):
+        crit(torch.randn(3, 5), torch.rand(3), head)
+    with pytest.raises(ValueError, match="one per feature row"):
+        crit(torch.randn(3, 4), torch.rand(4), head)
+    with pytest.raises(ValueError, match="outside"):
+        crit(torch.randn(3, 4), torch.tensor([1.0, 2.0, 11.0]), head)
+    with pytest.raises(ValueError, match="mode"):
+        IRDALoss(bins, 4, 2, mode="approx")
+    with pytest.raises(ValueError, match="num_clusters"):
+        IRDALoss(bins, 4, 0)
+    with pytest.raises(TypeError, match="Bins"):
+        IRDALoss((0, 10, 1), 4, 2)
+    bad = torch.randn(3, 4)
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        crit(bad, torch.rand(3), head)

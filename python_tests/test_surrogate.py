@@ -1,0 +1,172 @@
+"""The fused IRDA surrogate against the dense reference (SPEC 6)."""
+import pytest
+import torch
+from testing import devices, surrogate_inputs
+
+import irda_ext
+from irda_ext import reference as ref
+
+MODES = ["exact", "paper"]
+SHAPES = [(1, 1, 1), (1, 3, 5), (7, 1, 12), (97, 3, 11), (9, 2, 97), (0, 2, 4)]
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("n,K,B", SHAPES)
+def test_forward_and_gradients_match_reference(device, mode, n, K, B):
+    args = surrogate_inputs(n, K, B, device, requires_grad=True, var_scale=3.0,
+                            dead_bins=(B // 2,) if B > 2 else ())
+    got = irda_ext.irda_surrogate(*args, mode=mode, reduction="none")
+    want = ref.irda_surrogate(*args, mode=mode, reduction="none")
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    if n == 0:
+        return
+    wrt = [args[0], args[6], args[7], args[10]]
+    weights = torch.rand(n, dtype=torch.float64, device=device)
+    g_got = torch.autograd.grad((got * weights).sum(), wrt)
+    g_want = torch.autograd.grad((want * weights).sum(), wrt)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck(device, mode):
+    args = list(surrogate_inputs(6, 2, 7, device, requires_grad=True, var_scale=0.5, dead_bins=(3,)))
+
+    def f(pred, shift, var, nv):
+        return irda_ext.irda_surrogate(pred, args[1], args[2], args[3], args[4], args[5], shift, var,
+                                       args[8], args[9], nv, mode=mode, reduction="none")
+
+    assert torch.autograd.gradcheck(f, (args[0], args[6], args[7], args[10]))
+
+
+@pytest.mark.parametrize("device", devices())
+def test_gradcheck_through_the_variance_cap(device):
+    """Large var: s^2 is capped at (1 - 1e-3) / (2 max a), which depends on sigma^2."""
+    args = list(surrogate_inputs(5, 3, 6, device, requires_grad=True, var_scale=50.0))
+    pred, target, b, centers, eta, lp, shift, var, alpha, beta, nv = args
+    var = (var.detach() + 20).requires_grad_()
+
+    def f(pred, shift, var, nv):
+        return irda_ext.irda_surrogate(pred, target, b, centers, eta, lp, shift, var, alpha, beta, nv,
+                                       reduction="none")
+
+    assert torch.isfinite(f(pred, shift, var, nv)).all()
+    assert torch.autograd.gradcheck(f, (pred, shift, var, nv))
+    g = torch.autograd.grad(f(pred, shift, var, nv).sum(), var)[0]
+    assert g.eq(0).all()  # capped: independent of var
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("mode", MODES)
+def test_opcheck(device, mode):
+    args = surrogate_inputs(9, 3, 8, device, requires_grad=True, dead_bins=(2,))
+    op_args = (*args, mode)
+    torch.library.opcheck(torch.ops.irda_ext.irda_surrogate.default, op_args)
+    with torch.no_grad():
+        loss, lse = torch.ops.irda_ext.irda_surrogate(*op_args)
+    plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    torch.library.opcheck(torch.ops.irda_ext.irda_surrogate_backward.default,
+                          (torch.rand_like(loss), *plain, mode, lse))
+
+
+@pytest.mark.parametrize("device", devices())
+def test_modes_agree_without_augmentation(device):
+    args = list(surrogate_inputs(40, 3, 15, device, dead_bins=(4, 9)))
+    args[8], args[9] = 0.0, 0.0
+    exact = irda_ext.irda_surrogate(*args, mode="exact", reduction="none")
+    paper = irda_ext.irda_surrogate(*args, mode="paper", reduction="none")
+    torch.testing.assert_close(exact, paper, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(exact, ref.remse_loss(*args[:6], args[10]), rtol=1e-10, atol=1e-10)
+
+
+def test_k1_is_balanced_mse_on_the_bin_grid():
+    """K = 1, no augmentation: -log softmax over bins of -(t_b' - pred)^2 / (2 s^2) + log pi."""
+    pred, target, b, centers, eta, lp, shift, var, _, _, nv = surrogate_inputs(12, 1, 9)
+    loss = irda_ext.irda_surrogate(pred, target, b, centers, eta, lp, shift, var, 0.0, 0.0, nv, reduction="none")
+    t = centers.expand(12, -1).clone()
+    t[torch.arange(12), b] = target
+    logits = -(t - pred[:, None]) ** 2 / (2 * nv) + lp
+    want = -torch.log_softmax(logits, -1)[torch.arange(12), b]
+    torch.testing.assert_close(loss, want)
+
+
+def test_exact_mode_is_an_upper_bound_of_the_sampled_loss():
+    """Jensen: E_g[ReMSE(g)] <= surrogate, g ~ N(pred + alpha shift, beta var); tight as var -> 0."""
+    torch.manual_seed(0)
+    args = list(surrogate_inputs(8, 3, 10, var_scale=0.4, noise_var=2.0))
+    pred, target, b, centers, eta, lp, shift, var, alpha, beta, nv = args
+    bound = irda_ext.irda_surrogate(*args, mode="exact", reduction="none")
+    m = pred + alpha * shift
+    samples = m + (beta * var).sqrt() * torch.randn(20000, 1, dtype=torch.float64)
+    sampled = torch.stack([ref.remse_loss(g, target, b, centers, eta, lp, nv) for g in samples]).mean(0)
+    stderr = torch.stack([ref.remse_loss(g, target, b, centers, eta, lp, nv) for g in samples[:2000]]).std(0) / 2000**0.5
+    assert (sampled <= bound + 4 * stderr).all(), (sampled, bound)
+    assert (bound - sampled).max() > 0  # not trivially equal
+    tiny = list(args)
+    tiny[7] = var * 1e-8
+    torch.testing.assert_close(irda_ext.irda_surrogate(*tiny, reduction="none"),
+                               ref.remse_loss(m, target, b, centers, eta, lp, nv), rtol=1e-6, atol=1e-6)
+
+
+def test_reductions_and_weight():
+    args = surrogate_inputs(10, 2, 6)
+    per = irda_ext.irda_surrogate(*args, reduction="none")
+    w = torch.rand(10, dtype=torch.float64)
+    torch.testing.assert_close(irda_ext.irda_surrogate(*args, reduction="sum", weight=w), (per * w).sum())
+    torch.testing.assert_close(irda_ext.irda_surrogate(*args), per.mean())
+    empty = surrogate_inputs(0, 2, 6)
+    assert irda_ext.irda_surrogate(*empty).item() == 0.0
+
+
+def test_float32_close_to_float64():
+    args64 = surrogate_inputs(64, 3, 30, var_scale=2.0)
+    args32 = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args64]
+    for mode in MODES:
+        a = irda_ext.irda_surrogate(*args64, mode=mode, reduction="none")
+        b = irda_ext.irda_surrogate(*args32, mode=mode, reduction="none")
+        torch.testing.assert_close(b.double(), a, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_input():
+    args = list(surrogate_inputs(5, 2, 6, dead_bins=(3,)))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        irda_ext.irda_surrogate(*args, mode="approx")
+    with pytest.raises(ValueError, match="reduction"):
+        irda_ext.irda_surrogate(*args, reduction="avg")
+    bad = list(args)
+    bad[2] = args[2].clone()
+    bad[2][0] = 6
+    with pytest.raises(ValueError, match=r"outside \[0, 6\)"):
+        irda_ext.irda_surrogate(*bad)
+    bad = list(args)
+    bad[2] = args[2].clone()
+    bad[2][0] = 3  # a bin without prior
+    with pytest.raises(ValueError, match="log_prior of bin 3"):
+        irda_ext.irda_surrogate(*bad)
+    bad = list(args)
+    bad[0] = args[0].clone()
+    bad[0][1] = float("nan")
+    with pytest.raises(ValueError, match="not finite"):
+        irda_ext.irda_surrogate(*bad)
+    bad = list(args)
+    bad[6] = args[6][:3]
+    with pytest.raises(ValueError, match=r"shift must have shape \[5\]"):
+        irda_ext.irda_surrogate(*bad)
+    bad = list(args)
+    bad[4] = args[4][:, :4]
+    with pytest.raises(ValueError, match=r"eta must have shape \[K, 6\]"):
+        irda_ext.irda_surrogate(*bad)
+    bad = list(args)
+    bad[7] = -args[7] - 1
+    with pytest.raises(ValueError, match="var must be non-negative"):
+        irda_ext.irda_surrogate(*bad)
+    bad = list(args)
+    bad[10] = torch.tensor(0.0, dtype=torch.float64)
+    with pytest.raises(ValueError, match="noise_var must be positive"):
+        irda_ext.irda_surrogate(*bad)
+    bad = list(args)
+    bad[1] = args[1].float()
+    with pytest.raises(TypeError, match="dtype"):
+        irda_ext.irda_surrogate(*bad)
