@@ -34,7 +34,7 @@ def _extension():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # No -std flag: torch.utils.cpp_extension adds the standard its headers need
     # (C++17 up to torch 2.9, C++20 after).
-    cxx_flags = opt + ["-fopenmp"]
+    cxx_flags = opt + ["-fopenmp", "-DIRDA_PYTHON_MODULE"]
     if want_cuda:
         problems = []
         if torch.version.cuda is None:

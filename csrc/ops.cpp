@@ -2,9 +2,10 @@
 // csrc/cpu/*.cpp (TORCH_LIBRARY_IMPL(irda_ext, CPU, m)) and csrc/cuda/*.cu
 // (TORCH_LIBRARY_IMPL(irda_ext, CUDA, m)); fake kernels and autograd are
 // attached from Python (irda_ext/_ops.py).
-#include <Python.h>
 #include <torch/library.h>
 
+#ifdef IRDA_PYTHON_MODULE  // set by setup.py; the CMake build for C++ users has no Python
+#include <Python.h>
 extern "C" {
 // `import irda_ext._C` loads this shared library, which runs the static
 // registrations below. No pybind11 module: the ops live in torch.ops.irda_ext.
@@ -13,6 +14,7 @@ PyObject* PyInit__C(void) {
   return PyModule_Create(&module_def);
 }
 }
+#endif
 
 TORCH_LIBRARY(irda_ext, m) {
   // SPEC 2. Dense per-bin moments of one batch: count[B] (int64), mean[B, D]

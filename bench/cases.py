@@ -1,0 +1,48 @@
+"""The benchmark cases shared by the pytest-benchmark suites and run_benchmarks.py."""
+import torch
+
+import irda_ext
+
+
+def stats_batch(n=256, D=512, B=100, seed=0, device="cpu"):
+    """A long-tailed batch over B bins, as a DIR batch looks."""
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.exp(-torch.arange(B, dtype=torch.float64) / (B / 4))
+    bins = torch.multinomial(probs, n, replacement=True, generator=g)
+    z = torch.randn(n, D, generator=g) + bins[:, None].float() * 0.01
+    return z.to(device), bins.to(device)
+
+
+def warm_stats(B, D, momentum, device="cpu"):
+    """BinStats that have seen every bin, so the update reads old covariances."""
+    stats = irda_ext.BinStats(B, D, momentum=momentum, device=device)
+    z = torch.randn(2 * B, D, device=device)
+    stats.update(z, torch.arange(2 * B, device=device) % B)
+    return stats
+
+
+def surrogate_batch(n=256, K=3, B=100, seed=0, device="cpu", dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.arange(B, dtype=torch.float64) + 0.5
+    probs = torch.exp(-torch.arange(B, dtype=torch.float64) / (B / 4))
+    b = torch.multinomial(probs, n, replacement=True, generator=g)
+    target = b.double() + torch.rand(n, generator=g, dtype=torch.float64)
+    pred = target + torch.randn(n, generator=g, dtype=torch.float64) * 3
+    eta = torch.rand(K, B, generator=g, dtype=torch.float64) + 0.1
+    eta = eta / eta.sum(0)
+    lp = torch.log(probs / probs.sum())
+    shift = torch.randn(n, generator=g, dtype=torch.float64) * 0.3
+    var = torch.rand(n, generator=g, dtype=torch.float64)
+    nv = torch.tensor(4.0, dtype=torch.float64)
+    out = [t.to(device=device, dtype=dtype) for t in (pred, target)] + [b.to(device)] + [
+        t.to(device=device, dtype=dtype) for t in (centers, eta, lp, shift, var, nv)]
+    for j in (0, 6, 7, 8):
+        out[j].requires_grad_()
+    pred, target, b, centers, eta, lp, shift, var, nv = out
+    return pred, target, b, centers, eta, lp, shift, var, 0.5, 0.75, nv
+
+
+def fwd_bwd(fn, args, mode):
+    loss = fn(*args, mode=mode)
+    grads = torch.autograd.grad(loss, [args[0], args[6], args[7], args[10]])
+    return loss, grads

@@ -1,0 +1,166 @@
+"""Kernel speed and memory benchmarks with the ratios the core issue targets.
+
+    python bench/run_benchmarks.py [--threads N] [--out bench/results]
+
+Every comparison is measured in the same run on the same machine; the results
+go to bench/results/cpu_kernels.{md,json}. Implementations are checked to agree
+before they are timed.
+  * BinStats.update (n=256, D=512, B=100) vs ISDA's one-hot EstimatorCV.update_CV
+    (target: >= 40x faster) and vs one read+write pass over the covariance of
+    the bins in the batch (target: <= 2.5x that time);
+  * the fused surrogate forward+backward (n=256, K=3, B=100) vs the dense
+    autograd reference, both modes (target: >= 1.5x faster), with peak memory.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cases import fwd_bwd, stats_batch, surrogate_batch, warm_stats  # noqa: E402
+from isda_estimator import OneHotEstimator  # noqa: E402
+
+import irda_ext  # noqa: E402
+from irda_ext import reference as ref  # noqa: E402
+
+
+def median_time(fn, min_time=1.0, max_reps=200, warmup=2):
+    for _ in range(warmup):
+        fn()
+    times, start = [], time.perf_counter()
+    while len(times) < max_reps and (time.perf_counter() - start < min_time or len(times) < 5):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def check_stats_agree(n, D, B):
+    z, b = stats_batch(n, D, B)
+    ours = irda_ext.BinStats(B, D, momentum=None, dtype=torch.float64)
+    isda = OneHotEstimator(B, D, dtype=torch.float64)
+    for seed in range(2):
+        z, b = stats_batch(n, D, B, seed=seed)
+        ours.update(z.double(), b)
+        isda.update(z.double(), b)
+    cnt = ours.count.double()
+    unbiased = isda.cov * (cnt / (cnt - 1).clamp_min(1))[:, None, None]
+    seen = cnt >= 2
+    assert torch.allclose(ours.cov[seen], unbiased[seen], atol=1e-8), "BinStats and ISDA disagree"
+    assert torch.allclose(ours.mean[cnt > 0], isda.ave[cnt > 0], atol=1e-10)
+
+
+def bench_bin_stats(n=256, D=512, B=100):
+    check_stats_agree(n, D, 20)
+    z, b = stats_batch(n, D, B)
+    present = torch.unique(b).tolist()
+    rows = {}
+    for momentum in (None, 0.9):
+        stats = warm_stats(B, D, momentum)
+        rows[f"BinStats.update momentum={momentum}"] = median_time(lambda: stats.update(z, b))
+    isda = OneHotEstimator(B, D)
+    rows["ISDA one-hot update_CV"] = median_time(lambda: isda.update(z, b), min_time=2.0, max_reps=5, warmup=1)
+    cov = warm_stats(B, D, None).cov
+
+    def one_pass():
+        for k in present:
+            cov[k].mul_(1.0)
+
+    rows["read+write pass over touched bins"] = median_time(one_pass)
+    return rows, len(present)
+
+
+def surrogate_peak_rss(impl, mode):
+    """Peak resident memory added by one forward+backward, in a fresh process."""
+    code = f"""
+import resource, sys, torch
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+import irda_ext
+from irda_ext import reference as ref
+from cases import fwd_bwd, surrogate_batch
+args = surrogate_batch(256, 3, 100)
+fn = irda_ext.irda_surrogate if {impl!r} == "fused" else ref.irda_surrogate
+fwd_bwd(irda_ext.irda_surrogate, surrogate_batch(8, 3, 100), {mode!r})  # load code paths
+fwd_bwd(ref.irda_surrogate, surrogate_batch(8, 3, 100), {mode!r})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+fwd_bwd(fn, args, {mode!r})
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024.0  # MiB
+
+
+def bench_surrogate(n=256, K=3, B=100):
+    rows = {}
+    for mode in ("exact", "paper"):
+        args = surrogate_batch(n, K, B)
+        fused, dense = fwd_bwd(irda_ext.irda_surrogate, args, mode), fwd_bwd(ref.irda_surrogate, args, mode)
+        assert torch.allclose(fused[0], dense[0], rtol=1e-4), (mode, fused[0], dense[0])
+        for g, h in zip(fused[1], dense[1]):
+            assert torch.allclose(g, h, rtol=1e-3, atol=1e-4), mode
+        for impl, fn in (("fused", irda_ext.irda_surrogate), ("dense", ref.irda_surrogate)):
+            rows[(mode, impl)] = (median_time(lambda: fwd_bwd(fn, args, mode)), surrogate_peak_rss(impl, mode))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    env = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+           "date": time.strftime("%Y-%m-%d")}
+    stats_rows, touched = bench_bin_stats()
+    sur_rows = bench_surrogate()
+
+    ours = stats_rows["BinStats.update momentum=None"]
+    ours_m = stats_rows["BinStats.update momentum=0.9"]
+    isda = stats_rows["ISDA one-hot update_CV"]
+    rw = stats_rows["read+write pass over touched bins"]
+    checks = {
+        "BinStats vs ISDA one-hot (>= 40x)": (isda / max(ours, ours_m), 40.0, ">="),
+        "BinStats vs touched read+write pass (<= 2.5x)": (max(ours, ours_m) / rw, 2.5, "<="),
+    }
+    for mode in ("exact", "paper"):
+        speedup = sur_rows[(mode, "dense")][0] / sur_rows[(mode, "fused")][0]
+        checks[f"fused surrogate {mode} vs dense (>= 1.5x)"] = (speedup, 1.5, ">=")
+
+    lines = [f"# CPU kernel benchmarks ({env['date']})", "",
+             f"Machine: {env['machine']}, {env['cpus']} CPUs, torch {env['torch']}, "
+             f"{env['torch_threads']} threads. Medians of repeated runs.", "",
+             f"## BinStats.update, n=256, D=512, B=100 ({touched} bins in the batch), float32", "",
+             "| implementation | time (ms) |", "|---|---|"]
+    lines += [f"| {k} | {v * 1e3:.2f} |" for k, v in stats_rows.items()]
+    lines += ["", "## Fused surrogate forward+backward, n=256, K=3, B=100, float32", "",
+              "| mode | implementation | time (ms) | peak added RSS (MiB) |", "|---|---|---|---|"]
+    lines += [f"| {m} | {i} | {t * 1e3:.2f} | {mem:.1f} |" for (m, i), (t, mem) in sur_rows.items()]
+    lines += ["", "## Targets", "", "| check | measured | target | met |", "|---|---|---|---|"]
+    ok_all = True
+    for name, (value, target, op) in checks.items():
+        ok = value >= target if op == ">=" else value <= target
+        ok_all &= ok
+        lines.append(f"| {name} | {value:.2f}x | {op} {target}x | {'yes' if ok else 'NO'} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "cpu_kernels.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(args.out, "cpu_kernels.json"), "w") as f:
+        json.dump({"env": env, "bin_stats_seconds": stats_rows,
+                   "surrogate": {f"{m}/{i}": {"seconds": t, "peak_rss_mib": mem} for (m, i), (t, mem) in sur_rows.items()},
+                   "checks": {k: {"value": v, "target": t, "op": o} for k, (v, t, o) in checks.items()}}, f, indent=2)
+    return 0 if ok_all else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
