@@ -58,9 +58,13 @@ def cluster_shares(features: torch.Tensor, bins: torch.Tensor, num_clusters: int
     if n < num_clusters:
         return torch.full((num_clusters, num_bins), 1.0 / num_clusters, dtype=torch.float64)
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     x = features.detach().to("cpu", torch.float64).numpy()
-    labels = KMeans(n_clusters=num_clusters, n_init=3, random_state=seed).fit_predict(x)
+    # scikit-learn's OpenMP threads and torch's spin against each other (40x slower on
+    # two cores); k-means on the reservoir is fast on one.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        labels = KMeans(n_clusters=num_clusters, n_init=1, random_state=seed).fit_predict(x)
     b = bins.detach().cpu().numpy()
     joint = np.zeros((num_clusters, num_bins))
     np.add.at(joint, (labels, b), 1.0)

@@ -15,6 +15,7 @@
 
 #include "../checks.h"
 #include "../merge_math.h"
+#include "grain.h"
 
 namespace irda {
 namespace {
@@ -75,7 +76,7 @@ Plan<T> build_plan(const Buckets& bk, const T* z, int64_t D, int64_t* count, T* 
   plan.vecs.assign(static_cast<size_t>(plan.vec_offset[P] * D), T(0));
   plan.weights.assign(plan.vec_offset[P], T(0));
   plan.keep.assign(P, T(0));
-  at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P, grain_for(2 * D * bk.order.size() / std::max<int64_t>(P, 1)), [&](int64_t begin, int64_t end) {
     std::vector<double> m(D);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t b = bk.bins[p];
@@ -157,7 +158,7 @@ void apply_plan(const Plan<T>& plan, const Buckets& bk, T* cov) {
   const int64_t D = plan.D, P = static_cast<int64_t>(bk.bins.size());
   // Rows of all present bins form one flat range, so both cores stay busy
   // however the samples are spread over bins.
-  at::parallel_for(0, P * D, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P * D, grain_for(4 * D), [&](int64_t begin, int64_t end) {
     std::vector<const T*> x;
     std::vector<T> coef;
     for (int64_t r = begin; r < end; ++r) {

@@ -12,6 +12,7 @@
 
 #include "../checks.h"
 #include "../surrogate_math.h"
+#include "grain.h"
 
 namespace irda {
 namespace {
@@ -240,8 +241,8 @@ SurrogateArgs<T> make_args(const Prepared& p, double alpha, double beta) {
   return a;
 }
 
-// Samples are independent; a grain of 8 keeps both cores busy at n = 256.
-constexpr int64_t kGrain = 8;
+// Work per sample: the grid, about 20 flops a point.
+int64_t sample_grain(const Prepared& p, bool exact) { return grain_for(20 * p.B * p.K * (exact ? p.K : 1)); }
 
 std::tuple<at::Tensor, at::Tensor> irda_surrogate_cpu(const at::Tensor& pred, const at::Tensor& target,
                                                       const at::Tensor& bin_index, const at::Tensor& centers,
@@ -258,7 +259,7 @@ std::tuple<at::Tensor, at::Tensor> irda_surrogate_cpu(const at::Tensor& pred, co
     const SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta);
     scalar_t* loss_ptr = loss.data_ptr<scalar_t>();
     scalar_t* lse_ptr = lse.data_ptr<scalar_t>();
-    at::parallel_for(0, p.n, kGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, p.n, sample_grain(p, exact), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         if (exact) {
           exact_forward(a, i, loss_ptr + i, lse_ptr + i * L);
@@ -297,7 +298,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backwa
     scalar_t* o_shift = g_shift.data_ptr<scalar_t>();
     scalar_t* o_var = g_var.data_ptr<scalar_t>();
     scalar_t* o_nv = g_nv.data_ptr<scalar_t>();
-    at::parallel_for(0, p.n, kGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, p.n, sample_grain(p, exact), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         if (exact) {
           exact_backward(a, i, lp + i * L, gp[i], o_pred + i, o_shift + i, o_var + i, o_nv + i);

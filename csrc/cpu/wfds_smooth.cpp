@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "../checks.h"
+#include "grain.h"
 
 namespace irda {
 namespace {
@@ -31,7 +32,7 @@ void check_smooth_inputs(const at::Tensor& weights, const at::Tensor& mean, cons
 // out[b] = sum over the band of S[b, b'] in[b'], rows of length `row` and `rows` rows per bin.
 template <typename T>
 void banded_apply(const T* S, const T* in, T* out, int64_t B, int64_t rows, int64_t row, int64_t h) {
-  at::parallel_for(0, B * rows, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * rows, grain_for((2 * h + 1) * row), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / rows, d = r % rows;
       T* o = out + (b * rows + d) * row;
