@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from . import distributed
 from ._ops import ops
 from ._validate import check_bin_index, check_finite, check_tensor
 
@@ -42,6 +43,8 @@ class BinStats(nn.Module):
         num_bins: ``B``. dim: feature dimension ``D``.
         momentum: ``None`` or a float in ``[0, 1)``.
         dtype: float32 or float64 statistics. device: where they live.
+        sync: under ``torch.distributed`` with more than one rank, merge the union of
+            every rank's batch (``irda_ext.distributed``); ``False`` keeps per-rank statistics.
 
     Example:
         >>> stats = BinStats(10, 4)
@@ -51,7 +54,7 @@ class BinStats(nn.Module):
     """
 
     def __init__(self, num_bins: int, dim: int, momentum: Optional[float] = None,
-                 dtype: torch.dtype = torch.float32, device=None):
+                 dtype: torch.dtype = torch.float32, device=None, sync: bool = True):
         super().__init__()
         for name, value in (("num_bins", num_bins), ("dim", dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -62,6 +65,7 @@ class BinStats(nn.Module):
             raise TypeError(f"BinStats: dtype must be torch.float32 or torch.float64, got {dtype}")
         self.num_bins, self.dim = num_bins, dim
         self.momentum = None if momentum is None else float(momentum)
+        self.sync = bool(sync)
         self.register_buffer("count", torch.zeros(num_bins, dtype=torch.int64, device=device))
         self.register_buffer("mean", torch.zeros(num_bins, dim, dtype=dtype, device=device))
         self.register_buffer("cov", torch.zeros(num_bins, dim, dim, dtype=dtype, device=device))
@@ -77,6 +81,10 @@ class BinStats(nn.Module):
         if z.device != self.mean.device:
             raise ValueError(f"BinStats.update: z is on {z.device} but the statistics are on {self.mean.device}")
         check_finite(z, "z")
+        # Multi-process (issue 7): every rank merges the whole global batch; collective.
+        if self.sync and distributed.is_distributed():
+            distributed.synced_bin_stats_update_(self.count, self.mean, self.cov, z, bin_index, self.momentum)
+            return
         ops.bin_stats_update_(self.count, self.mean, self.cov, z, bin_index, self.momentum)
 
     def reset(self) -> None:

@@ -7,9 +7,10 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from . import distributed
 from .bin_stats import BinStats
 from .binning import Bins
-from .clusters import FeatureReservoir, cluster_shares
+from .clusters import FeatureReservoir
 from .confusion import ConfusionCounter
 from .isotropic import adjusted_quadratic, isotropic_adjustment
 from .surrogate import MODES, irda_surrogate
@@ -124,13 +125,14 @@ class IRDALoss(nn.Module):
     @torch.no_grad()
     def end_epoch(self) -> None:
         """Re-estimates the confusion (hence the W-FDS weights) and the cluster shares, and advances the ramp."""
+        distributed.all_reduce_sum_(self.confusion_counter.counts)  # issue 7: every rank's predictions
         self.confusion.copy_(self.confusion_counter.confusion())
         self.confusion_counter.reset()
         self.smoothing.copy_(wfds_weights(self.confusion, self.kernel, self.kernel_size, self.kernel_sigma))
         if self.reservoir is not None:
-            features, bins = self.reservoir.sample()
-            eta = cluster_shares(features, bins, self.num_clusters, self.bins.num_bins,
-                                 seed=self.seed + self.epochs_done)
+            # issue 7: k-means on every rank's reservoir (once, on rank 0), eta broadcast
+            eta = distributed.synced_cluster_shares(self.reservoir, self.num_clusters, self.bins.num_bins,
+                                                    seed=self.seed + self.epochs_done)
             self.eta.copy_(eta.to(self.eta.device))
             self.reservoir.reset()
         self.epochs_done += 1

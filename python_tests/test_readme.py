@@ -17,4 +17,5 @@ def test_readme_example_runs():
     crit, head, backbone, x, y = (scope[k] for k in ("criterion", "head", "backbone", "x", "y"))
     assert crit.epochs_done == 10
     mae = (head(backbone(x)).squeeze(1) - y).abs().mean()
-    assert mae < 2.0, mae
+    trivial = (y - y.median()).abs().mean()  # predicting the median
+    assert mae < 0.8 * trivial, (mae, trivial)
