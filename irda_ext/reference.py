@@ -73,14 +73,14 @@ def isotropic_adjustment(cov: torch.Tensor, valid: Optional[torch.Tensor] = None
 def _label_grid(target, bin_index, centers):
     """``t[i, b'] = c_b'``, except ``t[i, b_i] = y_i``."""
     t = centers[None, :].expand(target.shape[0], -1).clone()
-    t[torch.arange(target.shape[0]), bin_index] = target
+    t[torch.arange(target.shape[0], device=target.device), bin_index] = target
     return t
 
 
 def _valid_competitors(log_prior, bin_index):
     """``[n, B]``: bins with a finite log-prior, and always the sample's own bin."""
     valid = torch.isfinite(log_prior)[None, :].expand(bin_index.shape[0], -1).clone()
-    valid[torch.arange(bin_index.shape[0]), bin_index] = True
+    valid[torch.arange(bin_index.shape[0], device=bin_index.device), bin_index] = True
     return valid
 
 
@@ -96,7 +96,7 @@ def irda_surrogate(pred, target, bin_index, centers, eta, log_prior, shift, var,
     t = _label_grid(target, bin_index, centers)  # [n, B]
     valid = _valid_competitors(log_prior, bin_index)  # [n, B]
     lp = torch.where(valid, log_prior[None, :].expand(n, -1), torch.zeros((), dtype=pred.dtype))
-    rows = torch.arange(n)
+    rows = torch.arange(n, device=pred.device)
     y = target
     if mode == "exact":
         m = pred + alpha * shift
