@@ -1,8 +1,10 @@
 """Builds irda_ext._C, the operator library, against the installed torch.
 
-CPU kernels are always built. CUDA kernels (csrc/cuda/*.cu) are built when torch
-has CUDA and nvcc is found, or when FORCE_CUDA=1, in which case a missing
-toolkit is an error rather than a silent CPU-only build.
+CPU kernels are always built. CUDA kernels (csrc/cuda/*.cu) are built when the
+installed torch is a CUDA build and nvcc is found (no GPU needed), or when
+FORCE_CUDA=1, in which case a missing toolkit is an error rather than a silent
+CPU-only build. IRDA_CPU_ONLY=1 skips them (a quicker build where no GPU will run).
+TORCH_CUDA_ARCH_LIST picks the GPU architectures (default "8.0;9.0").
 """
 import glob
 import os
@@ -27,7 +29,11 @@ def _extension():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     force_cuda = os.environ.get("FORCE_CUDA", "0") == "1"
-    want_cuda = force_cuda or (torch.version.cuda is not None and torch.cuda.is_available())
+    cpu_only = os.environ.get("IRDA_CPU_ONLY", "0") == "1"
+    if force_cuda and cpu_only:
+        sys.exit("FORCE_CUDA=1 and IRDA_CPU_ONLY=1 contradict each other: set one of them")
+    # A GPU is not needed to compile for one: torch built with CUDA plus nvcc is enough.
+    want_cuda = force_cuda or (not cpu_only and torch.version.cuda is not None and _nvcc_available())
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     sources = ["csrc/ops.cpp"] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     debug = os.environ.get("DEBUG", "0") == "1"
@@ -55,10 +61,11 @@ def _extension():
         return CUDAExtension(
             "irda_ext._C",
             sources + cuda_sources,
-            extra_compile_args={"cxx": cxx_flags + ["-DIRDA_WITH_CUDA"], "nvcc": nvcc_flags},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
             extra_link_args=["-fopenmp"],
         )
-    print("irda_ext: building the CPU kernels only", file=sys.stderr)
+    print("irda_ext: building the CPU kernels only"
+          + (" (IRDA_CPU_ONLY=1)" if cpu_only else " (torch has no CUDA or nvcc was not found)"), file=sys.stderr)
     return CppExtension(
         "irda_ext._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"]
     )

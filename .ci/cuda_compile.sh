@@ -35,36 +35,4 @@ python setup.py build_ext --build-lib "$BUILD/lib" --build-temp "$BUILD/tmp"
 echo "compile time: $((SECONDS - start)) s"
 
 LIB="$(ls "$BUILD"/lib/irda_ext/_C*.so)"
-# A fresh interpreter that never imports the irda_ext package: the in-place CPU
-# library would register the same schemas a second time.
-python - "$LIB" "$ROOT" <<'PY'
-import importlib.util
-import re
-import sys
-
-import torch
-
-lib, root = sys.argv[1], sys.argv[2]
-with open(f"{root}/csrc/ops.cpp") as f:
-    ops = re.findall(r'm\.def\("([A-Za-z0-9_]+)\(', f.read())
-assert ops, "no schemas found in csrc/ops.cpp"
-
-spec = importlib.util.spec_from_file_location("_cuda_check", f"{root}/irda_ext/_cuda_check.py")
-cuda_check = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cuda_check)
-built = cuda_check.check_cuda_version(lib)
-assert built is not None, f"{lib} has no CUDA build marker: were the CUDA sources compiled?"
-print(f"library built with CUDA {built}, torch has CUDA {torch.version.cuda}")
-
-torch.ops.load_library(lib)
-missing = []
-for op in ops:
-    for key in ("CUDA", "CPU"):
-        ok = torch._C._dispatch_has_kernel_for_dispatch_key(f"irda_ext::{op}", key)
-        print(f"  irda_ext::{op:<26} {key:<4} {'ok' if ok else 'MISSING'}")
-        if not ok:
-            missing.append(f"{op} ({key})")
-if missing:
-    sys.exit("ops without a kernel: " + ", ".join(missing))
-print(f"all {len(ops)} ops have CPU and CUDA kernels")
-PY
+python "$ROOT/.ci/check_cuda_kernels.py" "$LIB"

@@ -4,7 +4,8 @@
 // synchronisation (bin index range, NaN) are done by the CPU kernels inline and
 // by the Python wrappers for other devices.
 #pragma once
-#include <ATen/ATen.h>
+// Tensor.h, not ATen.h: these headers are parsed by nvcc for every .cu file too.
+#include <ATen/core/Tensor.h>
 
 #include <string>
 
@@ -60,6 +61,23 @@ inline void check_features(const at::Tensor& z, const at::Tensor& bin_index, int
   TORCH_CHECK_VALUE(D < 0 || z.size(1) == D, "z must have shape [n, ", D, "], got ", shape_str(z));
   check_index(bin_index, z.size(0));
   check_same_device(bin_index, z, "bin_index", "z");
+}
+
+// W-FDS smoothing: weights [B, B], mean [B, D], cov [B, D, D] of one dtype and device.
+inline void check_smooth_inputs(const at::Tensor& weights, const at::Tensor& mean, const at::Tensor& cov,
+                                int64_t bandwidth) {
+  check_dim(mean, 2, "mean", "[B, D]");
+  check_float(mean, "mean");
+  const int64_t B = mean.size(0), D = mean.size(1);
+  TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(0) == B && weights.size(1) == B, "weights must have shape [",
+                    B, ", ", B, "], got ", shape_str(weights));
+  TORCH_CHECK_VALUE(cov.dim() == 3 && cov.size(0) == B && cov.size(1) == D && cov.size(2) == D,
+                    "cov must have shape [", B, ", ", D, ", ", D, "], got ", shape_str(cov));
+  check_same_dtype(weights, mean, "weights", "mean");
+  check_same_dtype(cov, mean, "cov", "mean");
+  check_same_device(weights, mean, "weights", "mean");
+  check_same_device(cov, mean, "cov", "mean");
+  TORCH_CHECK_VALUE(bandwidth >= 0, "bandwidth must be non-negative, got ", bandwidth);
 }
 
 inline void check_surrogate_inputs(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& bin_index,

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from . import _C  # noqa: F401  (loads the library: registers schemas and kernels)
+from ._cuda_check import check_cuda_version
+
+# Before loading: a library compiled for another CUDA release fails to load with an
+# obscure missing-symbol error, or loads and misbehaves; this names both releases.
+check_cuda_version()
+
+from . import _C  # noqa: E402,F401  (loads the library: registers schemas and kernels)
 
 ops = torch.ops.irda_ext
 

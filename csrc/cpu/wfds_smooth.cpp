@@ -13,22 +13,6 @@
 namespace irda {
 namespace {
 
-void check_smooth_inputs(const at::Tensor& weights, const at::Tensor& mean, const at::Tensor& cov,
-                         int64_t bandwidth) {
-  check_dim(mean, 2, "mean", "[B, D]");
-  check_float(mean, "mean");
-  const int64_t B = mean.size(0), D = mean.size(1);
-  TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(0) == B && weights.size(1) == B, "weights must have shape [",
-                    B, ", ", B, "], got ", shape_str(weights));
-  TORCH_CHECK_VALUE(cov.dim() == 3 && cov.size(0) == B && cov.size(1) == D && cov.size(2) == D,
-                    "cov must have shape [", B, ", ", D, ", ", D, "], got ", shape_str(cov));
-  check_same_dtype(weights, mean, "weights", "mean");
-  check_same_dtype(cov, mean, "cov", "mean");
-  check_same_device(weights, mean, "weights", "mean");
-  check_same_device(cov, mean, "cov", "mean");
-  TORCH_CHECK_VALUE(bandwidth >= 0, "bandwidth must be non-negative, got ", bandwidth);
-}
-
 // out[b] = sum over the band of S[b, b'] in[b'], rows of length `row` and `rows` rows per bin.
 template <typename T>
 void banded_apply(const T* S, const T* in, T* out, int64_t B, int64_t rows, int64_t row, int64_t h) {

@@ -14,7 +14,9 @@
 // Blocks of bins absent from the batch return at once: their statistics are
 // never read or written. half / bfloat16 features are read as they are and
 // accumulated in float32 (at::acc_type).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sort.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>

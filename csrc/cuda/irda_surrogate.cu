@@ -7,7 +7,8 @@
 // built, and every reduction has a fixed order: the per-sample noise_var
 // gradients are summed by the caller, so the whole op is deterministic.
 // noise_var is read on the device: no host synchronisation.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 

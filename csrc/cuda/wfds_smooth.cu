@@ -6,7 +6,8 @@
 // registers, so every statistic is read once and every output written once.
 // Bandwidths above kMaxWindowHalf (wider than the paper's kernels) read their
 // band straight from global memory instead.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -93,23 +94,6 @@ void banded_apply(const T* S, const T* in, T* out, int64_t B, int64_t E, int64_t
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 static_assert(kMaxWindowHalf == 4, "banded_apply instantiates windows for h = 0 .. 4");
-
-// The checks of csrc/cpu/wfds_smooth.cpp.
-void check_smooth_inputs(const at::Tensor& weights, const at::Tensor& mean, const at::Tensor& cov,
-                         int64_t bandwidth) {
-  check_dim(mean, 2, "mean", "[B, D]");
-  check_float(mean, "mean");
-  const int64_t B = mean.size(0), D = mean.size(1);
-  TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(0) == B && weights.size(1) == B, "weights must have shape [",
-                    B, ", ", B, "], got ", shape_str(weights));
-  TORCH_CHECK_VALUE(cov.dim() == 3 && cov.size(0) == B && cov.size(1) == D && cov.size(2) == D,
-                    "cov must have shape [", B, ", ", D, ", ", D, "], got ", shape_str(cov));
-  check_same_dtype(weights, mean, "weights", "mean");
-  check_same_dtype(cov, mean, "cov", "mean");
-  check_same_device(weights, mean, "weights", "mean");
-  check_same_device(cov, mean, "cov", "mean");
-  TORCH_CHECK_VALUE(bandwidth >= 0, "bandwidth must be non-negative, got ", bandwidth);
-}
 
 std::tuple<at::Tensor, at::Tensor> wfds_smooth_cuda(const at::Tensor& weights, const at::Tensor& mean,
                                                     const at::Tensor& cov, int64_t bandwidth) {

@@ -1,0 +1,233 @@
+"""CUDA kernels: low-precision tolerance policy and the properties only a GPU can show.
+
+Tolerance policy for half / bfloat16 features: against a float64 reference, a kernel's
+error is at most twice the error of the same computation written in PyTorch at that
+precision (plus a few float32 roundings, which is where the kernels accumulate).
+The rest checks what the device-generic tests cannot: no host synchronisation,
+launches on the current stream, bitwise determinism, absent bins never written,
+and agreement with the CPU kernels at the benchmark's sizes.
+All tests are skipped where there is no GPU or no CUDA kernel.
+"""
+import pytest
+import torch
+from testing import devices, features, surrogate_inputs
+
+import irda_ext
+from irda_ext import reference as ref
+
+pytestmark = pytest.mark.skipif("cuda" not in devices(), reason="needs a GPU and the CUDA kernels")
+
+LOW = [torch.float16, torch.bfloat16]
+F32_EPS = torch.finfo(torch.float32).eps
+
+
+def _err(got, want):
+    return (got.double().cpu() - want.double().cpu()).abs().max().item()
+
+
+def _floor(want):
+    """A few float32 roundings of the largest value: the kernels' own accumulation precision."""
+    return 8 * F32_EPS * max(want.abs().max().item(), 1.0)
+
+
+def _torch_moments(z, bin_index, num_bins):
+    """Per-bin mean and centred scatter, every step in z's own dtype."""
+    onehot = torch.nn.functional.one_hot(bin_index, num_bins).to(z.dtype)
+    count = onehot.sum(0)
+    mean = (onehot.t() @ z) / count.clamp_min(1)[:, None]
+    centred = z - mean[bin_index]
+    scatter = torch.einsum("nb,nd,ne->bde", onehot, centred, centred)
+    return mean, scatter
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("n,D,B", [(97, 33, 7), (256, 130, 100), (1025, 64, 3)])
+def test_bin_moments_low_precision_policy(dtype, n, D, B):
+    z, b = features(n, D, B, "cuda", dtype=torch.float64, offset=3.0)
+    z_low = z.to(dtype)
+    want_mean, want_scatter = _torch_moments(z_low.double(), b, B)  # float64 of the same inputs
+    count, mean, scatter = irda_ext.bin_moments(z_low, b, B)
+    assert mean.dtype == scatter.dtype == torch.float32
+    torch_mean, torch_scatter = _torch_moments(z_low, b, B)
+    assert _err(mean, want_mean) <= 2 * _err(torch_mean, want_mean) + _floor(want_mean)
+    assert _err(scatter, want_scatter) <= 2 * _err(torch_scatter, want_scatter) + _floor(want_scatter)
+    torch.testing.assert_close(count.cpu(), torch.bincount(b.cpu(), minlength=B))
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("momentum", [None, 0.9])
+def test_bin_stats_update_low_precision_policy(dtype, momentum):
+    n, D, B = 256, 96, 20
+    stats = irda_ext.BinStats(B, D, momentum=momentum, dtype=torch.float32, device="cuda")
+    want = (torch.zeros(B, dtype=torch.int64), torch.zeros(B, D, dtype=torch.float64),
+            torch.zeros(B, D, D, dtype=torch.float64))
+    low = (torch.zeros(B, dtype=torch.int64, device="cuda"), torch.zeros(B, D, dtype=dtype, device="cuda"),
+           torch.zeros(B, D, D, dtype=dtype, device="cuda"))
+    for step in range(3):
+        z, b = features(n, D, B, "cuda", dtype=torch.float64, seed=step, offset=2.0 + step)
+        z_low = z.to(dtype)
+        stats.update(z_low, b)
+        want = ref.bin_stats_update(*want, z_low.double().cpu(), b.cpu(), momentum)
+        low = _torch_update(*low, z_low, b, momentum)
+    torch.testing.assert_close(stats.count.cpu(), want[0])
+    for got, in_torch, truth in ((stats.mean, low[1], want[1]), (stats.cov, low[2], want[2])):
+        assert _err(got, truth) <= 2 * _err(in_torch, truth) + _floor(truth)
+
+
+def _torch_update(count, mean, cov, z, bin_index, momentum):
+    """The streaming merge of reference.bin_stats_update with every step in z's dtype."""
+    B = mean.shape[0]
+    n_b = torch.bincount(bin_index, minlength=B)
+    m_b, scatter = _torch_moments(z, bin_index, B)
+    count, mean, cov = count.clone(), mean.clone(), cov.clone()
+    for b in torch.nonzero(n_b).flatten().tolist():
+        nb, n_old = int(n_b[b]), int(count[b])
+        if momentum is None or n_old == 0:
+            n = n_old + nb
+            delta = m_b[b] - mean[b]
+            m2 = (cov[b] * (n_old - 1) if n_old >= 2 else torch.zeros_like(cov[b])) + scatter[b] \
+                + torch.outer(delta, delta) * (n_old * nb / n)
+            mean[b] = mean[b] + delta * (nb / n)
+            cov[b] = m2 / (n - 1) if n >= 2 else torch.zeros_like(m2)
+        else:
+            batch_cov = scatter[b] / (nb - 1) if nb >= 2 else torch.zeros_like(scatter[b])
+            mean[b] = momentum * mean[b] + (1 - momentum) * m_b[b]
+            cov[b] = momentum * cov[b] + (1 - momentum) * batch_cov
+        count[b] += nb
+    return count, mean, cov
+
+
+@pytest.mark.parametrize("mode", ["exact", "paper"])
+def test_surrogate_float32_policy(mode):
+    """The fused float32 surrogate is as accurate as the dense float32 PyTorch version."""
+    args64 = surrogate_inputs(256, 3, 100, "cpu", torch.float64, seed=3, dead_bins=(5, 50))
+    want = ref.irda_surrogate(*args64, mode=mode, reduction="none")
+    args32 = [a.to(torch.float32) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+              for a in args64]
+    in_torch = ref.irda_surrogate(*args32, mode=mode, reduction="none")
+    args_cuda = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args32]
+    got = irda_ext.irda_surrogate(*args_cuda, mode=mode, reduction="none")
+    assert _err(got, want) <= 2 * _err(in_torch, want) + _floor(want)
+
+
+def test_no_host_synchronisation():
+    z, b = features(256, 64, 100, "cuda", dtype=torch.float32)
+    count = torch.zeros(100, dtype=torch.int64, device="cuda")
+    mean = torch.zeros(100, 64, device="cuda")
+    cov = torch.zeros(100, 64, 64, device="cuda")
+    S = torch.rand(100, 100, device="cuda")
+    args = surrogate_inputs(256, 3, 100, "cuda", torch.float32)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        torch.ops.irda_ext.bin_moments(z, b, 100)
+        torch.ops.irda_ext.bin_stats_update_(count, mean, cov, z, b, None)
+        torch.ops.irda_ext.bin_stats_update_(count, mean, cov, z, b, 0.9)
+        torch.ops.irda_ext.wfds_smooth(S, mean, cov, 2)
+        loss, lse = torch.ops.irda_ext.irda_surrogate(*args, "exact")
+        torch.ops.irda_ext.irda_surrogate_backward(torch.ones_like(loss), *args, "exact", lse)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_runs_on_the_current_stream():
+    z, b = features(300, 40, 9, "cuda", dtype=torch.float32)
+    expected = irda_ext.bin_moments(z, b, 9)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        # z_late is written on the side stream after a long sleep: a kernel launched on
+        # any other stream would read the zeros. (The raw op: the Python wrapper's
+        # value checks would synchronise.)
+        z_late = torch.zeros_like(z)
+        torch.cuda._sleep(50_000_000)
+        z_late.copy_(z)
+        got = torch.ops.irda_ext.bin_moments(z_late, b, 9)
+    torch.cuda.current_stream().wait_stream(side)
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_device_guard_second_gpu():
+    z, b = features(64, 16, 5, "cuda:1", dtype=torch.float32)
+    with torch.cuda.device(0):
+        got = irda_ext.bin_moments(z, b, 5)
+    assert got[1].device == torch.device("cuda:1")
+    for g, w in zip(got, ref.bin_moments(z.cpu(), b.cpu(), 5)):
+        torch.testing.assert_close(g.cpu(), w)
+
+
+def test_deterministic():
+    args = surrogate_inputs(256, 4, 60, "cuda", torch.float32, requires_grad=True, seed=1)
+    grads = []
+    for _ in range(2):
+        for t in (args[0], args[6], args[7], args[10]):
+            t.grad = None
+        irda_ext.irda_surrogate(*args, mode="exact").backward()
+        grads.append([args[j].grad.clone() for j in (0, 6, 7, 10)])
+    assert all(torch.equal(g, h) for g, h in zip(*grads))
+    z, b = features(512, 80, 10, "cuda", dtype=torch.float32)
+    first, second = irda_ext.bin_moments(z, b, 10), irda_ext.bin_moments(z, b, 10)
+    assert all(torch.equal(f, s) for f, s in zip(first, second))
+    assert torch.equal(first[2], first[2].transpose(1, 2))  # exactly symmetric
+
+
+@pytest.mark.parametrize("momentum", [None, 0.9])
+def test_absent_bins_never_written(momentum):
+    B, D = 12, 70
+    stats = [torch.zeros(B, dtype=torch.int64, device="cuda"), torch.full((B, D), float("nan"), device="cuda"),
+             torch.full((B, D, D), float("nan"), device="cuda")]
+    present = [1, 4, 11]
+    for b in present:
+        stats[1][b].zero_()
+        stats[2][b].zero_()
+    z, b = features(90, D, B, "cuda", dtype=torch.float32, bins=[present[i % 3] for i in range(90)])
+    torch.ops.irda_ext.bin_stats_update_(*stats, z, b, momentum)
+    absent = [k for k in range(B) if k not in present]
+    assert stats[1][absent].isnan().all() and stats[2][absent].isnan().all()
+    assert stats[1][present].isfinite().all() and stats[2][present].isfinite().all()
+    assert stats[0][absent].eq(0).all() and stats[0][present].eq(30).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("momentum", [None, 0.9])
+def test_bin_stats_matches_cpu_at_benchmark_size(dtype, momentum):
+    n, D, B = 256, 300, 100
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    on = {dev: irda_ext.BinStats(B, D, momentum=momentum, dtype=dtype, device=dev) for dev in ("cpu", "cuda")}
+    for step in range(3):
+        z, b = features(n, D, B, "cpu", dtype=dtype, seed=step, offset=float(step))
+        on["cpu"].update(z, b)
+        on["cuda"].update(z.cuda(), b.cuda())
+    for name in ("count", "mean", "cov"):
+        torch.testing.assert_close(getattr(on["cuda"], name).cpu(), getattr(on["cpu"], name), **tol)
+
+
+@pytest.mark.parametrize("bandwidth", [0, 2, 4, 7])
+def test_wfds_matches_cpu(bandwidth):
+    B, D = 37, 45
+    g = torch.Generator().manual_seed(0)
+    S = torch.rand(B, B, generator=g, dtype=torch.float64)
+    mean = torch.randn(B, D, generator=g, dtype=torch.float64)
+    cov = torch.randn(B, D, D, generator=g, dtype=torch.float64)
+    want = torch.ops.irda_ext.wfds_smooth(S, mean, cov, bandwidth)
+    got = torch.ops.irda_ext.wfds_smooth(S.cuda(), mean.cuda(), cov.cuda(), bandwidth)
+    for g_, w in zip(got, want):
+        torch.testing.assert_close(g_.cpu(), w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["exact", "paper"])
+@pytest.mark.parametrize("K,B,var_scale", [(1, 5, 1.0), (3, 100, 1.0), (5, 33, 50.0)])
+def test_surrogate_matches_cpu(mode, K, B, var_scale):
+    """Forward and every gradient, including the capped variance (var_scale = 50)."""
+    args = surrogate_inputs(97, K, B, "cpu", torch.float64, seed=K, dead_bins=(1,), var_scale=var_scale)
+    grad = torch.randn(97, dtype=torch.float64)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        a = [x.to(dev) if isinstance(x, torch.Tensor) else x for x in args]
+        loss, lse = torch.ops.irda_ext.irda_surrogate(*a, mode)
+        grads = torch.ops.irda_ext.irda_surrogate_backward(grad.to(dev), *a, mode, lse)
+        out[dev] = (loss, lse, *grads)
+    for g_, w in zip(out["cuda"], out["cpu"]):
+        torch.testing.assert_close(g_.cpu(), w, rtol=1e-10, atol=1e-10)
