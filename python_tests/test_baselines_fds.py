@@ -1,0 +1,121 @@
+"""FDS: running statistics, kernel smoothing and the calibration formula, by hand."""
+import math
+
+import pytest
+import torch
+
+from irda_ext.baselines.fds import FDS, kernel_smoothing_matrix
+from irda_ext.baselines.lds import lds_kernel_window
+from irda_ext.binning import Bins
+
+
+def test_kernel_matrix_rows():
+    S = kernel_smoothing_matrix(7)
+    k = lds_kernel_window("gaussian", 5, 2.0)
+    assert torch.allclose(S.sum(1), torch.ones(7, dtype=torch.float64))
+    assert S[0, 3:].abs().sum() == 0 and S[6, :4].abs().sum() == 0
+    assert S[3, 1:6].tolist() == pytest.approx((k / k.sum()).tolist())
+    assert S[0, :3].tolist() == pytest.approx((k[2:] / k[2:].sum()).tolist())
+
+
+def test_running_statistics_and_momentum():
+    f = FDS(3, 2, momentum=0.9)
+    z0 = torch.tensor([[1.0, 2.0], [3.0, 6.0], [5.0, 0.0]])
+    b0 = torch.tensor([0, 0, 2])
+    f(z0, b0, epoch=0)
+    f.end_epoch(0)
+    assert f.running_mean[0].tolist() == pytest.approx([2.0, 4.0])
+    assert f.running_var[0].tolist() == pytest.approx([2.0, 8.0])  # unbiased over 2 samples
+    assert f.running_mean[2].tolist() == pytest.approx([5.0, 0.0])
+    assert f.running_var[2].tolist() == pytest.approx([0.0, 0.0])  # one sample
+    assert f.seen.tolist() == [True, False, True]
+    z1 = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
+    f.train()
+    f.update(z1, torch.tensor([0, 0]))
+    f.end_epoch(1)
+    assert f.running_mean[0].tolist() == pytest.approx([0.9 * 2 + 0.1 * 2, 0.9 * 4 + 0.1 * 0])
+    assert f.running_var[0].tolist() == pytest.approx([0.9 * 2 + 0.1 * 8, 0.9 * 8 + 0.1 * 0])
+    assert f.running_mean[2].tolist() == pytest.approx([5.0, 0.0])  # untouched
+
+
+def test_smoothing_ignores_unseen_bins_and_calibration_formula():
+    f = FDS(3, 1, clip_min=0.1, clip_max=10.0)
+    f.update(torch.tensor([[1.0], [3.0], [10.0], [14.0]]), torch.tensor([0, 0, 2, 2]))
+    f.end_epoch(0)
+    # bin 1 unseen; bins 0 and 2 are 2 apart, inside the kernel of size 5
+    k = lds_kernel_window("gaussian", 5, 2.0)  # offsets -2..2
+    w_self, w_2 = k[2], k[4]
+    mean0 = (w_self * 2.0 + w_2 * 12.0) / (w_self + w_2)
+    var0 = (w_self * 2.0 + w_2 * 8.0) / (w_self + w_2)
+    assert f.smoothed_mean[0].item() == pytest.approx(mean0, rel=1e-6)
+    assert f.smoothed_var[0].item() == pytest.approx(var0, rel=1e-6)
+    z = torch.tensor([[0.0], [7.0]], requires_grad=True)
+    out = f(z, torch.tensor([0, 1]), epoch=1)
+    scale = math.sqrt(min(max(var0 / 2.0, 0.1), 10.0))
+    assert out[0].item() == pytest.approx((0.0 - 2.0) * scale + mean0, rel=1e-6)
+    assert out[1].item() == pytest.approx(7.0)  # unseen bin: unchanged
+    # statistics of this epoch are accumulated, not yet merged
+    assert f._count[0].item() == 1 and f.running_mean[0].item() == pytest.approx(2.0)
+
+
+def test_calibration_is_out_of_place_and_differentiable():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3)
+    f = FDS(5, 3)
+    x = torch.randn(16, 4)
+    b = torch.randint(0, 5, (16,))
+    f(layer(x).detach(), b, epoch=0)
+    f.end_epoch(0)
+    z = layer(x)  # non-leaf, requires grad
+    z_leaf = z.detach().clone().requires_grad_()
+    out = f(z_leaf, b, epoch=1)
+    out.sum().backward()
+    ratio = (f.smoothed_var[b] / f.running_var[b].clamp_min(1e-12)).clamp(0.1, 10).sqrt()
+    assert torch.allclose(z_leaf.grad, ratio)  # d z~/d z = calibration scale
+    assert torch.equal(z_leaf.detach(), z.detach())  # input untouched
+    f(z, b, epoch=1).pow(2).sum().backward()
+    assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+
+
+def test_continuous_labels_eval_identity_and_singleton_bins():
+    bins = Bins(0.0, 1.0, 0.1)
+    y = torch.tensor([0.05, 0.31, 0.33, 0.97])
+    f = FDS(bins.num_bins, 2)
+    z = torch.randn(4, 2)
+    f(z, bins.index(y), 0)
+    f.end_epoch(0)
+    out = f(z, bins.index(y), 1)
+    assert torch.isfinite(out).all()  # bins of one sample have variance 0: no NaN
+    f.eval()
+    assert torch.equal(f(z, bins.index(y), 5), z)
+
+
+def test_no_calibration_before_start_smooth():
+    f = FDS(2, 2, start_smooth=2)
+    z = torch.randn(4, 2)
+    b = torch.tensor([0, 0, 1, 1])
+    f(z, b, 0)
+    f.end_epoch(0)
+    assert torch.equal(f(z, b, 1), z)
+    assert not torch.equal(f(z, b, 2), z)
+
+
+@pytest.mark.parametrize("z, b, exc", [
+    (torch.randn(3, 2), torch.tensor([0.0, 1.0, 1.0]), TypeError),   # float labels are not bins
+    (torch.randn(3, 2), torch.tensor([0, 1]), ValueError),
+    (torch.randn(3, 5), torch.tensor([0, 1, 1]), ValueError),
+    (torch.randn(3, 2), torch.tensor([0, 1, 7]), ValueError),
+    (torch.randn(3), torch.tensor([0, 1, 1]), ValueError),
+])
+def test_bad_inputs(z, b, exc):
+    with pytest.raises(exc):
+        FDS(3, 2)(z, b, 0)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError):
+        FDS(3, 2, momentum=1.0)
+    with pytest.raises(ValueError):
+        FDS(3, 2, start_update=1, start_smooth=1)
+    with pytest.raises(ValueError):
+        FDS(3, 2, clip_min=2.0, clip_max=1.0)
