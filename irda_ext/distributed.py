@@ -1,0 +1,434 @@
+"""Multi-process training with ``torch.distributed`` (SPEC 2, 5).
+
+Under data parallelism every rank sees ``n`` of the ``W * n`` samples of a step, but the
+per-bin statistics must describe the whole batch. This module makes every epoch-level and
+step-level estimate global:
+
+- :func:`synced_bin_stats_update_` merges the union of every rank's batch into
+  ``BinStats`` (``BinStats.update`` calls it when a process group with more than one rank
+  is initialised), so ``W`` ranks with ``n`` samples each keep the statistics of one
+  process with ``W * n``. Two equivalent ways, chosen per step by communication volume:
+
+  * ``"moments"``: per-bin batch moments all-reduced before the merge
+    (:func:`all_reduce_bin_moments_`: counts summed, the global mean from summed per-bin
+    sums, the global scatter as ``sum_r [M_r + n_r (m_r - m)(m_r - m)^T]``, never
+    ``E[zz^T] - mu mu^T``), then :func:`merge_bin_moments_`, the formulas of the fused
+    update (``csrc/merge_math.h``) for dense moments. Sends ``P * D^2`` numbers for ``P``
+    bins present in the global batch.
+  * ``"gather"``: the features themselves all-gathered (``W * n * D`` numbers), each rank
+    then runs the fused update on the concatenated batch: the same rows in the same order as
+    one process given ``torch.cat`` of the ranks' batches (bitwise the same result on the CPU). With ResNet-50 features (``D = 2048``)
+    and more than a handful of bins present this is far cheaper.
+
+  ``"auto"`` (the default) takes the smaller volume; both give the same statistics.
+- :func:`all_reduce_sum_` sums the epoch's confusion counts over ranks.
+- :func:`synced_cluster_shares` gathers every rank's feature reservoir, runs k-means once
+  on rank 0 (on the rows in a canonical order, so the arrival order does not matter) and
+  broadcasts ``eta``, so every rank uses the same cluster shares.
+- The prior needs nothing: every rank loads the full training labels.
+
+Launching: :func:`init_from_env` (``torchrun`` sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) picks NCCL for CUDA devices and gloo
+otherwise; :func:`wrap_model` (DDP), :func:`train_sampler` (``DistributedSampler``),
+:func:`average_gradients` (for parameters outside the DDP module, such as the head and a
+learned noise scale), :func:`is_main_process` and :func:`barrier` complete a driver.
+
+Every function is a no-op (or the single-process computation) when no process group with
+more than one rank is initialised; only :func:`train_sampler` also serves a group of one. Collectives must be called by every rank in the same
+order: each rank calls ``BinStats.update`` once per step and ``IRDALoss.end_epoch`` once
+per epoch, which ``DistributedSampler`` (equal batch counts on all ranks) guarantees.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterable, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ._ops import ops
+
+STRATEGIES = ("auto", "moments", "gather")
+
+
+# ----- process group -------------------------------------------------------------------------
+def is_distributed() -> bool:
+    """True when a process group with more than one rank is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or the only process): the one that writes checkpoints, results and logs."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def launched_by_torchrun() -> bool:
+    """``RANK`` and ``WORLD_SIZE`` in the environment (``torchrun`` sets them, also for one
+    process)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_from_env(device: Optional[str] = None) -> torch.device:
+    """Initialise the default process group from ``torchrun``'s environment and return this
+    rank's device.
+
+    Outside ``torchrun`` (no ``RANK``/``WORLD_SIZE`` in the environment) nothing is
+    initialised and the device is ``device`` (default: cuda if available, else cpu). Under
+    ``torchrun`` a CUDA device gets the index ``LOCAL_RANK`` (one GPU per process) and the
+    NCCL backend; a CPU device gets gloo. ``torchrun --nproc_per_node=1`` makes a group of
+    one: nothing is synchronised, but the data order is that of :func:`train_sampler`, the
+    same as with more ranks. An already initialised group is kept.
+    """
+    wanted = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not launched_by_torchrun():
+        return wanted
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if wanted.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("init_from_env: a CUDA device was asked for but CUDA is not available")
+        wanted = torch.device("cuda", local_rank if wanted.index is None else wanted.index)
+        torch.cuda.set_device(wanted)
+    if not dist.is_initialized():
+        backend = "nccl" if wanted.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://")
+    return wanted
+
+
+def destroy() -> None:
+    """Tear the process group down (call at the end of a ``torchrun`` process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, device: torch.device, sync_batchnorm: bool = True) -> nn.Module:
+    """``DistributedDataParallel(model)`` under a multi-rank group, else ``model`` itself.
+
+    On CUDA, batch norm layers become ``SyncBatchNorm`` (``sync_batchnorm=True``), so their
+    batch statistics also describe the whole batch; gloo/CPU has no SyncBatchNorm and keeps
+    per-rank batch norm. Keep a reference to the unwrapped model for evaluation and
+    checkpoints (``wrapped.module``)."""
+    if not is_distributed():
+        return model
+    if sync_batchnorm and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def train_sampler(dataset, seed: int, shuffle: bool = True, drop_last: bool = False):
+    """A ``DistributedSampler`` over the training set when a process group is initialised
+    (any size, so ``torchrun --nproc_per_node=1`` shuffles the same way), else None.
+
+    Call ``sampler.set_epoch(epoch)`` before each epoch: the permutation depends only on
+    ``seed + epoch`` (a resumed run continues exactly). The ranks' batches of step ``t``
+    together are the step-``t`` batch of one rank with ``W`` times the batch size (up to
+    the padding of the last batch to a multiple of ``W``)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    from torch.utils.data.distributed import DistributedSampler
+
+    return DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=seed,
+                              drop_last=drop_last)
+
+
+@torch.no_grad()
+def broadcast_parameters(params: Iterable[torch.Tensor], src: int = 0) -> None:
+    """Copy rank ``src``'s values of ``params`` to every rank (parameters outside DDP)."""
+    if not is_distributed():
+        return
+    for p in params:
+        dist.broadcast(p.data, src)
+
+
+@torch.no_grad()
+def average_gradients(params: Iterable[torch.Tensor]) -> None:
+    """Average the gradients of ``params`` over ranks, in one flat all-reduce per dtype.
+
+    For parameters DDP does not own (the regression head, a learned noise scale): with a
+    per-sample mean loss the averaged gradient is that of the whole ``W * n`` batch. A
+    parameter without a gradient on every rank is skipped; ``None`` on some ranks only
+    is an error of the caller (the ranks would disagree on the flat layout)."""
+    if not is_distributed():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    by_dtype = {}
+    for g in grads:
+        by_dtype.setdefault((g.dtype, g.device), []).append(g)
+    scale = 1.0 / world_size()
+    for group in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in group])
+        dist.all_reduce(flat)
+        flat.mul_(scale)
+        offset = 0
+        for g in group:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def average_gradients_outside(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """:func:`average_gradients` of every parameter of ``optimizer`` that the DDP ``model``
+    does not own (the head, the method's own parameters). Call between ``backward()`` and
+    ``step()``; no-op on one rank."""
+    if not is_distributed():
+        return
+    owned = {id(p) for p in model.parameters()} if isinstance(model, nn.parallel.DistributedDataParallel) else set()
+    average_gradients([p for group in optimizer.param_groups for p in group["params"] if id(p) not in owned])
+
+
+def sum_over_ranks(*values: float) -> Tuple[float, ...]:
+    """Python numbers summed over ranks (an epoch's loss total and sample count)."""
+    if not is_distributed():
+        return tuple(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return tuple(t.tolist())
+
+
+@torch.no_grad()
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (the epoch's confusion counts); no-op on one rank."""
+    if is_distributed():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+@torch.no_grad()
+def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Rank ``src``'s value of ``tensor`` on every rank, in place; no-op on one rank."""
+    if is_distributed():
+        dist.broadcast(tensor, src)
+    return tensor
+
+
+# ----- per-bin statistics (SPEC 2) -------------------------------------------------------------
+@torch.no_grad()
+def all_reduce_bin_moments_(count: torch.Tensor, mean: torch.Tensor, scatter: torch.Tensor,
+                            global_count: Optional[torch.Tensor] = None):
+    """Turn one rank's batch moments into those of the union of every rank's batch, in place.
+
+    ``count [B]`` int64, ``mean [B, D]``, ``scatter [B, D, D]`` as :func:`irda_ext.bin_moments`
+    returns them. The global count is the sum of the counts; the global mean ``m`` comes from
+    the summed per-bin sums ``n_r m_r``; the global scatter is
+    ``sum_r [M_r + n_r (m_r - m)(m_r - m)^T]``, every term centred (numerically stable).
+    Only the bins present somewhere are communicated. ``global_count`` (the summed counts,
+    if the caller already has them) saves one all-reduce. Returns ``(count, mean, scatter)``.
+    """
+    if not is_distributed():
+        return count, mean, scatter
+    if global_count is None:
+        global_count = count.clone()
+        dist.all_reduce(global_count)
+    present = torch.nonzero(global_count > 0).reshape(-1)
+    n_local = count.index_select(0, present).to(mean.dtype)  # [P]
+    n_total = global_count.index_select(0, present).to(mean.dtype)
+    local_mean = mean.index_select(0, present)  # [P, D]
+    sums = local_mean * n_local[:, None]
+    dist.all_reduce(sums)
+    global_mean = sums / n_total[:, None]
+    delta = local_mean - global_mean  # a rank without samples of the bin has n_local = 0: no term
+    terms = scatter.index_select(0, present) + n_local[:, None, None] * delta[:, :, None] * delta[:, None, :]
+    dist.all_reduce(terms)
+    count.copy_(global_count)
+    mean.zero_().index_copy_(0, present, global_mean)
+    scatter.zero_().index_copy_(0, present, terms)
+    return count, mean, scatter
+
+
+def _merge_coefficients(n_old: torch.Tensor, n_b: torch.Tensor, momentum: Optional[float]):
+    """``(keep, sample_w, delta_w, mean_old, mean_batch)`` per bin, float64, exactly as
+    ``irda::merge_coefficients`` in ``csrc/merge_math.h`` (bins with ``n_b > 0`` only)."""
+    no, nb = n_old.to(torch.float64), n_b.to(torch.float64)
+    n = no + nb
+    zero = torch.zeros_like(n)
+    pooled = n >= 2
+    nm1 = torch.where(pooled, n - 1, torch.ones_like(n))
+    chan = (
+        torch.where(pooled & (n_old >= 2), (no - 1) / nm1, zero),  # keep
+        torch.where(pooled, 1 / nm1, zero),  # sample_w
+        torch.where(pooled, no * nb / (n * nm1), zero),  # delta_w
+        no / n,  # mean_old
+        nb / n,  # mean_batch
+    )
+    if momentum is None:
+        return chan
+    rho = float(momentum)
+    first = n_old == 0  # a bin seen for the first time takes the batch statistics
+    ema = (
+        torch.full_like(n, rho),
+        torch.where(n_b >= 2, (1 - rho) / torch.where(n_b >= 2, nb - 1, torch.ones_like(nb)), zero),
+        zero,
+        torch.full_like(n, rho),
+        torch.full_like(n, 1 - rho),
+    )
+    return tuple(torch.where(first, c, e) for c, e in zip(chan, ema))
+
+
+@torch.no_grad()
+def merge_bin_moments_(count: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, batch_count: torch.Tensor,
+                       batch_mean: torch.Tensor, batch_scatter: torch.Tensor, momentum: Optional[float]) -> None:
+    """Merge dense batch moments into running ``(count, mean, cov)`` in place with the
+    formulas of the fused ``bin_stats_update_`` (Chan's merge, or the EMA with first-seen
+    bins taking the batch statistics); only bins with ``batch_count > 0`` are touched."""
+    present = torch.nonzero(batch_count > 0).reshape(-1)
+    if present.numel() == 0:
+        return
+    dtype = mean.dtype
+    n_old, n_b = count.index_select(0, present), batch_count.index_select(0, present)
+    keep, sample_w, delta_w, mean_old, mean_batch = (
+        c.to(dtype)[:, None] for c in _merge_coefficients(n_old, n_b, momentum))
+    mu_old = mean.index_select(0, present)
+    m_b = batch_mean.index_select(0, present).to(dtype)
+    delta = m_b - mu_old
+    # keep == 0: the old covariance is not read (as in the kernel)
+    old_cov = torch.where(keep[:, :, None] != 0, keep[:, :, None] * cov.index_select(0, present),
+                          torch.zeros((), dtype=dtype, device=cov.device))
+    new_cov = old_cov + sample_w[:, :, None] * batch_scatter.index_select(0, present).to(dtype) \
+        + delta_w[:, :, None] * delta[:, :, None] * delta[:, None, :]
+    new_mean = torch.where(mean_old != 0, mean_old * mu_old, torch.zeros((), dtype=dtype, device=mean.device)) \
+        + mean_batch * m_b
+    mean.index_copy_(0, present, new_mean)
+    cov.index_copy_(0, present, new_cov)
+    count.index_add_(0, present, n_b)
+
+
+def _gather_rows(x: torch.Tensor, sizes: List[int]) -> torch.Tensor:
+    """``torch.cat`` of every rank's ``x [n_r, ...]`` (rank order), padded for ``all_gather``."""
+    longest = max(sizes)
+    if longest == 0:
+        return x[:0]
+    padded = x.new_zeros((longest,) + tuple(x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
+def choose_strategy(rank_counts: torch.Tensor, dim: int) -> str:
+    """``"gather"`` when all-gathering the features sends fewer numbers than all-reducing
+    the present bins' moments, else ``"moments"``. ``rank_counts [W, B]`` is identical on
+    every rank, so is the choice."""
+    world = rank_counts.shape[0]
+    longest = int(rank_counts.sum(1).max())
+    present = int((rank_counts.sum(0) > 0).sum())
+    gather = world * longest * (dim + 1)
+    moments = present * dim * (dim + 1)
+    return "gather" if gather < moments else "moments"
+
+
+@torch.no_grad()
+def synced_bin_stats_update_(count: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, z: torch.Tensor,
+                             bin_index: torch.Tensor, momentum: Optional[float], strategy: str = "auto") -> str:
+    """``bin_stats_update_`` with the union of every rank's batch (see the module docstring).
+
+    Inputs are validated by the caller (``BinStats.update``). Returns the strategy used.
+    On one rank it is the fused update itself."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if not is_distributed():
+        ops.bin_stats_update_(count, mean, cov, z, bin_index, momentum)
+        return "local"
+    num_bins, dim = mean.shape
+    local_count = torch.bincount(bin_index, minlength=num_bins).to(torch.int64)
+    rank_counts = [torch.empty_like(local_count) for _ in range(world_size())]
+    dist.all_gather(rank_counts, local_count)
+    rank_counts = torch.stack(rank_counts)  # [W, B]
+    if int(rank_counts.sum()) == 0:  # nothing in the global batch: nothing to merge
+        return strategy
+    if strategy == "auto":
+        strategy = choose_strategy(rank_counts, dim)
+    if strategy == "gather":
+        # Each rank's rows sorted by bin (stably): the bins of the gathered rows follow from
+        # the counts, and within a bin the order is that of torch.cat of the ranks' batches,
+        # so the fused update sees exactly what one process would.
+        order = torch.argsort(bin_index, stable=True)
+        sizes = [int(s) for s in rank_counts.sum(1).tolist()]
+        z_all = _gather_rows(z.index_select(0, order), sizes)
+        labels = torch.arange(num_bins, device=bin_index.device)
+        bins_all = torch.cat([torch.repeat_interleave(labels, c.to(bin_index.device)) for c in rank_counts])
+        ops.bin_stats_update_(count, mean, cov, z_all.contiguous(), bins_all, momentum)
+        return strategy
+    batch_count, batch_mean, batch_scatter = ops.bin_moments(z.to(mean.dtype), bin_index, num_bins)
+    all_reduce_bin_moments_(batch_count, batch_mean, batch_scatter, global_count=rank_counts.sum(0))
+    merge_bin_moments_(count, mean, cov, batch_count, batch_mean, batch_scatter, momentum)
+    return strategy
+
+
+# ----- cluster shares (SPEC 5) -----------------------------------------------------------------
+@torch.no_grad()
+def gather_reservoir(reservoir) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The union of every rank's reservoir sample, at most ``reservoir.capacity`` rows.
+
+    When the ranks together hold more, each rank contributes a random share proportional to
+    the number of features it saw (a uniform sample of the union of the epochs' streams).
+    Same result on every rank."""
+    features, bins = reservoir.sample()
+    if not is_distributed():
+        return features, bins
+    info = torch.tensor([features.shape[0], int(reservoir.seen)], dtype=torch.int64, device=bins.device)
+    infos = [torch.empty_like(info) for _ in range(world_size())]
+    dist.all_gather(infos, info)
+    held = [int(i[0]) for i in infos]
+    seen = [int(i[1]) for i in infos]
+    if sum(held) > reservoir.capacity:
+        total_seen = max(sum(seen), 1)
+        keep = [min(h, math.floor(reservoir.capacity * s / total_seen)) for h, s in zip(held, seen)]
+        generator = torch.Generator().manual_seed(int(reservoir.seen) * 7919 + rank())
+        chosen = torch.randperm(held[rank()], generator=generator)[: keep[rank()]].to(bins.device)
+        features, bins = features.index_select(0, chosen), bins.index_select(0, chosen)
+        held = keep
+    return _gather_rows(features, held), _gather_rows(bins, held)
+
+
+def canonical_order(features: torch.Tensor, bins: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The rows sorted by bin, then by a fixed projection of the feature: k-means (whose
+    seeding picks rows by index) then gives the same ``eta`` whatever order the rows
+    arrived in, one process or several ranks."""
+    if features.shape[0] < 2:
+        return features, bins
+    x = features.to(torch.float64)
+    weights = torch.linspace(1.0, 2.0, x.shape[1], dtype=torch.float64, device=x.device)
+    key = x @ weights
+    order = torch.argsort(key, stable=True)
+    order = order[torch.argsort(bins.index_select(0, order), stable=True)]
+    return features.index_select(0, order), bins.index_select(0, order)
+
+
+@torch.no_grad()
+def synced_cluster_shares(reservoir, num_clusters: int, num_bins: int, seed: int = 0) -> torch.Tensor:
+    """``eta [K, B]`` (float64, on the reservoir's device) from k-means on the gathered
+    reservoirs (in :func:`canonical_order`): computed once on rank 0, broadcast to the
+    others. On one rank it is :func:`irda_ext.clusters.cluster_shares` of the reservoir's
+    sample in canonical order."""
+    from .clusters import cluster_shares
+
+    features, bins = gather_reservoir(reservoir)
+    device = bins.device
+    features, bins = canonical_order(features, bins)
+    if not is_distributed():
+        return cluster_shares(features, bins, num_clusters, num_bins, seed=seed).to(device)
+    if is_main_process():
+        eta = cluster_shares(features, bins, num_clusters, num_bins, seed=seed).to(device)
+    else:
+        eta = torch.empty(num_clusters, num_bins, dtype=torch.float64, device=device)
+    return broadcast_(eta)
