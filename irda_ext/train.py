@@ -18,6 +18,12 @@ What the driver does, in order:
    which ``--resume`` continues exactly where it stopped;
 5. evaluates the best-on-validation model once on test and writes ``results.json``, the
    table and ``per_bin_mae.png`` to ``--out``.
+
+Under ``torchrun --nproc_per_node=N -m irda_ext.train ...`` every process trains on its
+share of each global batch (``DistributedSampler``; ``--batch-size`` is per process), the
+backbone is wrapped in ``DistributedDataParallel``, the head's and the method's gradients
+are averaged, IRDA's statistics are synchronised (:mod:`irda_ext.distributed`), and only
+rank 0 writes checkpoints and results.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from . import distributed
 from .datasets import DATASETS, load_dataset
 from .metrics import per_bin_mae, shot_metrics
 from .methods import METHODS, get_method
@@ -48,7 +55,10 @@ RESULTS = "results.json"
 PLOT = "per_bin_mae.png"
 TABLE = "table.txt"
 # Options that must match between a checkpoint and the run that resumes it.
-RESUME_MUST_MATCH = ("dataset", "method", "seed", "epochs", "batch_size", "lr", "csv", "target", "cap")
+RESUME_MUST_MATCH = ("dataset", "method", "seed", "epochs", "batch_size", "lr", "csv", "target", "cap", "world_size")
+# Methods whose own training (an encoder pre-training, a meta-network) is not synchronised
+# across processes yet: refused under torchrun with more than one process.
+SINGLE_PROCESS_METHODS = ("supcr", "meta-irda")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  irda-train --dataset csv --csv houses.csv --target price --num-bins 50\n"
             "  irda-train --dataset agedb --data-dir /data/agedb --device cuda --pretrained r50.pth\n"
             "  irda-train --out runs/x --resume              # continue an interrupted run\n"
+            "  torchrun --nproc_per_node=4 -m irda_ext.train --dataset imdb-wiki --data-dir /data/iw \\\n"
+            "      --device cuda --batch-size 64              # 4 GPUs, global batch 256 (README)\n"
             "Outputs in --out: results.json, table.txt, per_bin_mae.png, checkpoint.pt, best.pt."),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -97,11 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "resnet18-depth, resnet50-depth, resnet1d)")
     train.add_argument("--pretrained", default=None, help="local checkpoint to initialise a ResNet backbone (no download)")
     train.add_argument("--epochs", type=int, default=90, help="training epochs (default 90, as the paper)")
-    train.add_argument("--batch-size", type=int, default=256, help="mini-batch size (default 256, as the paper)")
+    train.add_argument("--batch-size", type=int, default=256,
+                       help="mini-batch size per process (default 256, as the paper; under torchrun the global "
+                            "batch is this times the number of processes)")
     train.add_argument("--lr", type=float, default=1e-3,
                        help="Adam learning rate (default 1e-3), x0.1 at 2/3 and at 8/9 of the epochs")
     train.add_argument("--seed", type=int, default=0, help="seed of the split, the initialisation and the shuffling")
-    train.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    train.add_argument("--device", default=None,
+                       help="torch device (default: cuda if available, else cpu; under torchrun each process "
+                            "takes cuda:LOCAL_RANK)")
     train.add_argument("--threads", type=int, default=None,
                        help="CPU threads for torch (default: 1 for the tabular data sets, whose small MLP runs "
                             "several times faster single-threaded; torch's choice otherwise)")
@@ -243,6 +259,10 @@ def batch_features(model: nn.Module, batch, kind: str, device, training: bool = 
 
 def train_epoch(model, head, method, loader, optimizer, epoch: int, kind: str, device, standard: Tuple[float, float],
                 progress: bool) -> float:
+    """One pass over ``loader``; returns the mean training loss per target (over every
+    process under ``torchrun``). ``model`` may be the DDP-wrapped backbone: the gradients
+    of the head and of the method's parameters, which DDP does not own, are averaged
+    here."""
     model.train()
     head.train()
     mean, scale = standard
@@ -260,9 +280,11 @@ def train_epoch(model, head, method, loader, optimizer, epoch: int, kind: str, d
                                      f"try a smaller --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients_outside(model, optimizer)
         optimizer.step()
         total += float(loss.detach()) * targets.numel()
         count += targets.numel()
+    total, count = distributed.sum_over_ranks(total, count)
     return total / max(count, 1)
 
 
@@ -347,15 +369,34 @@ def _json_safe(value):
 
 
 # ----- the driver -------------------------------------------------------------------------------------
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> Optional[dict]:
     """Train and evaluate as configured by ``args`` (see :func:`build_parser`); returns
-    the results dictionary also written to ``results.json``."""
+    the results dictionary also written to ``results.json`` (None on ranks other than 0
+    under ``torchrun``, and after ``--stop-after``).
+
+    Under ``torchrun`` the process group is created here from the environment and torn
+    down on the way out; a group the caller initialised is left alone."""
     check_args(args)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    owns_group = distributed.launched_by_torchrun() and not torch.distributed.is_initialized()
+    device = distributed.init_from_env(args.device)
+    try:
+        return _run(args, device)
+    finally:
+        if owns_group:
+            distributed.destroy()
+
+
+def _run(args: argparse.Namespace, device: torch.device) -> Optional[dict]:
+    world, main_process = distributed.world_size(), distributed.is_main_process()
+    args.world_size = world
+    if world > 1 and args.method in SINGLE_PROCESS_METHODS:
+        raise ValueError(f"--method {args.method} trains a part of itself outside the synchronised loop and runs "
+                         f"in one process only; this torchrun has {world} processes")
     out = args.out or os.path.join("runs", f"{args.dataset}-{args.method}-seed{args.seed}")
-    os.makedirs(out, exist_ok=True)
-    progress = not args.no_progress
-    seed_everything(args.seed)
+    if main_process:
+        os.makedirs(out, exist_ok=True)
+    progress = not args.no_progress and main_process
+    seed_everything(args.seed)  # the same on every rank: identical initial models
 
     data = load_dataset(args.dataset, **dataset_options(args))
     # A 256-128 MLP is too small to gain from threads: on two cores the default OpenMP
@@ -375,6 +416,9 @@ def run(args: argparse.Namespace) -> dict:
     mean, scale = target_standardisation(train_targets, data.bins)
     standard = (mean, scale)
     args.label_scale = scale
+    args.label_mean = mean
+    args.label_bins = data.bins  # label units: methods that hold data out (meta-irda) split by them
+    args.out = out
     args.clamp_targets = True  # the bins cover every label by construction; only rounding can step out
     method = method_cls(args)
     if data.kind == "tabular":
@@ -392,14 +436,20 @@ def run(args: argparse.Namespace) -> dict:
     method.setup(model, head, model.feature_dim, model_bins, model_targets, device)
 
     loader_generator = torch.Generator().manual_seed(args.seed)
-    drop_last = len(train_set) % args.batch_size == 1  # a batch of one breaks batch norm
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=loader_generator,
-                              num_workers=args.workers, drop_last=drop_last)
+    # Under torchrun each rank reads its share of every global batch; the permutation
+    # depends only on seed + epoch (sampler.set_epoch), so a resumed run continues exactly.
+    sampler = distributed.train_sampler(train_set, seed=args.seed)
+    per_rank = len(sampler) if sampler is not None else len(train_set)
+    drop_last = per_rank % args.batch_size == 1  # a batch of one breaks batch norm
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=sampler is None,
+                              sampler=sampler, generator=loader_generator, num_workers=args.workers,
+                              drop_last=drop_last)
     eval_size = max(args.batch_size, 256) if data.kind != "depth" else args.batch_size
     val_loader = DataLoader(data.val, batch_size=eval_size, num_workers=args.workers)
     test_loader = DataLoader(data.test, batch_size=eval_size, num_workers=args.workers)
 
     network = list(model.parameters()) + list(head.parameters())
+    trained = distributed.wrap_model(model, device)  # DDP under torchrun, else the model itself
     optimizer = torch.optim.Adam([{"params": network, "lr": args.lr, "name": "network"}] + method.param_groups(),
                                  lr=args.lr)
     milestones = sorted({max(1, round(args.epochs * 2 / 3)), max(1, round(args.epochs * 8 / 9))})
@@ -407,6 +457,7 @@ def run(args: argparse.Namespace) -> dict:
 
     config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
     config["out"] = out
+    config["world_size"] = world
     start_epoch, best_val, best_epoch, history, pretrain_done, train_seconds = 0, math.inf, -1, [], False, 0.0
     checkpoint_path, best_path = os.path.join(out, CHECKPOINT), os.path.join(out, BEST)
     if args.resume:
@@ -426,14 +477,16 @@ def run(args: argparse.Namespace) -> dict:
         start_epoch, best_val, best_epoch = state["epoch"], state["best_val"], state["best_epoch"]
         history, pretrain_done, train_seconds = state["history"], state["pretrain_done"], state["train_seconds"]
 
-    print(data.describe(), file=sys.stderr)
-    print(f"method {args.method}, backbone {backbone_name} (D={model.feature_dim}), device {device}, "
-          f"epochs {args.epochs}, lr {args.lr} (x0.1 at epochs {milestones}), batch {args.batch_size}; "
-          f"shot thresholds: many > {data.many}, few < {data.few}", file=sys.stderr)
+    if main_process:
+        print(data.describe(), file=sys.stderr)
+        batch = f"{args.batch_size}" + (f" per process x {world} processes" if world > 1 else "")
+        print(f"method {args.method}, backbone {backbone_name} (D={model.feature_dim}), device {device}, "
+              f"epochs {args.epochs}, lr {args.lr} (x0.1 at epochs {milestones}), batch {batch}; "
+              f"shot thresholds: many > {data.many}, few < {data.few}", file=sys.stderr)
 
     if not pretrain_done:
         started = time.perf_counter()
-        method.pretrain(model, head, train_loader, device)
+        method.pretrain(trained, head, train_loader, device)
         train_seconds += time.perf_counter() - started
         pretrain_done = True
 
@@ -441,7 +494,9 @@ def run(args: argparse.Namespace) -> dict:
                   disable=not progress, initial=start_epoch, total=args.epochs)
     for epoch in epochs:
         started = time.perf_counter()
-        train_loss = train_epoch(model, head, method, train_loader, optimizer, epoch, data.kind, device, standard,
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        train_loss = train_epoch(trained, head, method, train_loader, optimizer, epoch, data.kind, device, standard,
                                  progress)
         method.end_epoch(epoch, args.epochs)
         scheduler.step()
@@ -451,21 +506,30 @@ def run(args: argparse.Namespace) -> dict:
         val_mae = float(np.abs(pred - target).mean())
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mae": val_mae, "seconds": epoch_seconds})
         epochs.set_postfix(loss=f"{train_loss:.4f}", val_mae=f"{val_mae:.3f}")
+        # Every rank evaluates the same model on the whole validation set, so every rank
+        # takes the same decisions; only rank 0 writes.
         if val_mae < best_val:
             best_val, best_epoch = val_mae, epoch + 1
-            atomic_torch_save({"model": model.state_dict(), "head": head.state_dict(),
-                               "method": method.state_dict(), "epoch": epoch + 1}, best_path)
-        atomic_torch_save({
-            "config": config, "epoch": epoch + 1, "model": model.state_dict(), "head": head.state_dict(),
-            "method": method.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": rng_state(loader_generator), "best_val": best_val, "best_epoch": best_epoch,
-            "history": history, "pretrain_done": pretrain_done, "train_seconds": train_seconds,
-        }, checkpoint_path)
+            if main_process:
+                atomic_torch_save({"model": model.state_dict(), "head": head.state_dict(),
+                                   "method": method.state_dict(), "epoch": epoch + 1}, best_path)
+        if main_process:
+            atomic_torch_save({
+                "config": config, "epoch": epoch + 1, "model": model.state_dict(), "head": head.state_dict(),
+                "method": method.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng_state(loader_generator), "best_val": best_val,
+                "best_epoch": best_epoch, "history": history, "pretrain_done": pretrain_done,
+                "train_seconds": train_seconds,
+            }, checkpoint_path)
+        distributed.barrier()  # the checkpoint is on disk before any rank can stop
         if args.stop_after is not None and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
             epochs.close()
-            print(f"stopped after epoch {epoch + 1} (--stop-after); continue with --resume", file=sys.stderr)
+            if main_process:
+                print(f"stopped after epoch {epoch + 1} (--stop-after); continue with --resume", file=sys.stderr)
             return None
     epochs.close()
+    if not main_process:
+        return None  # rank 0 evaluates on test and writes the results
 
     # The best-on-validation model, evaluated once on test.
     started = time.perf_counter()

@@ -322,3 +322,26 @@ def test_method_fallback_on_a_map_style_dataset(tmp_path):
     assert method.meta_x.shape[1:] == (4,) and method.meta_x.shape[0] == method.meta_y.numel() > 0
     rows = {tuple(r.tolist()) for r in x}
     assert all(tuple(r.tolist()) in rows for r in method.meta_x)
+
+
+def test_driver_holds_the_meta_set_out_and_writes_the_gate_history(tmp_path):
+    """Through ``irda-train`` the driver hands the label bins and the output folder to the
+    method: no fallback warning, the training set shrinks by the meta set, and the v_b
+    record lands in --out."""
+    import warnings
+
+    from irda_ext import train
+
+    def run(method, out):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*NOT held out.*")
+            return train.run(train.build_parser().parse_args(
+                ["--dataset", "abalone", "--method", method, "--epochs", "1", "--no-progress", "--no-plot",
+                 "--out", str(out)]))
+
+    meta = run("meta-irda", tmp_path / "meta")
+    plain = run("irda", tmp_path / "irda")
+    held_out = plain["dataset"]["train"] - meta["dataset"]["train"]
+    assert 0 < held_out <= 10 * meta["dataset"]["bins"]["num_bins"]
+    saved = json.loads((tmp_path / "meta" / "meta_irda_gates.json").read_text())
+    assert len(saved["epochs"]) == 1
