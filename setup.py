@@ -40,7 +40,11 @@ def _extension():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # No -std flag: torch.utils.cpp_extension adds the standard its headers need
     # (C++17 up to torch 2.9, C++20 after).
-    cxx_flags = opt + ["-fopenmp", "-DIRDA_PYTHON_MODULE"]
+    # -fno-math-errno: sqrt in a loop vectorises (the kernels never read errno).
+    # -ffp-contract=off: no fused multiply-adds in the AVX2/AVX-512 clones, so the
+    # surrogate's backward recomputes each logit bit for bit as forward did (in float32
+    # a logit of 1e6 rounded differently by an FMA moved gradients by percents).
+    cxx_flags = opt + ["-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-DIRDA_PYTHON_MODULE"]
     if want_cuda:
         problems = []
         if torch.version.cuda is None:

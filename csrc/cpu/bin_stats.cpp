@@ -16,6 +16,7 @@
 #include "../checks.h"
 #include "../merge_math.h"
 #include "grain.h"
+#include "simd.h"
 
 namespace irda {
 namespace {
@@ -116,13 +117,8 @@ Plan<T> build_plan(const Buckets& bk, const T* z, int64_t D, int64_t* count, T* 
 // The inner loop of the merge: row = keep * row + sum_j coef[j] * x_j, four
 // vectors per sweep so the row (in L1) is loaded and stored once per four
 // updates. Compiled for AVX-512, AVX2 and baseline x86-64 and picked at load
-// time (gcc's function multi-versioning), so a plain source build is fast on
-// any of them.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define IRDA_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define IRDA_TARGET_CLONES
-#endif
+// time (IRDA_TARGET_CLONES, simd.h), so a plain source build is fast on any of
+// them.
 
 template <typename T>
 __attribute__((always_inline)) inline void row_update_impl(T* __restrict row, const T* const* x, const T* coef, int64_t nv, int64_t D, T keep) {

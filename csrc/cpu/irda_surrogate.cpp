@@ -1,7 +1,12 @@
 // Fused IRDA surrogate (SPEC 6) on the CPU: one task per sample streams over the
-// (cluster, bin) grid with an online log-sum-exp and saves one LSE per
-// (sample, numerator cluster); backward recomputes the grid from it. Nothing
-// of size [n, K, K, B] or [n, K, B] is ever built.
+// (cluster, bin) grid and saves one LSE per (sample, numerator cluster); backward
+// recomputes the grid from it. Nothing of size [n, K, K, B] or [n, K, B] is ever
+// built.
+//
+// The loops run over a compacted grid of the bins with a finite prior and use a
+// polynomial exp, so the compiler vectorises them (AVX-512, AVX2 or SSE2, picked at
+// load time); forward takes the max of a sample's logits first, then sums exp(logit
+// - max), instead of an online log-sum-exp with its branch.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -9,10 +14,12 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "../checks.h"
 #include "../surrogate_math.h"
 #include "grain.h"
+#include "simd.h"
 
 namespace irda {
 namespace {
@@ -31,21 +38,58 @@ struct SurrogateArgs {
   T alpha, beta, u;
   int64_t n, K, B;
   T eta_min_valid;  // min of eta over clusters and bins with finite log prior
+  // The competitors (k', b'): the V bins with a finite log prior, compacted, and laid
+  // out as one row of K * V per quantity, so a sample's loop over them is long enough
+  // that the vector loop, not its scalar remainder, does the work.
+  int64_t V;
+  int64_t KV_padded;                // K * V rounded up to kGridPad
+  const int64_t* grid_pos;          // [B]: a bin's index in 0..V-1, -1 without prior
+  const T* grid_id;                 // [K * V]: that index of each competitor, as a T (exact below 2^24)
+  const T* grid_t;                  // [K * V] bin centres
+  const T* grid_lp;                 // [K * V] log prior
+  const T* grid_eta;                // [K * V] eta[k', b']
 };
 
+// The exact-mode grid is padded to a multiple of the widest vector (16 floats), so
+// the vector loops never hand a remainder to their scalar epilogue (which, for a
+// grid of a few hundred, cost as much as the vector part). A padding competitor has
+// eta 1 (so r = 1 - 2 u (eta_own - 1) s2 >= 1), centre 0 and a log prior of -1e30:
+// its logit is about -1e30, its exp underflows to the clamp (1e-308 / 1e-38, next
+// to a largest term of 1) and its gradient weight with it.
+constexpr int64_t kGridPad = 16;
+constexpr double kPadLogPrior = -1e30;
+
+// Storage behind SurrogateArgs' grid pointers.
 template <typename T>
-struct OnlineLse {
-  T mx = -std::numeric_limits<T>::infinity();
-  T sum = T(0);
-  void add(T x) {
-    if (x > mx) {
-      sum = sum * std::exp(mx - x) + T(1);
-      mx = x;
-    } else {
-      sum += std::exp(x - mx);
+struct CompactGrid {
+  std::vector<int64_t> pos;
+  std::vector<T> id;
+  std::vector<T> t, lp, eta;
+  CompactGrid(const T* centers, const T* log_prior, const T* eta_full, int64_t K, int64_t B) : pos(B, -1) {
+    std::vector<int64_t> live;
+    for (int64_t b = 0; b < B; ++b) {
+      if (!std::isfinite(log_prior[b])) continue;
+      pos[b] = static_cast<int64_t>(live.size());
+      live.push_back(b);
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t b : live) {
+        id.push_back(static_cast<T>(pos[b]));
+        t.push_back(centers[b]);
+        lp.push_back(log_prior[b]);
+        eta.push_back(eta_full[k * B + b]);
+      }
+    }
+    unpadded = static_cast<int64_t>(t.size());
+    while (t.size() % kGridPad != 0) {
+      id.push_back(T(-1));
+      t.push_back(T(0));
+      lp.push_back(static_cast<T>(kPadLogPrior));
+      eta.push_back(T(1));
     }
   }
-  T value() const { return mx + std::log(sum); }
+  int64_t unpadded = 0;  // K * V
+  int64_t padded() const { return static_cast<int64_t>(t.size()); }
 };
 
 template <typename T>
@@ -67,59 +111,105 @@ bool sample_variance(const SurrogateArgs<T>& a, int64_t i, T* s2) {
   return capped_variance<T>(a.beta * a.var[i], own_max - a.eta_min_valid, a.u, s2);
 }
 
+// One competitor of the exact-mode grid (exact_term, SPEC 6.2): sets its log-term F,
+// 1 / r and the pieces the derivatives need. Forward and backward evaluate it with
+// the same operations, so a float32 logit of 1e6 rounds the same way in both and the
+// dominant term's exp(F - lse) stays exactly 1.
+#define IRDA_EXACT_TERM_BODY                                           \
+  const T ec = a.grid_eta[j];                                          \
+  /* t = own bin ? y : centre, as arithmetic gcc vectorises (exact) */ \
+  const T t = a.grid_t[j] * (a.grid_id[j] == jb ? T(0) : T(1)) +      \
+              (a.grid_id[j] == jb ? y : T(0));                         \
+  const T delta = eo - ec;                                             \
+  const T C = T(2) * (ec * t - eo * y);                                \
+  const T E = eo * y * y - ec * t * t;                                 \
+  const T av = u * delta;                                              \
+  const T c = u * C;                                                   \
+  const T d = u * E + (a.grid_lp[j] - lp_own);                         \
+  const T r = T(1) - T(2) * av * s2;                                   \
+  const T inv_r = T(1) / r;                                            \
+  const T N = av * m * m + c * m + T(0.5) * c * c * s2;                \
+  const T F = T(-0.5) * log_positive<T>(r) + d + N * inv_r;
+
+// Forward of sample i; Fs is scratch of K * V values.
 template <typename T>
-void exact_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse) {
-  const int64_t b = a.bin[i], B = a.B, K = a.K;
-  const T y = a.target[i];
+__attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse,
+                                                              T* __restrict Fs) {
+  const int64_t b = a.bin[i], B = a.B, K = a.K, KV = a.KV_padded;
+  const T jb = static_cast<T>(a.grid_pos[b]);  // the own bin has a prior (checked)
+  const T y = a.target[i], u = a.u;
   const T m = a.pred[i] + a.alpha * a.shift[i];
   T s2;
   sample_variance(a, i, &s2);
   const T lp_own = a.log_prior[b];
+  constexpr int64_t kLanes = kGridPad;
   T total = 0;
   for (int64_t k = 0; k < K; ++k) {
-    const T eta_own = a.eta[k * B + b];
-    OnlineLse<T> acc;
-    for (int64_t kc = 0; kc < K; ++kc) {
-      const T* eta_row = a.eta + kc * B;
-      for (int64_t bc = 0; bc < B; ++bc) {
-        const T lp = a.log_prior[bc];
-        if (bc != b && !std::isfinite(lp)) continue;
-        const T t = bc == b ? y : a.centers[bc];
-        acc.add(exact_term<T>(eta_own, eta_row[bc], y, t, lp - lp_own, m, s2, a.u).F);
+    const T eo = a.eta[k * B + b];
+    // lane-wise maxima and sums over blocks of kLanes (see exact_backward_impl)
+    T lane[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) lane[l] = -std::numeric_limits<T>::infinity();
+    for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const int64_t j = j0 + l;
+        IRDA_EXACT_TERM_BODY
+        Fs[j] = F;
+        lane[l] = F > lane[l] ? F : lane[l];
       }
     }
-    lse[k] = acc.value();
+    T mx = lane[0];
+    for (int64_t l = 1; l < kLanes; ++l) mx = lane[l] > mx ? lane[l] : mx;
+    for (int64_t l = 0; l < kLanes; ++l) lane[l] = T(0);
+    for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) lane[l] += exp_clamped<T>(Fs[j0 + l] - mx);
+    }
+    T sum = 0;
+    for (int64_t l = 0; l < kLanes; ++l) sum += lane[l];
+    lse[k] = mx + std::log(sum);
     total += lse[k];
   }
   *loss = total / T(K);
 }
 
-// Returns d loss_i / d (m, s2, u) at fixed s2 for the explicit u term.
+// d loss_i / d (pred, shift, var, noise_var) from the saved LSEs.
 template <typename T>
-void exact_backward(const SurrogateArgs<T>& a, int64_t i, const T* lse, T grad, T* g_pred, T* g_shift, T* g_var,
-                    T* g_nv) {
-  const int64_t b = a.bin[i], B = a.B, K = a.K;
-  const T y = a.target[i];
+__attribute__((always_inline)) inline void exact_backward_impl(const SurrogateArgs<T>& a, int64_t i, const T* lse,
+                                                               T grad, T* g_pred, T* g_shift, T* g_var, T* g_nv) {
+  const int64_t b = a.bin[i], B = a.B, K = a.K, KV = a.KV_padded;
+  const T jb = static_cast<T>(a.grid_pos[b]);
+  const T y = a.target[i], u = a.u;
   const T m = a.pred[i] + a.alpha * a.shift[i];
   T s2;
   const bool capped = sample_variance(a, i, &s2);
   const T lp_own = a.log_prior[b];
-  T gm = 0, gs2 = 0, gu = 0;
+  // Lane-wise partial sums over blocks of kLanes competitors (the grid is padded to
+  // whole blocks): gcc turns the fixed-length inner loop into vector code, where it
+  // gave up on the same loop under `omp simd` with reductions.
+  constexpr int64_t kLanes = kGridPad;
+  T acc_m[kLanes] = {}, acc_s2[kLanes] = {}, acc_u[kLanes] = {};
   for (int64_t k = 0; k < K; ++k) {
-    const T eta_own = a.eta[k * B + b];
-    for (int64_t kc = 0; kc < K; ++kc) {
-      const T* eta_row = a.eta + kc * B;
-      for (int64_t bc = 0; bc < B; ++bc) {
-        const T lp = a.log_prior[bc];
-        if (bc != b && !std::isfinite(lp)) continue;
-        const T t = bc == b ? y : a.centers[bc];
-        const ExactTerm<T> e = exact_term<T>(eta_own, eta_row[bc], y, t, lp - lp_own, m, s2, a.u);
-        const T p = std::exp(e.F - lse[k]);
-        gm += p * e.dF_dm;
-        gs2 += p * e.dF_ds2;
-        gu += p * e.dF_du;
+    const T eo = a.eta[k * B + b];
+    const T lk = lse[k];
+    for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const int64_t j = j0 + l;
+        IRDA_EXACT_TERM_BODY
+        const T p = exp_clamped<T>(F - lk);
+        const T dF_dm = (T(2) * av * m + c) * inv_r;
+        const T dF_ds2 = (av + T(0.5) * c * c) * inv_r + T(2) * av * N * inv_r * inv_r;
+        const T dF_da = (s2 + m * m) * inv_r + T(2) * s2 * N * inv_r * inv_r;
+        const T dF_dc = (m + c * s2) * inv_r;
+        acc_m[l] += p * dF_dm;
+        acc_s2[l] += p * dF_ds2;
+        acc_u[l] += p * (delta * dF_da + C * dF_dc + E);
       }
     }
+  }
+  T gm = 0, gs2 = 0, gu = 0;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    gm += acc_m[l];
+    gs2 += acc_s2[l];
+    gu += acc_u[l];
   }
   const T scale = grad / T(K);
   gm *= scale;
@@ -132,60 +222,130 @@ void exact_backward(const SurrogateArgs<T>& a, int64_t i, const T* lse, T grad, 
   *g_var = capped ? T(0) : a.beta * gs2;
   *g_nv = gu * (T(-2) * a.u * a.u);
 }
+#undef IRDA_EXACT_TERM_BODY
+
+// Compiled once per instruction set; overloads per dtype (target_clones and
+// templates do not mix).
+#define IRDA_EXACT_ENTRY_POINTS(T)                                                                                  \
+  IRDA_TARGET_CLONES void exact_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse, T* Fs) {            \
+    exact_forward_impl<T>(a, i, loss, lse, Fs);                                                                     \
+  }                                                                                                                 \
+  IRDA_TARGET_CLONES void exact_backward(const SurrogateArgs<T>& a, int64_t i, const T* lse, T grad, T* g_pred,    \
+                                         T* g_shift, T* g_var, T* g_nv) {                                           \
+    exact_backward_impl<T>(a, i, lse, grad, g_pred, g_shift, g_var, g_nv);                                          \
+  }
+IRDA_EXACT_ENTRY_POINTS(float)
+IRDA_EXACT_ENTRY_POINTS(double)
+#undef IRDA_EXACT_ENTRY_POINTS
+
+// Paper mode (eq. 22): one log-sum-exp over the K B logits Z, over the padded grid
+// in blocks of kGridPad lanes like exact mode. Es holds each competitor's
+// eta[k', b] for the sample's own bin b.
+#define IRDA_PAPER_TERM_BODY                                           \
+  const T e_comp = a.grid_eta[j];                                      \
+  const T e_own = Es[j];                                               \
+  const T t = a.grid_t[j] * (a.grid_id[j] == jb ? T(0) : T(1)) +      \
+              (a.grid_id[j] == jb ? y : T(0));                         \
+  const T diff = t - p;                                                \
+  const T lin = e_comp * t - e_own * y;                                \
+  const T de = e_own - e_comp;                                         \
+  const T R1 = de + T(2) * lin;                                        \
+  const T R2 = lin * lin + T(0.25) * de * de;                          \
+  const T Z = -u * e_comp * diff * diff + a.alpha * u * R1 * shift + a.beta * u * u * R2 * var + a.grid_lp[j];
 
 template <typename T>
-void paper_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse) {
-  const int64_t b = a.bin[i], B = a.B, K = a.K;
-  const T y = a.target[i], p = a.pred[i], shift = a.shift[i], var = a.var[i];
-  OnlineLse<T> acc;
-  T own = 0;
-  for (int64_t kc = 0; kc < K; ++kc) {
-    const T* eta_row = a.eta + kc * B;
-    const T e_own = eta_row[b];
-    for (int64_t bc = 0; bc < B; ++bc) {
-      const T lp = a.log_prior[bc];
-      if (bc != b && !std::isfinite(lp)) continue;
-      const T t = bc == b ? y : a.centers[bc];
-      const T z = paper_term<T>(e_own, eta_row[bc], y, t, lp, p, shift, var, a.alpha, a.beta, a.u).Z;
-      acc.add(z);
-      if (bc == b) own += z;
+__attribute__((always_inline)) inline void fill_own_eta(const SurrogateArgs<T>& a, int64_t b, T* __restrict Es) {
+  for (int64_t kc = 0; kc < a.K; ++kc) std::fill(Es + kc * a.V, Es + (kc + 1) * a.V, a.eta[kc * a.B + b]);
+  std::fill(Es + a.K * a.V, Es + a.KV_padded, T(0));
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void paper_forward_impl(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse,
+                                                              T* __restrict Zs, T* __restrict Es) {
+  constexpr int64_t kLanes = kGridPad;
+  const int64_t b = a.bin[i], K = a.K, V = a.V, KV = a.KV_padded;
+  const T jb = static_cast<T>(a.grid_pos[b]);
+  const T y = a.target[i], p = a.pred[i], shift = a.shift[i], var = a.var[i], u = a.u;
+  fill_own_eta(a, b, Es);
+  T lane[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) lane[l] = -std::numeric_limits<T>::infinity();
+  for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const int64_t j = j0 + l;
+      IRDA_PAPER_TERM_BODY
+      Zs[j] = Z;
+      lane[l] = Z > lane[l] ? Z : lane[l];
     }
   }
-  lse[0] = acc.value();
+  T mx = lane[0];
+  for (int64_t l = 1; l < kLanes; ++l) mx = lane[l] > mx ? lane[l] : mx;
+  for (int64_t l = 0; l < kLanes; ++l) lane[l] = T(0);
+  for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lane[l] += exp_clamped<T>(Zs[j0 + l] - mx);
+  }
+  T sum = 0;
+  for (int64_t l = 0; l < kLanes; ++l) sum += lane[l];
+  T own = 0;
+  for (int64_t kc = 0; kc < K; ++kc) own += Zs[kc * V + a.grid_pos[b]];
+  lse[0] = mx + std::log(sum);
   *loss = lse[0] - own / T(K);
 }
 
 template <typename T>
-void paper_backward(const SurrogateArgs<T>& a, int64_t i, const T* lse, T grad, T* g_pred, T* g_shift, T* g_var,
-                    T* g_nv) {
-  const int64_t b = a.bin[i], B = a.B, K = a.K;
-  const T y = a.target[i], p = a.pred[i], shift = a.shift[i], var = a.var[i];
-  T gp = 0, gsh = 0, gv = 0, gu = 0;
-  T op = 0, ou = 0;  // the numerator terms Z[k, b], averaged over k
-  for (int64_t kc = 0; kc < K; ++kc) {
-    const T* eta_row = a.eta + kc * B;
-    const T e_own = eta_row[b];
-    for (int64_t bc = 0; bc < B; ++bc) {
-      const T lp = a.log_prior[bc];
-      if (bc != b && !std::isfinite(lp)) continue;
-      const T t = bc == b ? y : a.centers[bc];
-      const PaperTerm<T> z = paper_term<T>(e_own, eta_row[bc], y, t, lp, p, shift, var, a.alpha, a.beta, a.u);
-      const T w = std::exp(z.Z - lse[0]);
-      gp += w * z.dZ_dp;
-      gsh += w * z.dZ_dshift;
-      gv += w * z.dZ_dvar;
-      gu += w * z.dZ_du;
-      if (bc == b) {  // its shift and var terms vanish (R1 = R2 = 0)
-        op += z.dZ_dp;
-        ou += z.dZ_du;
-      }
+__attribute__((always_inline)) inline void paper_backward_impl(const SurrogateArgs<T>& a, int64_t i, const T* lse,
+                                                               T grad, T* g_pred, T* g_shift, T* g_var, T* g_nv,
+                                                               T* __restrict Es) {
+  constexpr int64_t kLanes = kGridPad;
+  const int64_t b = a.bin[i], K = a.K, KV = a.KV_padded;
+  const T jb = static_cast<T>(a.grid_pos[b]);
+  const T y = a.target[i], p = a.pred[i], shift = a.shift[i], var = a.var[i], u = a.u;
+  const T l0 = lse[0];
+  fill_own_eta(a, b, Es);
+  T acc_p[kLanes] = {}, acc_sh[kLanes] = {}, acc_v[kLanes] = {}, acc_u[kLanes] = {};
+  for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const int64_t j = j0 + l;
+      IRDA_PAPER_TERM_BODY
+      const T w = exp_clamped<T>(Z - l0);
+      acc_p[l] += w * (T(2) * u * e_comp * diff);
+      acc_sh[l] += w * (a.alpha * u * R1);
+      acc_v[l] += w * (a.beta * u * u * R2);
+      acc_u[l] += w * (-e_comp * diff * diff + a.alpha * R1 * shift + T(2) * a.beta * u * R2 * var);
     }
+  }
+  T gp = 0, gsh = 0, gv = 0, gu = 0;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    gp += acc_p[l];
+    gsh += acc_sh[l];
+    gv += acc_v[l];
+    gu += acc_u[l];
+  }
+  // the numerator terms Z[k, b], averaged over k: their shift and var terms vanish
+  T op = 0, ou = 0;
+  const T diff = y - p;
+  for (int64_t kc = 0; kc < K; ++kc) {
+    const T e_own = a.eta[kc * a.B + b];
+    op += T(2) * u * e_own * diff;
+    ou += -e_own * diff * diff;
   }
   *g_pred = grad * (gp - op / T(K));
   *g_shift = grad * gsh;
   *g_var = grad * gv;
   *g_nv = grad * (gu - ou / T(K)) * (T(-2) * a.u * a.u);
 }
+#undef IRDA_PAPER_TERM_BODY
+
+#define IRDA_PAPER_ENTRY_POINTS(T)                                                                                  \
+  IRDA_TARGET_CLONES void paper_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse, T* Zs, T* Es) {     \
+    paper_forward_impl<T>(a, i, loss, lse, Zs, Es);                                                                 \
+  }                                                                                                                 \
+  IRDA_TARGET_CLONES void paper_backward(const SurrogateArgs<T>& a, int64_t i, const T* lse, T grad, T* g_pred,    \
+                                         T* g_shift, T* g_var, T* g_nv, T* Es) {                                    \
+    paper_backward_impl<T>(a, i, lse, grad, g_pred, g_shift, g_var, g_nv, Es);                                      \
+  }
+IRDA_PAPER_ENTRY_POINTS(float)
+IRDA_PAPER_ENTRY_POINTS(double)
+#undef IRDA_PAPER_ENTRY_POINTS
 
 struct Prepared {
   at::Tensor pred, target, bin, centers, eta, log_prior, shift, var;
@@ -221,7 +381,7 @@ Prepared prepare(const at::Tensor& pred, const at::Tensor& target, const at::Ten
 }
 
 template <typename T>
-SurrogateArgs<T> make_args(const Prepared& p, double alpha, double beta) {
+SurrogateArgs<T> make_args(const Prepared& p, double alpha, double beta, const CompactGrid<T>& grid) {
   SurrogateArgs<T> a;
   a.pred = p.pred.data_ptr<T>();
   a.target = p.target.data_ptr<T>();
@@ -238,6 +398,13 @@ SurrogateArgs<T> make_args(const Prepared& p, double alpha, double beta) {
   a.K = p.K;
   a.B = p.B;
   a.eta_min_valid = valid_eta_min(a.eta, a.log_prior, a.K, a.B);
+  a.V = a.K > 0 ? grid.unpadded / a.K : 0;
+  a.KV_padded = grid.padded();
+  a.grid_pos = grid.pos.data();
+  a.grid_id = grid.id.data();
+  a.grid_t = grid.t.data();
+  a.grid_lp = grid.lp.data();
+  a.grid_eta = grid.eta.data();
   return a;
 }
 
@@ -256,15 +423,19 @@ std::tuple<at::Tensor, at::Tensor> irda_surrogate_cpu(const at::Tensor& pred, co
   at::Tensor loss = at::empty({p.n}, pred.options());
   at::Tensor lse = at::empty({p.n, L}, pred.options());
   AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "irda_surrogate_cpu", [&] {
-    const SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta);
+    const CompactGrid<scalar_t> grid(p.centers.data_ptr<scalar_t>(), p.log_prior.data_ptr<scalar_t>(),
+                                     p.eta.data_ptr<scalar_t>(), p.K, p.B);
+    const SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
     scalar_t* loss_ptr = loss.data_ptr<scalar_t>();
     scalar_t* lse_ptr = lse.data_ptr<scalar_t>();
     at::parallel_for(0, p.n, sample_grain(p, exact), [&](int64_t begin, int64_t end) {
+      // one sample's row of logits over the padded grid, and (paper) its own-bin shares
+      std::vector<scalar_t> scratch(2 * a.KV_padded);
       for (int64_t i = begin; i < end; ++i) {
         if (exact) {
-          exact_forward(a, i, loss_ptr + i, lse_ptr + i * L);
+          exact_forward(a, i, loss_ptr + i, lse_ptr + i * L, scratch.data());
         } else {
-          paper_forward(a, i, loss_ptr + i, lse_ptr + i * L);
+          paper_forward(a, i, loss_ptr + i, lse_ptr + i * L, scratch.data(), scratch.data() + a.KV_padded);
         }
       }
     });
@@ -291,7 +462,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backwa
   at::Tensor g_var = at::empty({p.n}, pred.options());
   at::Tensor g_nv = at::empty({p.n}, pred.options());
   AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "irda_surrogate_backward_cpu", [&] {
-    const SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta);
+    const CompactGrid<scalar_t> grid(p.centers.data_ptr<scalar_t>(), p.log_prior.data_ptr<scalar_t>(),
+                                     p.eta.data_ptr<scalar_t>(), p.K, p.B);
+    const SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const scalar_t* lp = lse_c.data_ptr<scalar_t>();
     scalar_t* o_pred = g_pred.data_ptr<scalar_t>();
@@ -299,11 +472,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backwa
     scalar_t* o_var = g_var.data_ptr<scalar_t>();
     scalar_t* o_nv = g_nv.data_ptr<scalar_t>();
     at::parallel_for(0, p.n, sample_grain(p, exact), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> own_eta(exact ? 0 : a.KV_padded);
       for (int64_t i = begin; i < end; ++i) {
         if (exact) {
           exact_backward(a, i, lp + i * L, gp[i], o_pred + i, o_shift + i, o_var + i, o_nv + i);
         } else {
-          paper_backward(a, i, lp + i * L, gp[i], o_pred + i, o_shift + i, o_var + i, o_nv + i);
+          paper_backward(a, i, lp + i * L, gp[i], o_pred + i, o_shift + i, o_var + i, o_nv + i, own_eta.data());
         }
       }
     });
