@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the in-tree irda_ext
-from cases import fwd_bwd, stats_batch, surrogate_batch, warm_stats  # noqa: E402
+from cases import check_stats_agree, fwd_bwd, stats_batch, surrogate_batch, warm_stats  # noqa: E402
 from isda_estimator import OneHotEstimator  # noqa: E402
 
 import irda_ext  # noqa: E402
@@ -69,23 +69,8 @@ def device_info():
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
-def check_stats_agree(n, D, B):
-    """BinStats on the GPU against ISDA's estimator in float64 (its biased covariance rescaled)."""
-    ours = irda_ext.BinStats(B, D, momentum=None, dtype=torch.float64, device=DEV)
-    isda = OneHotEstimator(B, D, dtype=torch.float64, device=DEV)
-    for seed in range(2):
-        z, b = stats_batch(n, D, B, seed=seed, device=DEV)
-        ours.update(z.double(), b)
-        isda.update(z.double(), b)
-    cnt = ours.count.double()
-    unbiased = isda.cov * (cnt / (cnt - 1).clamp_min(1))[:, None, None]
-    seen = cnt >= 2
-    assert torch.allclose(ours.cov[seen], unbiased[seen], atol=1e-8), "BinStats and ISDA disagree"
-    assert torch.allclose(ours.mean[cnt > 0], isda.ave[cnt > 0], atol=1e-10)
-
-
 def bench_bin_stats(info, quick, n=256, D=2048, B=100):
-    check_stats_agree(n, 256, 20)
+    check_stats_agree(n, 256, 20, device=DEV)
     z, b = stats_batch(n, D, B, device=DEV)
     present = torch.unique(b).numel()
     # What the update must move: read + write cov and mean of the present bins, read z.

@@ -2,6 +2,7 @@
 import torch
 
 import irda_ext
+from isda_estimator import OneHotEstimator
 
 
 def stats_batch(n=256, D=512, B=100, seed=0, device="cpu"):
@@ -46,3 +47,19 @@ def fwd_bwd(fn, args, mode):
     loss = fn(*args, mode=mode)
     grads = torch.autograd.grad(loss, [args[0], args[6], args[7], args[10]])
     return loss, grads
+
+
+def check_stats_agree(n, D, B, device="cpu"):
+    """BinStats against ISDA's one-hot estimator in float64 (its biased covariance
+    rescaled): the two implementations a benchmark times must compute the same thing."""
+    ours = irda_ext.BinStats(B, D, momentum=None, dtype=torch.float64, device=device)
+    isda = OneHotEstimator(B, D, dtype=torch.float64, device=device)
+    for seed in range(2):
+        z, b = stats_batch(n, D, B, seed=seed, device=device)
+        ours.update(z.double(), b)
+        isda.update(z.double(), b)
+    cnt = ours.count.double()
+    unbiased = isda.cov * (cnt / (cnt - 1).clamp_min(1))[:, None, None]
+    seen = cnt >= 2
+    assert torch.allclose(ours.cov[seen], unbiased[seen], atol=1e-8), "BinStats and ISDA disagree"
+    assert torch.allclose(ours.mean[cnt > 0], isda.ave[cnt > 0], atol=1e-10)

@@ -15,15 +15,13 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cases import fwd_bwd, stats_batch, surrogate_batch, warm_stats  # noqa: E402
+from cases import check_stats_agree, fwd_bwd, stats_batch, surrogate_batch, warm_stats  # noqa: E402
 from isda_estimator import OneHotEstimator  # noqa: E402
 
 import irda_ext  # noqa: E402
@@ -40,21 +38,6 @@ def median_time(fn, min_time=1.0, max_reps=200, warmup=2):
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2]
-
-
-def check_stats_agree(n, D, B):
-    z, b = stats_batch(n, D, B)
-    ours = irda_ext.BinStats(B, D, momentum=None, dtype=torch.float64)
-    isda = OneHotEstimator(B, D, dtype=torch.float64)
-    for seed in range(2):
-        z, b = stats_batch(n, D, B, seed=seed)
-        ours.update(z.double(), b)
-        isda.update(z.double(), b)
-    cnt = ours.count.double()
-    unbiased = isda.cov * (cnt / (cnt - 1).clamp_min(1))[:, None, None]
-    seen = cnt >= 2
-    assert torch.allclose(ours.cov[seen], unbiased[seen], atol=1e-8), "BinStats and ISDA disagree"
-    assert torch.allclose(ours.mean[cnt > 0], isda.ave[cnt > 0], atol=1e-10)
 
 
 def bench_bin_stats(n=256, D=512, B=100):
@@ -77,24 +60,21 @@ def bench_bin_stats(n=256, D=512, B=100):
     return rows, len(present)
 
 
-def surrogate_peak_rss(impl, mode):
-    """Peak resident memory added by one forward+backward, in a fresh process."""
-    code = f"""
-import resource, sys, torch
-sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
-import irda_ext
-from irda_ext import reference as ref
-from cases import fwd_bwd, surrogate_batch
-args = surrogate_batch(256, 3, 100)
-fn = irda_ext.irda_surrogate if {impl!r} == "fused" else ref.irda_surrogate
-fwd_bwd(irda_ext.irda_surrogate, surrogate_batch(8, 3, 100), {mode!r})  # load code paths
-fwd_bwd(ref.irda_surrogate, surrogate_batch(8, 3, 100), {mode!r})
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-fwd_bwd(fn, args, {mode!r})
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024.0  # MiB
+def surrogate_peak_bytes(fn, args, mode):
+    """Peak of the tensor memory allocated during one forward+backward, from the
+    profiler's allocation records (every allocation and free, in order)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fwd_bwd(fn, args, mode)
+        del out
+    records = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                     key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in records:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
 
 
 def bench_surrogate(n=256, K=3, B=100):
@@ -106,7 +86,7 @@ def bench_surrogate(n=256, K=3, B=100):
         for g, h in zip(fused[1], dense[1]):
             assert torch.allclose(g, h, rtol=1e-3, atol=1e-4), mode
         for impl, fn in (("fused", irda_ext.irda_surrogate), ("dense", ref.irda_surrogate)):
-            rows[(mode, impl)] = (median_time(lambda: fwd_bwd(fn, args, mode)), surrogate_peak_rss(impl, mode))
+            rows[(mode, impl)] = (median_time(lambda: fwd_bwd(fn, args, mode)), surrogate_peak_bytes(fn, args, mode) / 2**20)
     return rows
 
 
@@ -142,8 +122,8 @@ def main(argv=None):
              "| implementation | time (ms) |", "|---|---|"]
     lines += [f"| {k} | {v * 1e3:.2f} |" for k, v in stats_rows.items()]
     lines += ["", "## Fused surrogate forward+backward, n=256, K=3, B=100, float32", "",
-              "| mode | implementation | time (ms) | peak added RSS (MiB) |", "|---|---|---|---|"]
-    lines += [f"| {m} | {i} | {t * 1e3:.2f} | {mem:.1f} |" for (m, i), (t, mem) in sur_rows.items()]
+              "| mode | implementation | time (ms) | peak tensor memory (MiB) |", "|---|---|---|---|"]
+    lines += [f"| {m} | {i} | {t * 1e3:.2f} | {mem:.3f} |" for (m, i), (t, mem) in sur_rows.items()]
     lines += ["", "## Targets", "", "| check | measured | target | met |", "|---|---|---|---|"]
     ok_all = True
     for name, (value, target, op) in checks.items():
@@ -157,7 +137,7 @@ def main(argv=None):
         f.write(text)
     with open(os.path.join(args.out, "cpu_kernels.json"), "w") as f:
         json.dump({"env": env, "bin_stats_seconds": stats_rows,
-                   "surrogate": {f"{m}/{i}": {"seconds": t, "peak_rss_mib": mem} for (m, i), (t, mem) in sur_rows.items()},
+                   "surrogate": {f"{m}/{i}": {"seconds": t, "peak_tensor_mib": mem} for (m, i), (t, mem) in sur_rows.items()},
                    "checks": {k: {"value": v, "target": t, "op": o} for k, (v, t, o) in checks.items()}}, f, indent=2)
     return 0 if ok_all else 1
 

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from . import distributed
+from .atomic import atomic_save_figure, atomic_torch_save, atomic_write_text
 from .datasets import DATASETS, load_dataset
 from .metrics import per_bin_mae, shot_metrics
 from .methods import METHODS, get_method
@@ -179,21 +180,6 @@ def dataset_options(args: argparse.Namespace) -> dict:
 
 
 # ----- small utilities ----------------------------------------------------------------------------
-def atomic_torch_save(obj, path: str) -> None:
-    """Write to a temporary file in the same folder, then rename over ``path``: a crash
-    mid-write never leaves a truncated checkpoint."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
@@ -350,10 +336,7 @@ def plot_per_bin_mae(path: str, pred, target, train_targets, bins, title: str, l
     ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], loc="upper right", fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic_save_figure(fig, path)
 
 
 def _json_safe(value):

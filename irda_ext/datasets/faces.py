@@ -14,8 +14,8 @@ from typing import Optional
 import numpy as np
 
 from ..binning import Bins
-from .images import ImageTargetDataset, check_first_images, dir_image_transform
-from .splits import DatasetSplits, parse_float, read_csv_rows, split_indices
+from .images import split_image_csv
+from .splits import DatasetSplits, parse_float, read_csv_rows
 
 FACE_LAYOUT = ("{csv} in --data-dir with the header 'age,path,split' (split: train, val or test) and the images "
                "at <data-dir>/<path>, as in the DIR repository's data folder")
@@ -29,22 +29,12 @@ def load_face_csv(data_dir: str, csv_name: str, name: str, image_size: int = 224
     ages = np.array([parse_float(r["age"], path, "age", i) for i, r in enumerate(rows)])
     if (ages < 0).any():
         raise ValueError(f"{path}: ages must be non-negative, got {ages.min()}")
-    splits = split_indices(rows, path)
-    missing = [s for s in ("train", "val", "test") if s not in splits]
-    if missing:
-        raise ValueError(f"{path}: no rows with split {missing}. Expected layout: {layout}")
     bins = Bins(0.0, float(np.floor(ages.max())) + 1.0, 1.0)
-    paths = [os.path.join(data_dir, r["path"]) for r in rows]
-    check_first_images(paths, layout)
-
-    def subset(split, train):
-        index = splits[split]
-        return ImageTargetDataset([paths[i] for i in index], ages[index], dir_image_transform(image_size, train), layout)
-
+    train, val, test, train_ages = split_image_csv(data_dir, path, rows, ages, layout, image_size)
     return DatasetSplits(
-        name=name, kind="image", train=subset("train", True), val=subset("val", False), test=subset("test", False),
-        train_targets=ages[splits["train"]], bins=bins, many=100 if many is None else many,
-        few=20 if few is None else few, backbone="resnet50", input_dim=3, label="age (years)",
+        name=name, kind="image", train=train, val=val, test=test, train_targets=train_ages, bins=bins,
+        many=100 if many is None else many, few=20 if few is None else few, backbone="resnet50", input_dim=3,
+        label="age (years)",
     )
 
 

@@ -3,11 +3,13 @@ loaders: a list of image paths with one target each, and DIR's transforms."""
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from .splits import split_indices
 
 
 def dir_image_transform(image_size: int, train: bool):
@@ -53,3 +55,24 @@ def check_first_images(paths: Sequence[str], layout: str, how_many: int = 3) -> 
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image {path!r} listed in the CSV does not exist (is --data-dir right?). "
                                     f"Expected layout: {layout}")
+
+
+def split_image_csv(data_dir: str, csv_path: str, rows, targets: np.ndarray, layout: str,
+                    image_size: int) -> Tuple[Dataset, Dataset, Dataset, np.ndarray]:
+    """``(train, val, test, train_targets)`` of a CSV whose rows name an image (``path``,
+    relative to ``data_dir``) and a ``split``, with ``targets`` one per row. Every split
+    must be present and the first images must open; errors name ``csv_path`` and
+    ``layout``."""
+    splits = split_indices(rows, csv_path)
+    missing = [s for s in ("train", "val", "test") if s not in splits]
+    if missing:
+        raise ValueError(f"{csv_path}: no rows with split {missing}. Expected layout: {layout}")
+    paths = [os.path.join(data_dir, r["path"]) for r in rows]
+    check_first_images(paths, layout)
+
+    def subset(split: str, train: bool) -> Dataset:
+        index = splits[split]
+        return ImageTargetDataset([paths[i] for i in index], targets[index], dir_image_transform(image_size, train),
+                                  layout)
+
+    return subset("train", True), subset("val", False), subset("test", False), targets[splits["train"]]

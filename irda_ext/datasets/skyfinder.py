@@ -14,8 +14,8 @@ from typing import Optional
 import numpy as np
 
 from ..dir_protocol import label_bins
-from .images import ImageTargetDataset, check_first_images, dir_image_transform
-from .splits import DatasetSplits, parse_float, read_csv_rows, split_indices
+from .images import split_image_csv
+from .splits import DatasetSplits, parse_float, read_csv_rows
 
 LAYOUT = ("skyfinder.csv in --data-dir with the header 'path,temperature,split' (split: train, val or test; "
           "temperature in degrees C) and the images at <data-dir>/<path>")
@@ -26,21 +26,10 @@ def load_skyfinder(data_dir: str, image_size: int = 224, many: Optional[int] = N
     path = os.path.join(data_dir, "skyfinder.csv")
     rows = read_csv_rows(path, ("path", "temperature", "split"), LAYOUT)
     temps = np.array([parse_float(r["temperature"], path, "temperature", i) for i, r in enumerate(rows)])
-    splits = split_indices(rows, path)
-    missing = [s for s in ("train", "val", "test") if s not in splits]
-    if missing:
-        raise ValueError(f"{path}: no rows with split {missing}. Expected layout: {LAYOUT}")
     bins = label_bins(temps, width=1.0)
-    paths = [os.path.join(data_dir, r["path"]) for r in rows]
-    check_first_images(paths, LAYOUT)
-
-    def subset(split, train):
-        index = splits[split]
-        return ImageTargetDataset([paths[i] for i in index], temps[index], dir_image_transform(image_size, train), LAYOUT)
-
+    train, val, test, train_temps = split_image_csv(data_dir, path, rows, temps, LAYOUT, image_size)
     return DatasetSplits(
-        name="skyfinder", kind="image", train=subset("train", True), val=subset("val", False),
-        test=subset("test", False), train_targets=temps[splits["train"]], bins=bins,
+        name="skyfinder", kind="image", train=train, val=val, test=test, train_targets=train_temps, bins=bins,
         many=100 if many is None else many, few=20 if few is None else few, backbone="resnet50", input_dim=3,
         label="temperature (C)",
     )

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
+
+from ..atomic import atomic_save_figure, atomic_write_text
 
 
 class GateHistory:
@@ -46,10 +47,7 @@ class GateHistory:
         self.rows = [dict(r) for r in state["epochs"]]
 
     def write_json(self, path: str) -> None:
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as handle:
-            json.dump(self.to_dict(), handle)
-        os.replace(tmp, path)
+        atomic_write_text(json.dumps(self.to_dict()), path)
 
     def plot(self, path: str, head_bin: Optional[int] = None, tail_bin: Optional[int] = None,
              label: str = "bin centre", title: str = "") -> None:
@@ -75,7 +73,4 @@ class GateHistory:
         if title:
             fig.suptitle(title, fontsize=9)
         fig.tight_layout()
-        tmp = f"{path}.tmp{os.getpid()}.png"
-        fig.savefig(tmp, dpi=120)
-        plt.close(fig)
-        os.replace(tmp, path)
+        atomic_save_figure(fig, path)
