@@ -106,3 +106,13 @@ def test_isda_strength_ramps_from_zero():
                   torch.device("cpu"))
     resumed.load_state_dict(method.state_dict())
     assert resumed._ramp() == pytest.approx(0.25)
+
+
+def test_ranksim_weight_is_given_in_label_units():
+    """The driver trains on targets divided by ``label_scale``; the RankSim weight is
+    converted so that the objective is the paper's one in label units."""
+    for scale in (1.0, 4.0, 128.0):
+        method = get_method("ranksim")(argparse.Namespace(ranksim_gamma=100.0, ranksim_lambda=2.0, label_scale=scale))
+        method.setup(torch.nn.Identity(), torch.nn.Linear(3, 1), 3, Bins(0.0, 1.0, 0.1),
+                     torch.rand(20), torch.device("cpu"))
+        assert method.regulariser.gamma == pytest.approx(100.0 / scale ** 2)
