@@ -189,3 +189,14 @@ def test_logits_spanning_thousands_match_reference(mode, dtype):
     wrt = lambda a: [a[0], a[6], a[7], a[10]]  # noqa: E731
     for a, b in zip(torch.autograd.grad(got.sum(), wrt(args)), torch.autograd.grad(want.sum(), wrt(args64))):
         torch.testing.assert_close(a.double(), b, rtol=tol["rtol"] * 10, atol=tol["atol"] * b.abs().max().item())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cluster_shares_above_one_match_reference(mode):
+    """The functional op does not require eta in [0, 1]; the CPU kernel's padding
+    competitors (which take the largest eta) must stay inert for any eta."""
+    args = list(surrogate_inputs(13, 3, 7, requires_grad=True))
+    args[4] = args[4] * 3.0
+    got = irda_ext.irda_surrogate(*args, mode=mode, reduction="none")
+    want = ref.irda_surrogate(*args, mode=mode, reduction="none")
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

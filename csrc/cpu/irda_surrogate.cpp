@@ -39,8 +39,8 @@ struct SurrogateArgs {
   int64_t n, K, B;
   T eta_min_valid;  // min of eta over clusters and bins with finite log prior
   // The competitors (k', b'): the V bins with a finite log prior, compacted, and laid
-  // out as one row of K * V per quantity, so a sample's loop over them is long enough
-  // that the vector loop, not its scalar remainder, does the work.
+  // out as one row of K * V per quantity (padded), so a sample's numerator cluster
+  // loops once over all of them.
   int64_t V;
   int64_t KV_padded;                // K * V rounded up to kGridPad
   const int64_t* grid_pos;          // [B]: a bin's index in 0..V-1, -1 without prior
@@ -50,12 +50,11 @@ struct SurrogateArgs {
   const T* grid_eta;                // [K * V] eta[k', b']
 };
 
-// The exact-mode grid is padded to a multiple of the widest vector (16 floats), so
-// the vector loops never hand a remainder to their scalar epilogue (which, for a
-// grid of a few hundred, cost as much as the vector part). A padding competitor has
-// eta 1 (so r = 1 - 2 u (eta_own - 1) s2 >= 1), centre 0 and a log prior of -1e30:
-// its logit is about -1e30, its exp underflows to the clamp (1e-308 / 1e-38, next
-// to a largest term of 1) and its gradient weight with it.
+// The grid is padded to whole blocks of kGridPad lanes (the widest vector: 16
+// floats), which the lane loops below need. A padding competitor has the largest eta
+// (so r = 1 - 2 u (eta_own - eta_max) s2 >= 1), centre 0 and a log prior of -1e30:
+// its logit is about -1e30, its exp underflows to the clamp (1e-308 / 1e-38, next to
+// a largest term of 1) and its gradient weight with it.
 constexpr int64_t kGridPad = 16;
 constexpr double kPadLogPrior = -1e30;
 
@@ -81,11 +80,13 @@ struct CompactGrid {
       }
     }
     unpadded = static_cast<int64_t>(t.size());
+    T eta_max = T(1);
+    for (const T e : eta) eta_max = std::max(eta_max, e);
     while (t.size() % kGridPad != 0) {
       id.push_back(T(-1));
       t.push_back(T(0));
       lp.push_back(static_cast<T>(kPadLogPrior));
-      eta.push_back(T(1));
+      eta.push_back(eta_max);
     }
   }
   int64_t unpadded = 0;  // K * V
