@@ -112,6 +112,27 @@ bool sample_variance(const SurrogateArgs<T>& a, int64_t i, T* s2) {
   return capped_variance<T>(a.beta * a.var[i], own_max - a.eta_min_valid, a.u, s2);
 }
 
+// log sum_j exp(x[j]) of a row padded to whole blocks of kGridPad: lane-wise maxima,
+// then lane-wise sums of exp(x - max), in fixed-length loops gcc vectorises.
+template <typename T>
+__attribute__((always_inline)) inline T row_logsumexp(const T* __restrict x, int64_t n) {
+  constexpr int64_t kLanes = kGridPad;
+  T lane[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) lane[l] = -std::numeric_limits<T>::infinity();
+  for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lane[l] = x[j0 + l] > lane[l] ? x[j0 + l] : lane[l];
+  }
+  T mx = lane[0];
+  for (int64_t l = 1; l < kLanes; ++l) mx = lane[l] > mx ? lane[l] : mx;
+  for (int64_t l = 0; l < kLanes; ++l) lane[l] = T(0);
+  for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lane[l] += exp_clamped<T>(x[j0 + l] - mx);
+  }
+  T sum = 0;
+  for (int64_t l = 0; l < kLanes; ++l) sum += lane[l];
+  return mx + std::log(sum);
+}
+
 // One competitor of the exact-mode grid (exact_term, SPEC 6.2): sets its log-term F,
 // 1 / r and the pieces the derivatives need. Forward and backward evaluate it with
 // the same operations, so a float32 logit of 1e6 rounds the same way in both and the
@@ -143,30 +164,14 @@ __attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArg
   T s2;
   sample_variance(a, i, &s2);
   const T lp_own = a.log_prior[b];
-  constexpr int64_t kLanes = kGridPad;
   T total = 0;
   for (int64_t k = 0; k < K; ++k) {
     const T eo = a.eta[k * B + b];
-    // lane-wise maxima and sums over blocks of kLanes (see exact_backward_impl)
-    T lane[kLanes];
-    for (int64_t l = 0; l < kLanes; ++l) lane[l] = -std::numeric_limits<T>::infinity();
-    for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
-      for (int64_t l = 0; l < kLanes; ++l) {
-        const int64_t j = j0 + l;
-        IRDA_EXACT_TERM_BODY
-        Fs[j] = F;
-        lane[l] = F > lane[l] ? F : lane[l];
-      }
+    for (int64_t j = 0; j < KV; ++j) {
+      IRDA_EXACT_TERM_BODY
+      Fs[j] = F;
     }
-    T mx = lane[0];
-    for (int64_t l = 1; l < kLanes; ++l) mx = lane[l] > mx ? lane[l] : mx;
-    for (int64_t l = 0; l < kLanes; ++l) lane[l] = T(0);
-    for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
-      for (int64_t l = 0; l < kLanes; ++l) lane[l] += exp_clamped<T>(Fs[j0 + l] - mx);
-    }
-    T sum = 0;
-    for (int64_t l = 0; l < kLanes; ++l) sum += lane[l];
-    lse[k] = mx + std::log(sum);
+    lse[k] = row_logsumexp(Fs, KV);
     total += lse[k];
   }
   *loss = total / T(K);
@@ -263,32 +268,17 @@ __attribute__((always_inline)) inline void fill_own_eta(const SurrogateArgs<T>& 
 template <typename T>
 __attribute__((always_inline)) inline void paper_forward_impl(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse,
                                                               T* __restrict Zs, T* __restrict Es) {
-  constexpr int64_t kLanes = kGridPad;
   const int64_t b = a.bin[i], K = a.K, V = a.V, KV = a.KV_padded;
   const T jb = static_cast<T>(a.grid_pos[b]);
   const T y = a.target[i], p = a.pred[i], shift = a.shift[i], var = a.var[i], u = a.u;
   fill_own_eta(a, b, Es);
-  T lane[kLanes];
-  for (int64_t l = 0; l < kLanes; ++l) lane[l] = -std::numeric_limits<T>::infinity();
-  for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) {
-      const int64_t j = j0 + l;
-      IRDA_PAPER_TERM_BODY
-      Zs[j] = Z;
-      lane[l] = Z > lane[l] ? Z : lane[l];
-    }
+  for (int64_t j = 0; j < KV; ++j) {
+    IRDA_PAPER_TERM_BODY
+    Zs[j] = Z;
   }
-  T mx = lane[0];
-  for (int64_t l = 1; l < kLanes; ++l) mx = lane[l] > mx ? lane[l] : mx;
-  for (int64_t l = 0; l < kLanes; ++l) lane[l] = T(0);
-  for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) lane[l] += exp_clamped<T>(Zs[j0 + l] - mx);
-  }
-  T sum = 0;
-  for (int64_t l = 0; l < kLanes; ++l) sum += lane[l];
   T own = 0;
   for (int64_t kc = 0; kc < K; ++kc) own += Zs[kc * V + a.grid_pos[b]];
-  lse[0] = mx + std::log(sum);
+  lse[0] = row_logsumexp(Zs, KV);
   *loss = lse[0] - own / T(K);
 }
 
