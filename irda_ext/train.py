@@ -393,6 +393,9 @@ def _run(args: argparse.Namespace, device: torch.device) -> Optional[dict]:
     if method_cls.needs_tabular_inputs and data.kind != "tabular":
         raise ValueError(f"--method {args.method} resamples raw inputs and needs a tabular data set, "
                          f"not {args.dataset!r} ({data.kind})")
+    if method_cls.needs_per_sample_targets and data.kind == "depth":
+        raise ValueError(f"--method {args.method} needs one target per input, not the dense depth maps of "
+                         f"{args.dataset!r}")
     train_set, train_targets = data.train, np.asarray(data.train_targets, dtype=np.float64)
 
     # Standardised targets for the network; metrics go back to label units.

@@ -11,7 +11,7 @@ from PIL import Image  # noqa: E402
 
 from irda_ext.datasets import load_dataset  # noqa: E402
 from irda_ext.datasets.nyud2 import load_depth_png  # noqa: E402
-from irda_ext.train import main  # noqa: E402
+from irda_ext.train import build_parser, main, run  # noqa: E402
 
 
 def make_nyud2(root, n_train=6, n_test=2):
@@ -79,3 +79,11 @@ def test_nyud2_trains_one_epoch_with_irda_and_reports_delta1(tmp_path):
     test = results["test"]["all"]
     assert test["count"] == int(np.load(tmp_path / "test_balanced_mask.npy").sum())
     assert 0.0 <= test["delta1"] <= 1.0 and test["rmse"] > 0
+
+
+@pytest.mark.parametrize("method", ["meta-irda", "supcr"])
+def test_methods_needing_one_target_per_input_refuse_depth(tmp_path, method):
+    make_nyud2(str(tmp_path))
+    with pytest.raises(ValueError, match="one target per input"):
+        run(build_parser().parse_args(["--dataset", "nyud2", "--data-dir", str(tmp_path), "--method", method,
+                                       "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"]))

@@ -101,6 +101,9 @@ class Method:
     name: str = "base"
     #: True for methods that resample raw inputs (SMOTER, SMOGN): tabular data only.
     needs_tabular_inputs: bool = False
+    #: True for methods that need one target per input (an encoder pre-training, a
+    #: held-out meta set): not the dense per-pixel targets of depth data.
+    needs_per_sample_targets: bool = False
 
     def __init__(self, args: Optional[argparse.Namespace] = None):
         self.args = args if args is not None else argparse.Namespace()
@@ -172,3 +175,17 @@ class Method:
             raise ValueError(
                 f"method {self.name!r} keeps no state but the checkpoint holds {sorted(state)}"
             )
+
+
+def add_sigma_arguments(parser: argparse._ActionsContainer) -> None:
+    """The options of every method with a learned Balanced-MSE noise scale sigma (IRDA,
+    Meta-IRDA, BMC/GAI/BNI, ISDA-R/RISDA-R), registered once whichever comes first."""
+    add_argument_once(parser, "--noise-sigma", type=float, default=None,
+                      help="initial noise scale sigma in label units (default: a quarter of the label scale, "
+                           "about std / 4, for irda and meta-irda; one bin width for bmc, gai, bni, isda-r, "
+                           "risda-r)")
+    add_argument_once(parser, "--fixed-sigma", action="store_true", help="keep sigma fixed instead of learning it")
+    add_argument_once(parser, "--sigma-lr", type=float, default=1e-2,
+                      help="learning rate of the learned noise scale (default 1e-2, as Balanced-MSE)")
+    add_argument_once(parser, "--no-ramp", action="store_true",
+                      help="use alpha and beta from the first epoch instead of ramping them from 0")

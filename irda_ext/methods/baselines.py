@@ -30,7 +30,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from .base import Method, add_argument_once, register_method
+from .base import Method, add_argument_once, add_sigma_arguments, register_method
 
 
 def _label_scale(method: Method) -> float:
@@ -184,16 +184,6 @@ class SMOGNLDSFDS(_Composite):
     use_lds = use_fds = True
 
 
-def _add_sigma_arguments(parser) -> None:
-    add_argument_once(parser, "--noise-sigma", type=float, default=None,
-                      help="initial noise scale sigma in label units (default: one bin width)")
-    add_argument_once(parser, "--fixed-sigma", action="store_true", help="keep sigma fixed instead of learning it")
-    add_argument_once(parser, "--sigma-lr", type=float, default=1e-2,
-                      help="learning rate of the learned noise scale (default 1e-2, as Balanced-MSE)")
-    add_argument_once(parser, "--no-ramp", action="store_true",
-                      help="use alpha and beta from the first epoch instead of ramping them from 0")
-
-
 def _initial_sigma(method: Method, bins) -> float:
     sigma = method.option("noise_sigma")
     return float(bins.width) if sigma is None else float(sigma) / _label_scale(method)
@@ -222,7 +212,7 @@ class _BalancedMSE(_LearnedSigma):
 
     @classmethod
     def add_arguments(cls, parser) -> None:
-        _add_sigma_arguments(parser)
+        add_sigma_arguments(parser)
         add_argument_once(parser, "--gmm-components", type=int, default=8,
                           help="GAI: components of the label GMM (default 8, as Balanced MSE)")
 
@@ -267,7 +257,7 @@ class BNI(_BalancedMSE):
 class _ISDAFamily(_LearnedSigma):
     @classmethod
     def add_arguments(cls, parser) -> None:
-        _add_sigma_arguments(parser)
+        add_sigma_arguments(parser)
         add_argument_once(parser, "--isda-beta", type=float, default=0.5,
                           help="ISDA-R/RISDA-R covariance strength beta (default 0.5, ISDA's lambda0)")
         add_argument_once(parser, "--risda-alpha", type=float, default=0.5,
@@ -386,6 +376,8 @@ class SupCR(Method):
     linear head is trained with MSE, the paper's SupCR(MSE) row. The two views of each
     sample differ by Gaussian input noise (``--supcr-noise``), our stand-in for the image
     augmentations of the paper."""
+
+    needs_per_sample_targets = True
 
     @classmethod
     def add_arguments(cls, parser) -> None:

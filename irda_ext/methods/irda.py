@@ -7,7 +7,7 @@ from typing import List
 
 import torch
 
-from .base import Method, add_argument_once, register_method
+from .base import Method, add_argument_once, add_sigma_arguments, register_method
 
 
 # Initial noise scale when --noise-sigma is not given: a quarter of the label scale (the
@@ -41,15 +41,7 @@ class IRDA(Method):
                           help="strength of the mean shift towards the W-FDS-smoothed statistics (default 0.5)")
         add_argument_once(parser, "--beta", type=float, default=0.75,
                           help="strength of the covariance augmentation (default 0.75)")
-        add_argument_once(parser, "--noise-sigma", type=float, default=None,
-                          help="initial noise scale sigma in label units (irda's default: a quarter of the label scale, "
-                               "about std / 4; other methods document their own)")
-        add_argument_once(parser, "--fixed-sigma", action="store_true",
-                          help="keep sigma fixed instead of learning it")
-        add_argument_once(parser, "--sigma-lr", type=float, default=1e-2,
-                          help="learning rate of the learned noise scale (default 1e-2, as Balanced-MSE)")
-        add_argument_once(parser, "--no-ramp", action="store_true",
-                          help="use alpha and beta from the first epoch instead of ramping them from 0")
+        add_sigma_arguments(parser)
         add_argument_once(parser, "--irda-momentum", type=float, default=0.9,
                           help="momentum of the per-bin feature statistics (default 0.9, as FDS)")
 

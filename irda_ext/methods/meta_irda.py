@@ -40,6 +40,8 @@ class MetaIRDA(IRDA):
     the head bin and of the tail bin over training (``meta_irda_vb.png``, paper Fig. 7).
     """
 
+    needs_per_sample_targets = True
+
     @classmethod
     def add_arguments(cls, parser) -> None:
         super().add_arguments(parser)
@@ -110,7 +112,8 @@ class MetaIRDA(IRDA):
         elif len(dataset[0]) == 2:
             self._draw_from_training(_LazyRows(dataset))
         else:
-            raise NotImplementedError("meta-irda supports data sets of (input, target) pairs, not dense targets")
+            raise ValueError(f"meta-irda draws its meta set from (input, target) pairs; the training set gives "
+                             f"items of {len(dataset[0])} parts (dense targets such as depth maps are not supported)")
 
     # --- lifecycle -------------------------------------------------------------------
     def setup(self, model, head, feature_dim, bins, train_targets, device) -> None:
