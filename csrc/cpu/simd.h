@@ -21,32 +21,53 @@
 
 namespace irda {
 
+// The IEEE-754 layout of float / double and the constants both exp_clamped and
+// log_positive use. shifter = 1.5 * 2^mantissa: adding it rounds to an integer that
+// then sits in the low mantissa bits, which converts between integers and floats
+// without a float<->int64 instruction (AVX2 has none). ln 2 is split so that
+// k * ln2_hi is exact for |k| < 2^11 (double) / 2^8 (float).
+template <typename T>
+struct FloatLayout {
+  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value, "float or double");
+  static constexpr bool dbl = std::is_same<T, double>::value;
+  using Bits = typename std::conditional<dbl, int64_t, int32_t>::type;
+  static constexpr int mantissa = dbl ? 52 : 23;
+  static constexpr int exponent_bits = dbl ? 11 : 8;
+  static constexpr Bits bias = dbl ? 1023 : 127;
+  static constexpr T shifter = dbl ? T(6755399441055744.0) : T(12582912.0);
+  static constexpr T ln2_hi = dbl ? T(0.693147180369123816490) : T(0.693145751953125);
+  static constexpr T ln2_lo = dbl ? T(1.90821492927058770002e-10) : T(1.428606765330187045e-06);
+
+  __attribute__((always_inline)) static Bits to_bits(T x) {
+    Bits b;
+    std::memcpy(&b, &x, sizeof(T));
+    return b;
+  }
+  __attribute__((always_inline)) static T from_bits(Bits b) {
+    T x;
+    std::memcpy(&x, &b, sizeof(T));
+    return x;
+  }
+};
+
 // exp(x), within a few ulp in float64 and float32, for x up to 709 / 88 (larger
 // arguments are clamped there: callers keep them far below). Arguments below the
 // smallest normal result are clamped to it (about 1e-308 / 1e-38): in a sum whose
 // largest term is of order one such terms are below rounding anyway.
 //   x = k ln2 + r, |r| <= ln2 / 2;  exp(x) = 2^k * exp(r), exp(r) by its Taylor series.
-// k is rounded by the 1.5 * 2^mantissa shifter (no float->int conversion, which AVX2
-// lacks for int64 lanes), and 2^k is built directly in the exponent bits.
+// k is rounded with the shifter and 2^k is built directly in the exponent bits.
 template <typename T>
 __attribute__((always_inline)) inline T exp_clamped(T x) {
-  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value, "float or double");
-  constexpr bool dbl = std::is_same<T, double>::value;
-  using Bits = typename std::conditional<dbl, int64_t, int32_t>::type;
+  using L = FloatLayout<T>;
+  constexpr bool dbl = L::dbl;
   constexpr T lowest = dbl ? T(-708.0) : T(-87.0);
   constexpr T highest = dbl ? T(709.0) : T(88.0);
   constexpr T log2e = T(1.4426950408889634);
-  // ln 2 split so that k * ln2_hi is exact for |k| < 2^11 (double) / 2^8 (float)
-  constexpr T ln2_hi = dbl ? T(0.693147180369123816490) : T(0.693145751953125);
-  constexpr T ln2_lo = dbl ? T(1.90821492927058770002e-10) : T(1.428606765330187045e-06);
-  constexpr T shifter = dbl ? T(6755399441055744.0) : T(12582912.0);  // 1.5 * 2^52, 1.5 * 2^23
-  constexpr int mantissa = dbl ? 52 : 23;
-  constexpr Bits bias = dbl ? 1023 : 127;
 
   x = x < lowest ? lowest : (x > highest ? highest : x);
-  const T kd = x * log2e + shifter;  // round to nearest: k sits in the low mantissa bits
-  const T k = kd - shifter;
-  const T r = (x - k * ln2_hi) - k * ln2_lo;
+  const T kd = x * log2e + L::shifter;  // round to nearest: k sits in the low mantissa bits
+  const T k = kd - L::shifter;
+  const T r = (x - k * L::ln2_hi) - k * L::ln2_lo;
   T p;
   if (dbl) {  // degree 12: truncation error below 2e-16 on |r| <= ln2 / 2
     p = T(1.0 / 479001600);
@@ -70,47 +91,31 @@ __attribute__((always_inline)) inline T exp_clamped(T x) {
   }
   p = p * r + T(1);
   p = p * r + T(1);
-  Bits kb, sb;
-  std::memcpy(&kb, &kd, sizeof(T));
-  std::memcpy(&sb, &shifter, sizeof(T));
-  const Bits e = ((kb - sb) + bias) << mantissa;  // the bits of 2^k
-  T scale;
-  std::memcpy(&scale, &e, sizeof(T));
+  // the bits of 2^k
+  const T scale = L::from_bits(((L::to_bits(kd) - L::to_bits(L::shifter)) + L::bias) << L::mantissa);
   return p * scale;
 }
 
 // log(x) for a positive normal finite x, within a few ulp in float64 and float32.
 //   x = 2^e * m, m in [sqrt(1/2), sqrt(2));  log(m) = 2 atanh(s), s = (m - 1) / (m + 1),
 // by its series (|s| < 0.172). Integer <-> float conversions go through the exponent
-// bits and the 1.5 * 2^mantissa shifter, as in exp_clamped.
+// bits and the shifter, as in exp_clamped.
 template <typename T>
 __attribute__((always_inline)) inline T log_positive(T x) {
-  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value, "float or double");
-  constexpr bool dbl = std::is_same<T, double>::value;
-  using Bits = typename std::conditional<dbl, int64_t, int32_t>::type;
-  constexpr int mantissa = dbl ? 52 : 23;
-  constexpr Bits bias = dbl ? 1023 : 127;
-  constexpr Bits mantissa_mask = (Bits(1) << mantissa) - 1;
-  constexpr T ln2_hi = dbl ? T(0.693147180369123816490) : T(0.693145751953125);
-  constexpr T ln2_lo = dbl ? T(1.90821492927058770002e-10) : T(1.428606765330187045e-06);
-  constexpr T shifter = dbl ? T(6755399441055744.0) : T(12582912.0);
+  using L = FloatLayout<T>;
+  using Bits = typename L::Bits;
+  constexpr bool dbl = L::dbl;
+  constexpr Bits mantissa_mask = (Bits(1) << L::mantissa) - 1;
+  constexpr Bits exponent_mask = (Bits(1) << L::exponent_bits) - 1;
   constexpr T sqrt2 = T(1.4142135623730951);
 
-  Bits xb;
-  std::memcpy(&xb, &x, sizeof(T));
-  Bits e = ((xb >> mantissa) & ((Bits(1) << (dbl ? 11 : 8)) - 1)) - bias;
-  const Bits mb = (xb & mantissa_mask) | (bias << mantissa);  // m in [1, 2)
-  T m;
-  std::memcpy(&m, &mb, sizeof(T));
+  const Bits xb = L::to_bits(x);
+  Bits e = ((xb >> L::mantissa) & exponent_mask) - L::bias;
+  T m = L::from_bits((xb & mantissa_mask) | (L::bias << L::mantissa));  // m in [1, 2)
   const bool high = m > sqrt2;
   m = high ? m * T(0.5) : m;
   e = high ? e + 1 : e;
-  Bits sb;
-  std::memcpy(&sb, &shifter, sizeof(T));
-  const Bits eb = e + sb;
-  T ef;
-  std::memcpy(&ef, &eb, sizeof(T));
-  ef = ef - shifter;  // e as a floating-point number
+  const T ef = L::from_bits(e + L::to_bits(L::shifter)) - L::shifter;  // e as a floating-point number
   const T s = (m - T(1)) / (m + T(1));
   const T z = s * s;
   T p;
@@ -131,7 +136,7 @@ __attribute__((always_inline)) inline T log_positive(T x) {
   }
   p = p * z + T(1.0 / 3);
   const T log_m = T(2) * s + T(2) * s * z * p;
-  return ef * ln2_hi + (log_m + ef * ln2_lo);
+  return ef * L::ln2_hi + (log_m + ef * L::ln2_lo);
 }
 
 }  // namespace irda
