@@ -1,41 +1,51 @@
 """Builds irda_ext._C, the operator library, against the installed torch.
 
-CPU kernels are always built. CUDA kernels (csrc/cuda/*.cu) are built when the
-installed torch is a CUDA build and nvcc is found (no GPU needed), or when
-FORCE_CUDA=1, in which case a missing toolkit is an error rather than a silent
-CPU-only build. IRDA_CPU_ONLY=1 skips them (a quicker build where no GPU will run).
-TORCH_CUDA_ARCH_LIST picks the GPU architectures (default "8.0;9.0").
+The CPU kernels are always built. The CUDA kernels (csrc/cuda/*.cu) are built, as
+pytorch_scatter, torchvision and apex do, when a GPU is there to run them
+(torch.cuda.is_available()) or when FORCE_CUDA=1 asks for them (a build machine without a
+GPU); IRDA_CPU_ONLY=1 skips them. The CUDA toolkit is found and checked by cuda_toolkit.py
+(CUDA_HOME or CUDA_PATH, else the toolkit behind nvcc, else /usr/local/cuda) before anything
+is compiled. TORCH_CUDA_ARCH_LIST picks the GPU architectures (default "8.0;9.0+PTX").
 """
 import glob
 import os
-import shutil
 import sys
 
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)  # an isolated build does not put the source folder on sys.path
+
+import cuda_toolkit  # noqa: E402
 
 
-def _nvcc_available():
-    from torch.utils.cpp_extension import CUDA_HOME
+def _say(message: str) -> None:
+    print(f"irda_ext: {message}", file=sys.stderr)
 
-    return CUDA_HOME is not None and (
-        os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")) or shutil.which("nvcc") is not None
-    )
+
+def _cuda_toolkit():
+    """The checked toolkit, with torch's cpp_extension pointed at it (its own guess from a
+    wrapper script is wrong), or exit with the one-sentence reason."""
+    try:
+        toolkit = cuda_toolkit.find_toolkit()
+    except cuda_toolkit.ToolkitError as err:
+        sys.exit(str(err))
+    os.environ["CUDA_HOME"] = toolkit.root
+    import torch.utils.cpp_extension as cpp_extension
+
+    cpp_extension.CUDA_HOME = toolkit.root  # read at import time; set it for an earlier import too
+    return toolkit
 
 
 def _extension():
     import torch
-    from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    force_cuda = os.environ.get("FORCE_CUDA", "0") == "1"
-    cpu_only = os.environ.get("IRDA_CPU_ONLY", "0") == "1"
-    if force_cuda and cpu_only:
-        sys.exit("FORCE_CUDA=1 and IRDA_CPU_ONLY=1 contradict each other: set one of them")
-    # A GPU is not needed to compile for one: torch built with CUDA plus nvcc is enough.
-    want_cuda = force_cuda or (not cpu_only and torch.version.cuda is not None and _nvcc_available())
-    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    try:
+        want_cuda, reason = cuda_toolkit.should_build_cuda(os.environ, torch.version.cuda, torch.cuda.is_available())
+    except cuda_toolkit.ToolkitError as err:
+        sys.exit(f"irda_ext: {err}")
     sources = ["csrc/ops.cpp"] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     debug = os.environ.get("DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # No -std flag: torch.utils.cpp_extension adds the standard its headers need
@@ -45,33 +55,37 @@ def _extension():
     # surrogate's backward recomputes each logit bit for bit as forward did (in float32
     # a logit of 1e6 rounded differently by an FMA moved gradients by percents).
     cxx_flags = opt + ["-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-DIRDA_PYTHON_MODULE"]
-    if want_cuda:
-        problems = []
-        if torch.version.cuda is None:
-            problems.append(f"the installed torch {torch.__version__} is a CPU-only build")
-        if not _nvcc_available():
-            problems.append("nvcc was not found (set CUDA_HOME)")
-        if not cuda_sources:
-            problems.append("there are no CUDA sources under csrc/cuda")
-        if problems:
-            if force_cuda:
-                sys.exit("FORCE_CUDA=1 but the CUDA kernels cannot be built: " + "; ".join(problems))
-            want_cuda = False
-    if want_cuda:
-        # A default that covers the data-centre GPUs the benchmarks target; override with
-        # TORCH_CUDA_ARCH_LIST for other cards.
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-        nvcc_flags = opt + ["--expt-relaxed-constexpr"]
-        return CUDAExtension(
-            "irda_ext._C",
-            sources + cuda_sources,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-            extra_link_args=["-fopenmp"],
-        )
-    print("irda_ext: building the CPU kernels only"
-          + (" (IRDA_CPU_ONLY=1)" if cpu_only else " (torch has no CUDA or nvcc was not found)"), file=sys.stderr)
-    return CppExtension(
-        "irda_ext._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"]
+    if not want_cuda:
+        _say(f"building the CPU kernels only ({reason})")
+        from torch.utils.cpp_extension import CppExtension
+
+        return CppExtension("irda_ext._C", sources, extra_compile_args={"cxx": cxx_flags},
+                            extra_link_args=["-fopenmp"])
+
+    toolkit = _cuda_toolkit()
+    from torch.utils.cpp_extension import CUDAExtension
+
+    # The cuBLAS/cuSPARSE/cuSOLVER headers that torch's CUDA headers include come with the
+    # nvidia wheels torch runs on; a toolkit with only nvcc and the runtime lacks them.
+    site_packages = [os.path.dirname(os.path.dirname(torch.__file__))]
+    try:
+        import nvidia
+
+        site_packages = list(nvidia.__path__)
+    except ImportError:
+        site_packages = [os.path.join(p, "nvidia") for p in site_packages]
+    include_dirs = toolkit.include_dirs + cuda_toolkit.wheel_include_dirs(site_packages)
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", cuda_toolkit.DEFAULT_ARCH_LIST)
+    _say(f"building the CPU and CUDA kernels ({reason}; toolkit {toolkit.root} from {toolkit.found_by}; "
+         f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})")
+    nvcc_flags = opt + ["--expt-relaxed-constexpr"]
+    return CUDAExtension(
+        "irda_ext._C",
+        sources + cuda_sources,
+        include_dirs=include_dirs,
+        library_dirs=[toolkit.library_dir],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_link_args=["-fopenmp"],
     )
 
 

@@ -12,8 +12,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
-export PATH="$CUDA_HOME/bin:$PATH"
+# No CUDA_HOME: setup.py finds the toolkit itself (behind the nvcc on the PATH, which here is
+# a wrapper script), as it must for a user.
 export FORCE_CUDA=1
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
@@ -27,7 +27,7 @@ else
 fi
 
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-"$CUDA_HOME/bin/nvcc" --version | tail -n 2
+nvcc --version | tail -n 2
 echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS build dir $BUILD"
 
 start=$SECONDS

@@ -20,8 +20,6 @@ mkdir -p "$DEST"
 exec > >(tee "$DEST/gpu_check.log") 2>&1
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
-export PATH="$CUDA_HOME/bin:$PATH"
 status=0
 step() { echo; echo "=== $* ($(date +%H:%M:%S), ${SECONDS}s) ==="; }
 

@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
                         help="stop once this epoch is done and checkpointed, without testing (time-limited jobs: "
                              "continue later with --resume)")
-    output.add_argument("--no-progress", action="store_true", help="no progress bars")
+    output.add_argument("--no-progress", action="store_true",
+                        help="no progress output (by default: progress bars on a terminal; one line per epoch "
+                             "when stderr is a file or a pipe, so a log stays readable)")
     output.add_argument("--no-plot", action="store_true", help="skip the per-bin MAE plot")
 
     methods = parser.add_argument_group("method options (each applies to the methods that use it)")
@@ -379,6 +381,9 @@ def _run(args: argparse.Namespace, device: torch.device) -> Optional[dict]:
     if main_process:
         os.makedirs(out, exist_ok=True)
     progress = not args.no_progress and main_process
+    # Bars redraw with carriage returns: in a log file (stderr not a terminal) the nested
+    # per-batch bar alone wrote thousands of fragments, so there a plain line per epoch.
+    bars = progress and sys.stderr.isatty()
     seed_everything(args.seed)  # the same on every rank: identical initial models
 
     data = load_dataset(args.dataset, **dataset_options(args))
@@ -477,13 +482,13 @@ def _run(args: argparse.Namespace, device: torch.device) -> Optional[dict]:
         pretrain_done = True
 
     epochs = tqdm(range(start_epoch, args.epochs), desc=f"{args.method} on {args.dataset}", unit="epoch",
-                  disable=not progress, initial=start_epoch, total=args.epochs)
+                  disable=not bars, initial=start_epoch, total=args.epochs)
     for epoch in epochs:
         started = time.perf_counter()
         if sampler is not None:
             sampler.set_epoch(epoch)
         train_loss = train_epoch(trained, head, method, train_loader, optimizer, epoch, data.kind, device, standard,
-                                 progress)
+                                 bars)
         method.end_epoch(epoch, args.epochs)
         scheduler.step()
         epoch_seconds = time.perf_counter() - started
@@ -492,6 +497,9 @@ def _run(args: argparse.Namespace, device: torch.device) -> Optional[dict]:
         val_mae = float(np.abs(pred - target).mean())
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mae": val_mae, "seconds": epoch_seconds})
         epochs.set_postfix(loss=f"{train_loss:.4f}", val_mae=f"{val_mae:.3f}")
+        if progress and not bars:
+            print(f"epoch {epoch + 1}/{args.epochs}: train loss {train_loss:.4f}, val MAE {val_mae:.3f} "
+                  f"({epoch_seconds:.1f} s)", file=sys.stderr, flush=True)
         # Every rank evaluates the same model on the whole validation set, so every rank
         # takes the same decisions; only rank 0 writes.
         if val_mae < best_val:
