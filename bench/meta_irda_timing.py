@@ -18,7 +18,7 @@ import tempfile
 
 import torch
 
-from irda_ext.datasets import load_dataset
+from irda_ext.train.datasets import load_dataset
 from irda_ext.train import build_parser, run
 
 

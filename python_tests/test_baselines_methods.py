@@ -1,25 +1,18 @@
-"""Every baseline's driver adapter runs the hook sequence of ``irda_ext.methods.base``."""
-import argparse
-
+"""Every baseline's driver adapter runs the hook sequence of ``irda_ext.train.methods.base``."""
 import pytest
 import torch
 
 from irda_ext.binning import Bins
-from irda_ext.methods import METHODS, get_method
+from irda_ext.train.methods import RunContext, get_method
 
 BASELINES = ["focal-r", "lds", "fds", "lds+fds", "focal-r+lds+fds", "smoter", "smogn", "smogn+lds+fds",
              "bmc", "gai", "bni", "isda-r", "risda-r", "ranksim", "supcr"]
 
 
-def _args(name, **over):
-    parser = argparse.ArgumentParser()
-    for cls in set(METHODS.values()):
-        cls.add_arguments(parser)
-    args = parser.parse_args([])
-    args.epochs, args.lr, args.seed, args.label_scale = 2, 1e-2, 0, 1.0
-    for k, v in over.items():
-        setattr(args, k, v)
-    return args
+def _method(name, epochs=2, **options):
+    """The method with its default options but ``options``, in a small run's context."""
+    cls = get_method(name)
+    return cls(cls.Options(**options), RunContext(epochs=epochs, lr=1e-2, seed=0, label_scale=1.0))
 
 
 def _data(n=240, seed=0):
@@ -29,9 +22,9 @@ def _data(n=240, seed=0):
     return x, y
 
 
-def _run(name, epochs=2, **over):
+def _run(name, epochs=2, **options):
     torch.manual_seed(0)
-    method = get_method(name)(_args(name, epochs=epochs, **over))
+    method = _method(name, epochs, **options)
     x, y = _data()
     x, y = method.prepare_training_data(x, y)
     bins = Bins(0.0, 10.0, 1.0)
@@ -46,8 +39,7 @@ def _run(name, epochs=2, **over):
     for epoch in range(epochs):
         for xb, yb in loader:
             feats = method.transform_features(model(xb), yb, epoch, training=True)
-            pred = head(feats).squeeze(-1)
-            loss = method.loss(feats, pred, yb, head)
+            loss = method.loss(feats, yb, head)
             assert loss.dim() == 0 and torch.isfinite(loss), (name, loss)
             opt.zero_grad()
             loss.backward()
@@ -64,7 +56,7 @@ def _run(name, epochs=2, **over):
 def test_method_runs_and_checkpoints(name):
     method, _ = _run(name)
     state = method.state_dict()
-    twin = get_method(name)(method.args)
+    twin = get_method(name)(method.options, method.context)
     x, y = _data()
     twin.setup(torch.nn.Sequential(torch.nn.Linear(4, 8)), torch.nn.Linear(8, 1), 8, Bins(0.0, 10.0, 1.0),
                twin.prepare_training_data(x, y)[1], torch.device("cpu"))
@@ -74,7 +66,7 @@ def test_method_runs_and_checkpoints(name):
 def test_resampling_methods_change_the_training_set():
     x, y = _data()
     for name in ("smoter", "smogn", "smogn+lds+fds"):
-        method = get_method(name)(_args(name))
+        method = _method(name)
         assert method.needs_tabular_inputs
         xs, ys = method.prepare_training_data(x, y)
         assert xs.shape[0] == ys.shape[0] and not torch.equal(ys, y)
@@ -83,13 +75,14 @@ def test_resampling_methods_change_the_training_set():
 def test_balanced_mse_sigma_has_its_own_group():
     method, _ = _run("bmc", epochs=1, sigma_lr=0.05)
     (group,) = method.param_groups()
-    assert group["lr"] == 0.05 and group["params"][0] is method.criterion.noise_sigma
+    learned = [p for p in method.criterion.parameters() if p.requires_grad]
+    assert group["lr"] == 0.05 and len(learned) == 1 and group["params"][0] is learned[0]
     fixed, _ = _run("bni", epochs=1, fixed_sigma=True)
     assert fixed.param_groups() == []
 
 
 def test_supcr_freezes_the_encoder_after_pretraining():
-    method = get_method("supcr")(_args("supcr", supcr_epochs=1))
+    method = _method("supcr", supcr_epochs=1)
     z = torch.randn(4, 3, requires_grad=True)
     assert not method.transform_features(z, None, 0, training=True).requires_grad
 
@@ -101,7 +94,7 @@ def test_isda_strength_ramps_from_zero():
     assert method._ramp() == 0.0
     method.end_epoch(0, 4)
     assert method._ramp() == pytest.approx(0.25)
-    resumed = get_method("isda-r")(method.args)
+    resumed = get_method("isda-r")(method.options, method.context)
     resumed.setup(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1), 8, Bins(0.0, 10.0, 1.0), _data()[1],
                   torch.device("cpu"))
     resumed.load_state_dict(method.state_dict())
@@ -112,7 +105,8 @@ def test_ranksim_weight_is_given_in_label_units():
     """The driver trains on targets divided by ``label_scale``; the RankSim weight is
     converted so that the objective is the paper's one in label units."""
     for scale in (1.0, 4.0, 128.0):
-        method = get_method("ranksim")(argparse.Namespace(ranksim_gamma=100.0, ranksim_lambda=2.0, label_scale=scale))
+        cls = get_method("ranksim")
+        method = cls(cls.Options(ranksim_gamma=100.0, ranksim_lambda=2.0), RunContext(label_scale=scale))
         method.setup(torch.nn.Identity(), torch.nn.Linear(3, 1), 3, Bins(0.0, 1.0, 0.1),
                      torch.rand(20), torch.device("cpu"))
         assert method.regulariser.gamma == pytest.approx(100.0 / scale ** 2)

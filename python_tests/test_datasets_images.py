@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("torchvision")
 from PIL import Image  # noqa: E402
 
-from irda_ext.datasets import load_dataset  # noqa: E402
+from irda_ext.train.datasets import load_dataset  # noqa: E402
 from irda_ext.train import main  # noqa: E402
 
 

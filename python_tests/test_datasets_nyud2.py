@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("torchvision")
 from PIL import Image  # noqa: E402
 
-from irda_ext.datasets import load_dataset  # noqa: E402
-from irda_ext.datasets.nyud2 import load_depth_png  # noqa: E402
+from irda_ext.train.datasets import load_dataset  # noqa: E402
+from irda_ext.train.datasets.nyud2 import load_depth_png  # noqa: E402
 from irda_ext.train import build_parser, main, run  # noqa: E402
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.ndimage import rotate
 
-from irda_ext.datasets.rotated_digits import load_rotated_digits, long_tailed_angles, rotated_digit_images
+from irda_ext.train.datasets.rotated_digits import load_rotated_digits, long_tailed_angles, rotated_digit_images
 
 
 def test_angles_are_long_tailed_and_in_range():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from irda_ext.datasets.tabular import DATA_DIR, load_abalone, load_bikeshare, load_table
+from irda_ext.train.datasets.tabular import DATA_DIR, load_abalone, load_bikeshare, load_table
 
 
 def test_bundled_files_are_the_documented_ones():

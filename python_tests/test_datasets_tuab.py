@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from irda_ext.datasets import load_dataset
+from irda_ext.train.datasets import load_dataset
 from irda_ext.train import main
 
 

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from irda_ext import distributed
+from irda_ext.train import launch as train_launch
 from irda_ext._ops import ops
 from irda_ext.bin_stats import BinStats
 
@@ -202,12 +203,12 @@ def test_merge_of_dense_moments_matches_fused_update():
 
 
 def test_single_process_fallbacks():
-    assert not distributed.is_distributed() and distributed.is_main_process() and distributed.world_size() == 1
+    assert not distributed.is_distributed() and train_launch.is_main_process() and distributed.world_size() == 1
     t = torch.ones(3)
     assert distributed.all_reduce_sum_(t) is t and torch.equal(t, torch.ones(3))
     model = torch.nn.Linear(2, 1)
-    assert distributed.wrap_model(model, torch.device("cpu")) is model
-    assert distributed.train_sampler(list(range(4)), seed=0) is None
+    assert train_launch.wrap_model(model, torch.device("cpu")) is model
+    assert train_launch.train_sampler(list(range(4)), seed=0) is None
     counts = torch.zeros(B, dtype=torch.int64)
     mean, cov = torch.zeros(B, D), torch.zeros(B, D, D)
     z, bins = torch.randn(6, D), torch.arange(6) % B

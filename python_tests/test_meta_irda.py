@@ -1,6 +1,5 @@
 """Meta-IRDA (SPEC 7): meta-network, per-bin inputs, balanced meta set, the look-ahead and
 its second-order meta gradient (against finite differences, float64), and the driver adapter."""
-import argparse
 import json
 import math
 
@@ -11,7 +10,7 @@ from torch import nn
 from irda_ext import Bins, IRDALoss
 from irda_ext.meta import (BinInputs, GateHistory, MetaNet, balanced_meta_indices, lookahead_irda_loss,
                            meta_objective, region_density, split_meta_set, virtual_step)
-from irda_ext.methods import METHODS, get_method
+from irda_ext.train.methods import RunContext, add_method_arguments, get_method, options_from_args
 
 F64 = torch.float64
 
@@ -205,16 +204,14 @@ def test_gate_history_json_and_plot(tmp_path):
 
 
 # ----- the driver adapter -----------------------------------------------------------------------------
-def _args(tmp_path, **over):
-    parser = argparse.ArgumentParser()
-    for cls in set(METHODS.values()):
-        cls.add_arguments(parser)
-    args = parser.parse_args(["--meta-per-bin", "4", "--meta-batch-size", "32", "--clusters", "2"])
-    args.epochs, args.lr, args.seed, args.label_scale, args.label_mean = 2, 1e-2, 0, 1.0, 0.0
-    args.out, args.dataset, args.method = str(tmp_path), "synthetic", "meta-irda"
-    for k, v in over.items():
-        setattr(args, k, v)
-    return args
+def _method(tmp_path, label_bins=None, label_scale=1.0, label_shift=0.0, **options):
+    """Meta-IRDA as the driver builds it: small meta batches, 2 clusters, a run of 2 epochs
+    writing to ``tmp_path``."""
+    cls = get_method("meta-irda")
+    options = cls.Options(**{"meta_per_bin": 4, "meta_batch_size": 32, "clusters": 2, **options})
+    context = RunContext(label_scale=label_scale, label_shift=label_shift, label_bins=label_bins, epochs=2, lr=1e-2,
+                         seed=0, out_dir=str(tmp_path), dataset="synthetic")
+    return cls(options, context)
 
 
 def _data(n=240):
@@ -236,8 +233,7 @@ def _train(method, x, y, epochs=2):
         p for g in method.param_groups() for p in g["params"]], lr=1e-2)
     for epoch in range(epochs):
         for xb, yb in loader:
-            features = model(xb)
-            loss = method.loss(features, head(features).squeeze(-1), yb, head)
+            loss = method.loss(model(xb), yb, head)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -246,19 +242,22 @@ def _train(method, x, y, epochs=2):
 
 
 def test_method_registered_with_its_options():
+    import argparse
+
     cls = get_method("meta-irda")
     assert cls.name == "meta-irda"
     parser = argparse.ArgumentParser()
-    cls.add_arguments(parser)
+    add_method_arguments(parser, [cls])
     args = parser.parse_args(["--meta-lr", "0.01", "--meta-interval", "3", "--meta-per-bin", "7"])
-    assert (args.meta_lr, args.meta_interval, args.meta_per_bin) == (0.01, 3, 7)
-    with pytest.raises(ValueError, match="meta-interval"):
-        cls(argparse.Namespace(meta_interval=0))
+    options = options_from_args(cls, args)
+    assert (options.meta_lr, options.meta_interval, options.meta_per_bin) == (0.01, 3, 7)
+    with pytest.raises(ValueError, match="--meta-interval must be at least 1, got 0"):
+        cls(cls.Options(meta_interval=0))
 
 
 def test_method_holds_out_the_meta_set_and_trains(tmp_path):
     x, y = _data()
-    method = get_method("meta-irda")(_args(tmp_path, label_bins=Bins(0.0, 10.0, 1.0), no_ramp=True))
+    method = _method(tmp_path, label_bins=Bins(0.0, 10.0, 1.0), no_ramp=True)
     x_tr, y_tr = method.prepare_training_data(x, y)
     assert method.meta_held_out and x_tr.shape[0] + method.meta_x.shape[0] == x.shape[0]
     held = {tuple(r.tolist()) for r in method.meta_x}
@@ -272,7 +271,7 @@ def test_method_holds_out_the_meta_set_and_trains(tmp_path):
     assert (tmp_path / "meta_irda_vb.png").exists()
     # checkpoint round trip
     state = method.state_dict()
-    other = get_method("meta-irda")(_args(tmp_path, label_bins=Bins(0.0, 10.0, 1.0), no_ramp=True))
+    other = _method(tmp_path, label_bins=Bins(0.0, 10.0, 1.0), no_ramp=True)
     other.prepare_training_data(x, y)
     other.setup(nn.Sequential(nn.Linear(4, 8), nn.ReLU()), nn.Linear(8, 1), 8, Bins(0.0, 10.0, 1.0), y_tr,
                 torch.device("cpu"))
@@ -283,7 +282,7 @@ def test_method_holds_out_the_meta_set_and_trains(tmp_path):
 
 def test_method_without_label_bins_warns_and_draws_from_training(tmp_path):
     x, y = _data()
-    method = get_method("meta-irda")(_args(tmp_path))
+    method = _method(tmp_path)
     x_tr, y_tr = method.prepare_training_data(x, y)
     assert x_tr.shape == x.shape
     with pytest.warns(UserWarning, match="NOT held out"):
@@ -292,28 +291,39 @@ def test_method_without_label_bins_warns_and_draws_from_training(tmp_path):
     assert math.isfinite(float(method.gates()["v"].sum()))
 
 
-def test_method_reads_the_drivers_label_shift(tmp_path):
-    """Meta targets are kept in label units; the driver's model units ``(y - shift) / scale``
-    are recovered from the training targets it hands to ``setup``."""
+def test_method_reads_the_drivers_label_shift(tmp_path, monkeypatch):
+    """Meta targets are kept in label units; the meta batches go to the driver's model units
+    ``(y - shift) / scale`` with the shift and scale of the run's context."""
     x, y = _data()
     label_bins = Bins(0.0, 10.0, 1.0)
-    args = _args(tmp_path, label_bins=label_bins, label_scale=2.0)
-    del args.label_mean
-    method = get_method("meta-irda")(args)
-    x_tr, y_tr = method.prepare_training_data(x, y)
     shift = 4.0
+    method = _method(tmp_path, label_bins=label_bins, label_scale=2.0, label_shift=shift)
+    x_tr, y_tr = method.prepare_training_data(x, y)
     model_bins = Bins((0.0 - shift) / 2, (10.0 - shift) / 2, 0.5)
     method.setup(nn.Sequential(nn.Linear(4, 8), nn.ReLU()), nn.Linear(8, 1), 8, model_bins, (y_tr - shift) / 2,
                  torch.device("cpu"))
-    assert method.label_mean == pytest.approx(shift, abs=1e-5)
+    assert method.label_mean == shift
     assert method.gate_history.centers[:2] == pytest.approx([0.5, 1.5])
+    # a meta step feeds the meta targets in model units: the held-out labels, shifted and scaled
+    import irda_ext.train.methods.meta_irda as meta_module
+
+    seen, real = {}, meta_module.meta_objective
+
+    def spy(*args):
+        seen["y_meta"] = args[8].detach().clone()  # meta_objective(..., z_meta, y_meta, step_lr)
+        return real(*args)
+
+    monkeypatch.setattr(meta_module, "meta_objective", spy)
+    method.meta_step(torch.randn(16, 8), (y_tr[:16] - shift) / 2, nn.Linear(8, 1))
+    in_model_units = ((method.meta_y.double() - shift) / 2).float()
+    assert all(bool((in_model_units - v).abs().min() < 1e-6) for v in seen["y_meta"])
 
 
 def test_method_fallback_on_a_map_style_dataset(tmp_path):
     """Without the driver's bins and without tabular tensors (image data sets), the meta set
     is gathered row by row from the training data set at pretrain()."""
     x, y = _data(n=120)
-    method = get_method("meta-irda")(_args(tmp_path))
+    method = _method(tmp_path)
     method.setup(nn.Sequential(nn.Linear(4, 8), nn.ReLU()), nn.Linear(8, 1), 8, Bins(0.0, 10.0, 1.0), y,
                  torch.device("cpu"))
     pairs = [(x[i], y[i]) for i in range(y.numel())]

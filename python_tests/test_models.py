@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from irda_ext.models import MLP, ResNet1d, SmallCNN, build_backbone
+from irda_ext.train.models import MLP, ResNet1d, SmallCNN, build_backbone
 
 torchvision = pytest.importorskip("torchvision")
 

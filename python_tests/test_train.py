@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from irda_ext import Bins
-from irda_ext.methods import METHODS, Method, get_method, register_method
+from dataclasses import dataclass
+
+from irda_ext.train.methods import METHODS, Method, RunContext, get_method, option, options_from_args, register_method
 from irda_ext.train import build_parser, main, model_units_bins, run, target_standardisation
 
 FAST = ["--no-progress", "--threads", "1", "--batch-size", "512"]
@@ -114,14 +116,16 @@ def test_bad_arguments_are_named(tmp_path, capsys):
 
 
 def test_registered_methods_become_cli_choices(tmp_path):
+    @dataclass(frozen=True)
+    class ScaledL1Options:
+        l1_scale: float = option(2.0, "weight of the L1 loss")
+
     @register_method("test-l1-scaled")
     class ScaledL1(Method):
-        @classmethod
-        def add_arguments(cls, parser):
-            parser.add_argument("--l1-scale", type=float, default=2.0)
+        Options = ScaledL1Options
 
-        def loss(self, features, pred, targets, head):
-            return self.option("l1_scale") * (pred - targets).abs().mean()
+        def loss(self, features, targets, head):
+            return self.options.l1_scale * (head(features).squeeze(-1) - targets).abs().mean()
 
     try:
         args = build_parser().parse_args(["--method", "test-l1-scaled", "--l1-scale", "3", "--epochs", "1",
@@ -136,15 +140,97 @@ def test_registered_methods_become_cli_choices(tmp_path):
 
 
 def test_irda_noise_sigma_is_converted_to_model_units():
-    from irda_ext.methods.irda import DEFAULT_SIGMA_MODEL_UNITS
+    from irda_ext.train.methods.noise_scale import DEFAULT_SIGMA_MODEL_UNITS
 
     bins = Bins(-1.0, 1.0, 0.125)
     head, targets = torch.nn.Linear(4, 1), torch.linspace(-0.9, 0.9, 50)
     for given, expected in ((None, DEFAULT_SIGMA_MODEL_UNITS), (8.0, 0.5)):
         args = build_parser().parse_args(["--method", "irda", "--clusters", "2"]
                                          + ([] if given is None else ["--noise-sigma", str(given)]))
-        args.label_scale = 16.0  # the driver's standardisation scale
-        method = get_method("irda")(args)
+        cls = get_method("irda")
+        method = cls(options_from_args(cls, args), RunContext(label_scale=16.0))  # the driver's scale
         method.setup(torch.nn.Identity(), head, 4, bins, targets, "cpu")
         assert method.criterion.log_sigma.exp().item() == pytest.approx(expected)
         assert [g["lr"] for g in method.param_groups()] == [1e-2]
+
+
+def test_method_flags_come_from_their_options():
+    """Every field of every method's Options is a flag whose parsed default is the field's
+    default, and options_from_args rebuilds the dataclass from the parsed arguments."""
+    import dataclasses
+
+    parser = build_parser()
+    args = parser.parse_args([])
+    for cls in set(METHODS.values()):
+        for field in dataclasses.fields(cls.Options):
+            assert getattr(args, field.name) == field.default, (cls.__name__, field.name)
+        assert options_from_args(cls, args) == cls.Options()
+    args = parser.parse_args(["--method", "lds", "--lds-ks", "7", "--focal-gamma", "2"])
+    options = options_from_args(get_method("lds"), args)
+    assert (options.lds_ks, options.focal_gamma) == (7, 2.0)
+
+
+def test_one_flag_declared_two_ways_is_refused():
+    import argparse
+
+    from irda_ext.train.methods import add_method_arguments
+
+    @dataclass(frozen=True)
+    class A:
+        width: int = option(1, "one help")
+
+    @dataclass(frozen=True)
+    class B:
+        width: int = option(2, "another default")
+
+    class MA(Method):
+        Options = A
+
+    class MB(Method):
+        Options = B
+
+    with pytest.raises(TypeError, match="--width is declared differently by MA and MB"):
+        add_method_arguments(argparse.ArgumentParser(), [MA, MB])
+    with pytest.raises(TypeError, match="takes A, got B"):
+        MA(B())
+
+
+def test_dataset_options_follow_the_loaders_signature(tmp_path, capsys):
+    from irda_ext.train.datasets import loader_options
+
+    assert loader_options("abalone", {"cap": 10, "num_bins": None}, seed=3) == {"cap": 10, "seed": 3}
+    with pytest.raises(ValueError, match="--num-bins does not apply to --dataset abalone"):
+        loader_options("abalone", {"num_bins": 50}, seed=0)
+    with pytest.raises(ValueError, match="--dataset tuab needs --data-dir DIR"):
+        loader_options("tuab", {}, seed=0)
+    with pytest.raises(SystemExit):
+        main(["--dataset", "abalone", "--data-dir", str(tmp_path), "--out", str(tmp_path)])
+    assert "--data-dir does not apply to --dataset abalone" in capsys.readouterr().err
+
+
+def test_old_checkpoints_are_refused_with_a_sentence(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["--method", "vanilla", "--epochs", "2", "--stop-after", "1", "--out", str(out)] + FAST)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    del state["format"]  # as written before the format was recorded
+    torch.save(state, out / "checkpoint.pt")
+    with pytest.raises(SystemExit):
+        main(["--method", "vanilla", "--epochs", "2", "--resume", "--out", str(out)] + FAST)
+    assert "written by an earlier irda-train (checkpoint format 1" in capsys.readouterr().err
+
+
+def test_the_head_is_applied_once_per_step(tmp_path, monkeypatch):
+    """The driver hands features to the method, which applies the head itself, once: one
+    call of the 1-output head per training batch (evaluation runs without gradient)."""
+    calls = []
+    forward = torch.nn.Linear.forward
+
+    def counted(self, x):
+        if self.out_features == 1 and torch.is_grad_enabled():
+            calls.append(x.shape[0])
+        return forward(self, x)
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", counted)
+    run(build_parser().parse_args(["--method", "irda", "--epochs", "1", "--out", str(tmp_path), "--no-plot"] + FAST))
+    batches = -(-json.loads((tmp_path / "results.json").read_text())["dataset"]["train"] // 512)
+    assert len(calls) == batches, calls

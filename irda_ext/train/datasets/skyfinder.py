@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..dir_protocol import label_bins
+from ...dir_protocol import label_bins
 from .images import split_image_csv
 from .splits import DatasetSplits, parse_float, read_csv_rows
 

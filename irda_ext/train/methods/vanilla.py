@@ -17,5 +17,5 @@ class Vanilla(Method):
 class VanillaL1(Method):
     """Mean absolute error on the head's predictions."""
 
-    def loss(self, features, pred, targets, head) -> torch.Tensor:
-        return F.l1_loss(pred, targets)
+    def loss(self, features, targets, head) -> torch.Tensor:
+        return F.l1_loss(head(features).squeeze(-1), targets)

@@ -5,15 +5,29 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from .base import add_argument_once, register_method
-from .irda import IRDA
+from irda_ext.meta import BinInputs, GateHistory, MetaNet, balanced_meta_indices, meta_objective, split_meta_set
+
+from .base import check_at_least, check_positive, option, register_method
+from .irda import IRDA, IRDAOptions
 
 GATES_JSON = "meta_irda_gates.json"
 VB_PLOT = "meta_irda_vb.png"
+
+
+@dataclass(frozen=True)
+class MetaIRDAOptions(IRDAOptions):
+    meta_lr: float = option(1e-3, "meta-irda: Adam learning rate of the meta-network (default 1e-3)")
+    meta_interval: int = option(1, "meta-irda: one meta step every this many training steps (default 1)")
+    meta_per_bin: int = option(10, "meta-irda: held-out meta samples per bin, at most half of a bin (default 10)")
+    meta_batch_size: int = option(256, "meta-irda: meta batch size, also the cap on the look-ahead batch "
+                                       "(default 256)")
+    meta_step_lr: Optional[float] = option(None, "meta-irda: learning rate of the virtual SGD step of the head "
+                                                 "(default --lr)", type=float)
 
 
 @register_method("meta-irda")
@@ -29,73 +43,53 @@ class MetaIRDA(IRDA):
     uses the updated gates, detached, in the fused IRDA loss.
 
     The meta set (at most ``--meta-per-bin`` samples per bin, never more than half a bin)
-    is held out of the training data in :meth:`prepare_training_data` when the driver
-    provides the label bins as ``args.label_bins`` (label units); without them (or for
-    non-tabular data) it is drawn from the training set at :meth:`pretrain` and is not
-    disjoint from it (a warning says so). Meta features come from the backbone in eval
-    mode without gradient: only the meta-network learns from the meta set.
+    is held out of the training data in :meth:`prepare_training_data` when the run's label
+    bins are known (``context.label_bins``, label units; the driver always gives them);
+    without them (or for non-tabular data) it is drawn from the training set at
+    :meth:`pretrain` and is not disjoint from it (a warning says so). Meta features come
+    from the backbone in eval mode without gradient: only the meta-network learns from the
+    meta set.
 
-    Every epoch end records ``v_b``, the mean gate and the covariance gate of every bin
-    in ``meta_irda_gates.json`` in the output folder; the last epoch also plots ``v_b`` of
+    Every epoch end records ``v_b``, the mean gate and the covariance gate of every bin in
+    ``meta_irda_gates.json`` in ``context.out_dir``; the last epoch also plots ``v_b`` of
     the head bin and of the tail bin over training (``meta_irda_vb.png``, paper Fig. 7).
     """
 
     needs_per_sample_targets = True
 
-    @classmethod
-    def add_arguments(cls, parser) -> None:
-        super().add_arguments(parser)
-        add_argument_once(parser, "--meta-lr", type=float, default=1e-3,
-                          help="meta-irda: Adam learning rate of the meta-network (default 1e-3)")
-        add_argument_once(parser, "--meta-interval", type=int, default=1,
-                          help="meta-irda: one meta step every this many training steps (default 1)")
-        add_argument_once(parser, "--meta-per-bin", type=int, default=10,
-                          help="meta-irda: held-out meta samples per bin, at most half of a bin (default 10)")
-        add_argument_once(parser, "--meta-batch-size", type=int, default=256,
-                          help="meta-irda: meta batch size, also the cap on the look-ahead batch (default 256)")
-        add_argument_once(parser, "--meta-step-lr", type=float, default=None,
-                          help="meta-irda: learning rate of the virtual SGD step of the head (default --lr)")
+    Options = MetaIRDAOptions
 
-    def __init__(self, args=None):
-        super().__init__(args)
-        for name, low in (("meta_interval", 1), ("meta_batch_size", 1), ("meta_per_bin", 0)):
-            value = int(self.option(name, low))
-            if value < low:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
-        if float(self.option("meta_lr", 1e-3)) <= 0:
-            raise ValueError(f"--meta-lr must be positive, got {self.option('meta_lr')}")
+    def __init__(self, options=None, context=None):
+        super().__init__(options, context)
+        check_at_least(self.options, meta_interval=1, meta_batch_size=1, meta_per_bin=0)
+        check_positive(self.options, "meta_lr", "meta_step_lr")
         self.meta_x: Optional[torch.Tensor] = None  # inputs of the meta set
         self.meta_y: Optional[torch.Tensor] = None  # its targets, label units
         self.meta_held_out = False
         self._pool = None  # (x, y) of the training set when the meta set could not be held out
-        self._train_labels: Optional[torch.Tensor] = None
-        self.label_mean: Optional[float] = self.option("label_mean")
+        self.label_mean = float(self.context.label_shift)  # model units are (y - shift) / scale
+        self.scale = float(self.context.label_scale)
         self.steps = 0
-        self.generator = torch.Generator().manual_seed(int(self.option("seed", 0)) + 7919)
+        self.generator = torch.Generator().manual_seed(int(self.context.seed) + 7919)
 
     # --- the meta set ------------------------------------------------------------------
     def prepare_training_data(self, x, y):
         x, y = super().prepare_training_data(x, y)
-        bins = self.option("label_bins")
+        bins = self.context.label_bins
         if bins is None:
             self._pool = (x, y)
         else:
-            from irda_ext.meta import split_meta_set
-
-            x, y, self.meta_x, self.meta_y = split_meta_set(x, y, bins, int(self.option("meta_per_bin", 10)),
-                                                            seed=int(self.option("seed", 0)))
+            x, y, self.meta_x, self.meta_y = split_meta_set(x, y, bins, self.options.meta_per_bin,
+                                                            seed=int(self.context.seed))
             self.meta_held_out = True
-        self._train_labels = y  # label units; setup() reads the driver's label shift off them
         return x, y
 
     def _draw_from_training(self, x) -> None:
         """Fallback meta set: balanced indices of the training set itself (not held out)."""
-        from irda_ext.meta import balanced_meta_indices
-
-        warnings.warn("meta-irda: the driver gave no label bins before training (args.label_bins), so the meta "
+        warnings.warn("meta-irda: the run gave no label bins before training (context.label_bins), so the meta "
                       "set is drawn from the training set and is NOT held out of it", stacklevel=3)
         idx = balanced_meta_indices(self.bins.index(self.train_targets, clamp=True), self.bins.num_bins,
-                                    int(self.option("meta_per_bin", 10)), seed=int(self.option("seed", 0)))
+                                    self.options.meta_per_bin, seed=int(self.context.seed))
         self.meta_x = x[idx]
         self.meta_y = self.train_targets[idx].double() * self.scale + self.label_mean
 
@@ -118,21 +112,12 @@ class MetaIRDA(IRDA):
     # --- lifecycle -------------------------------------------------------------------
     def setup(self, model, head, feature_dim, bins, train_targets, device) -> None:
         super().setup(model, head, feature_dim, bins, train_targets, device)
-        from irda_ext.meta import BinInputs, GateHistory, MetaNet
-
         self.model = model
-        self.scale = float(self.option("label_scale", 1.0))
         self.train_targets = train_targets.detach().cpu()
-        labels = self._train_labels
-        if self.label_mean is None and labels is not None and labels.numel() == self.train_targets.numel():
-            # model units are (y - shift) / scale: the shift is whatever the driver chose
-            self.label_mean = float((labels.double().reshape(-1) - self.train_targets.double() * self.scale).mean())
-        if self.label_mean is None:
-            self.label_mean = 0.0
         counts = bins.counts(self.train_targets, clamp=True)
         self.inputs = BinInputs(counts, device=self.device)
         self.meta_net = MetaNet().to(self.device)
-        self.meta_optimizer = torch.optim.Adam(self.meta_net.parameters(), lr=float(self.option("meta_lr", 1e-3)))
+        self.meta_optimizer = torch.optim.Adam(self.meta_net.parameters(), lr=self.options.meta_lr)
         centers = bins.centers * self.scale + self.label_mean  # label units for the record
         self.gate_history = GateHistory(centers.tolist(), counts.tolist())
 
@@ -142,18 +127,20 @@ class MetaIRDA(IRDA):
             return self.meta_net(self.inputs.inputs(self.device))
 
     # --- per step --------------------------------------------------------------------
-    def loss(self, features, pred, targets, head) -> torch.Tensor:
+    def loss(self, features, targets, head) -> torch.Tensor:
         if torch.is_grad_enabled():
             self.steps += 1
-            sample = self._subsample(targets.shape[0], 4 * int(self.option("meta_batch_size", 256)))
+            sample = self._subsample(targets.shape[0], 4 * self.options.meta_batch_size)
             bin_index = self.bins.index(targets.detach()[sample], clamp=True)
-            self.inputs.observe(pred.detach()[sample], targets[sample], bin_index, self.criterion)
+            with torch.no_grad():  # the meta inputs read the current predictions of the sampled rows
+                pred = head(features.detach()[sample]).squeeze(-1)
+            self.inputs.observe(pred, targets[sample], bin_index, self.criterion)
             if self.meta_y is None:
                 if self._pool is None:  # a resumed run that skipped pretrain()
                     raise RuntimeError("meta-irda: no meta set; the driver must hold it out before training "
                                        "(see MetaIRDA.prepare_training_data)")
                 self._draw_from_training(self._pool[0])
-            if self.meta_y.numel() and self.steps % int(self.option("meta_interval", 1)) == 0:
+            if self.meta_y.numel() and self.steps % self.options.meta_interval == 0:
                 self.meta_step(features.detach(), targets.detach(), head)
         return self.criterion(features, targets, head, **self.gates())
 
@@ -164,9 +151,7 @@ class MetaIRDA(IRDA):
 
     def meta_step(self, features: torch.Tensor, targets: torch.Tensor, head) -> torch.Tensor:
         """One look-ahead meta update of the meta-network; returns the meta loss (detached)."""
-        from irda_ext.meta import meta_objective
-
-        size = int(self.option("meta_batch_size", 256))
+        size = self.options.meta_batch_size
         keep = self._subsample(targets.shape[0], size).to(targets.device)
         pick = torch.randint(self.meta_y.numel(), (min(size, self.meta_y.numel()),), generator=self.generator)
         x_meta = self.meta_x[pick].to(self.device)
@@ -176,8 +161,8 @@ class MetaIRDA(IRDA):
         with torch.no_grad():
             z_meta = self.model(x_meta)
         self.model.train(was_training)
-        step_lr = self.option("meta_step_lr")
-        step_lr = float(self.option("lr", 1e-3) if step_lr is None else step_lr)
+        step_lr = self.options.meta_step_lr
+        step_lr = float(self.context.lr if step_lr is None else step_lr)
         meta_loss = meta_objective(self.criterion, self.meta_net, self.inputs.inputs(self.device), features[keep],
                                    targets[keep], head.weight, head.bias, z_meta, y_meta, step_lr)
         self.meta_optimizer.zero_grad(set_to_none=True)
@@ -188,21 +173,14 @@ class MetaIRDA(IRDA):
     def end_epoch(self, epoch: int, num_epochs: int) -> None:
         super().end_epoch(epoch, num_epochs)
         self.gate_history.record(epoch + 1, self.gates())
-        out = self._out_dir()
-        if out is None:
+        out = self.context.out_dir
+        if out is None:  # built outside the driver: nowhere to write
             return
         os.makedirs(out, exist_ok=True)
         self.gate_history.write_json(os.path.join(out, GATES_JSON))
-        if epoch + 1 == num_epochs and not self.option("no_plot", False):
+        if epoch + 1 == num_epochs and self.context.plot:
             self.gate_history.plot(os.path.join(out, VB_PLOT), title=f"meta-irda: learned v_b "
-                                   f"({self.option('dataset', 'data')}, seed {self.option('seed', 0)})")
-
-    def _out_dir(self) -> Optional[str]:
-        if self.option("out") is not None:
-            return self.option("out")
-        if self.option("dataset") is None:  # built outside the driver: nowhere to write
-            return None
-        return os.path.join("runs", f"{self.option('dataset')}-{self.option('method')}-seed{self.option('seed')}")
+                                   f"({self.context.dataset or 'data'}, seed {self.context.seed})")
 
     # --- checkpointing ---------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..binning import Bins
-from ..dir_protocol import balanced_holdout, scaled_shot_thresholds
+from ...binning import Bins
+from ...dir_protocol import balanced_holdout, scaled_shot_thresholds
 from .splits import DatasetSplits, parse_float, read_csv_rows, require_file, split_indices
 
 LAYOUT = ("tuab.csv in --data-dir with the header 'recording,age,split' (split: train, test, optionally val) and "

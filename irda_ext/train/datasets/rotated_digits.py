@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from ..dir_protocol import balanced_split, scaled_shot_thresholds
+from ...dir_protocol import balanced_split, scaled_shot_thresholds
 from .splits import DatasetSplits
 
 MAX_ANGLE = 90.0
@@ -59,7 +59,7 @@ def rotated_digit_images(copies: int = 3, data_seed: int = 0):
 def load_rotated_digits(seed: int = 0, cap: int = 15, copies: int = 3, data_seed: int = 0,
                         many: Optional[int] = None, few: Optional[int] = None) -> DatasetSplits:
     """Rotated digits under the DIR protocol (balanced val/test, one-degree bins)."""
-    from ..binning import Bins
+    from ...binning import Bins
 
     images, angles = rotated_digit_images(copies=copies, data_seed=data_seed)
     bins = Bins(0.0, MAX_ANGLE, 1.0)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..binning import Bins
+from ...binning import Bins
 from .splits import DatasetSplits, require_file
 
 LAYOUT = ("--data-dir holding nyu2_train.csv and nyu2_test.csv (no header; lines 'rgb_path,depth_path' whose first "

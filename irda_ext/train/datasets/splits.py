@@ -25,7 +25,7 @@ class DatasetSplits:
             sample of them); defines the bins' shot groups and the label prior.
         bins: the label :class:`irda_ext.Bins`, in label units.
         many, few: the shot thresholds used for this data set.
-        backbone: the name understood by :func:`irda_ext.models.build_backbone`.
+        backbone: the name understood by :func:`irda_ext.train.models.build_backbone`.
         input_dim: number of input features (tabular) or channels (EEG).
         label: what the target is, with its unit, for tables and plots.
         note: a caveat printed with every result (e.g. a synthetic label).

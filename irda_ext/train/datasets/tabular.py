@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from ..dir_protocol import balanced_split, label_bins, scaled_shot_thresholds
+from ...dir_protocol import balanced_split, label_bins, scaled_shot_thresholds
 from .splits import DatasetSplits, require_file
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+# The bundled data ship inside the package, beside the library (irda_ext/data/).
+DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data")
 
 
 def _read_table(path: str) -> List[Dict[str, str]]:
