@@ -5,17 +5,9 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 
 def _temporary(path: str, suffix: str = "") -> str:
     return f"{path}.tmp{os.getpid()}{suffix}"
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    tmp = _temporary(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def atomic_write_text(text: str, path: str) -> None:
@@ -34,3 +26,17 @@ def atomic_save_figure(fig, path: str, dpi: int = 120) -> None:
     fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def atomic_write_bytes(data: bytes, path: str) -> None:
+    tmp = _temporary(path)
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+def is_temporary(name: str) -> bool:
+    """True for the name of a temporary file these helpers write (``<target>.tmp<pid>[.ext]``),
+    which only a write interrupted by a kill leaves behind."""
+    stem = name.rsplit(".tmp", 1)
+    return len(stem) == 2 and stem[0] != "" and stem[1].split(".", 1)[0].isdigit()

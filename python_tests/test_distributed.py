@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 
 from irda_ext import distributed
 from irda_ext.train import launch as train_launch
+from irda_ext.train.checkpoint import read_checked
 from irda_ext._ops import ops
 from irda_ext.bin_stats import BinStats
 
@@ -276,7 +277,7 @@ def test_torchrun_two_ranks_match_one_process_with_doubled_batch(tmp_path, monke
     # 2 ranks x 64, interrupted after the first epoch and resumed
     torchrun(2, two, "--batch-size", "64", "--stop-after", "1")
     assert sorted(os.listdir(two)) == ["best.pt", "checkpoint.pt"]  # rank 0 wrote, nothing else left
-    assert torch.load(two / "checkpoint.pt", weights_only=False)["config"]["world_size"] == 2
+    assert read_checked(str(two / "checkpoint.pt"), "cpu")["config"]["world_size"] == 2
     torchrun(2, two, "--batch-size", "64", "--resume")
     # 1 process x 128 (a group of one: the same data order as the two ranks together)
     one_process_group_run(monkeypatch, one, "--batch-size", "128")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from irda_ext.train.methods import METHODS, Method, RunContext, get_method, option, options_from_args, register_method
 from irda_ext.train import build_parser, main, model_units_bins, run, target_standardisation
+from irda_ext.train.checkpoint import read_checked
 
 FAST = ["--no-progress", "--threads", "1", "--batch-size", "512"]
 
@@ -48,14 +49,14 @@ def test_resume_continues_exactly(tmp_path):
     main(common + ["--out", str(straight)])
     main(common + ["--out", str(resumed), "--stop-after", "1"])
     assert not (resumed / "results.json").exists()
-    assert torch.load(resumed / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert read_checked(str(resumed / "checkpoint.pt"), "cpu")["epoch"] == 1
     main(common + ["--out", str(resumed), "--resume"])
     a = json.loads((straight / "results.json").read_text())
     b = json.loads((resumed / "results.json").read_text())
     assert a["test"] == b["test"] and a["val"] == b["val"]
     assert [h["val_mae"] for h in a["history"]] == [h["val_mae"] for h in b["history"]]
-    sa = torch.load(straight / "checkpoint.pt", weights_only=False)
-    sb = torch.load(resumed / "checkpoint.pt", weights_only=False)
+    sa = read_checked(str(straight / "checkpoint.pt"), "cpu")
+    sb = read_checked(str(resumed / "checkpoint.pt"), "cpu")
     for key, value in sa["method"]["criterion"].items():
         if torch.is_tensor(value):
             assert torch.equal(value, sb["method"]["criterion"][key]), key
@@ -211,8 +212,8 @@ def test_dataset_options_follow_the_loaders_signature(tmp_path, capsys):
 def test_old_checkpoints_are_refused_with_a_sentence(tmp_path, capsys):
     out = tmp_path / "run"
     main(["--method", "vanilla", "--epochs", "2", "--stop-after", "1", "--out", str(out)] + FAST)
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
-    del state["format"]  # as written before the format was recorded
+    state = read_checked(str(out / "checkpoint.pt"), "cpu")
+    del state["format"]  # as written before the format was recorded: a plain torch.save
     torch.save(state, out / "checkpoint.pt")
     with pytest.raises(SystemExit):
         main(["--method", "vanilla", "--epochs", "2", "--resume", "--out", str(out)] + FAST)

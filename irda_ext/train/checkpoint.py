@@ -1,24 +1,35 @@
-"""``checkpoint.pt`` and ``best.pt``: what ``--resume`` continues from, written atomically
-(temporary file, then ``os.replace``) so a kill during a save leaves the previous file."""
+"""``checkpoint.pt`` and ``best.pt``: what ``--resume`` continues from.
+
+Each file is written atomically (temporary file, then ``os.replace``), so a kill during a
+save leaves the previous file, and carries a SHA-256 checksum of its payload, so a damaged
+file (a truncated copy, flipped bytes) is refused with one sentence naming it instead of
+failing steps later with an index error or a NaN. Layout: the line ``IRDA-CHECKPOINT``,
+the hex digest and a newline, then the ``torch.save`` payload.
+"""
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import os
 import random
+import zipfile
 from dataclasses import asdict, dataclass, field
 from typing import List
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_torch_save
+from ..atomic import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
-# 2: methods built from typed options; every learned noise scale stored as log sigma.
+MAGIC = b"IRDA-CHECKPOINT\n"
+# 2: checksummed files; methods built from typed options; learned noise scales as log sigma.
 FORMAT = 2
-# Options that must match between a checkpoint and the run that resumes it.
-RESUME_MUST_MATCH = ("dataset", "method", "seed", "epochs", "batch_size", "lr", "csv", "target", "cap", "world_size")
+# Options that may differ between a checkpoint and the run that resumes it: they change
+# where and how verbosely the run goes on, not what it computes. Every other option must match.
+RESUME_MAY_CHANGE = ("resume", "stop_after", "no_progress", "no_plot", "workers", "threads", "device", "out")
 
 
 @dataclass
@@ -54,9 +65,44 @@ def set_rng_state(state: dict, loader_generator: torch.Generator) -> None:
     loader_generator.set_state(state["loader"])
 
 
+def write_checked(obj: dict, path: str) -> None:
+    """``obj`` saved to ``path`` atomically, with the checksum of its payload."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    payload = buffer.getvalue()
+    atomic_write_bytes(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload, path)
+
+
+def read_checked(path: str, device) -> dict:
+    """The object :func:`write_checked` saved at ``path``.
+
+    Raises:
+        ValueError: the file is empty, not a checkpoint, of an earlier format, or its payload
+            does not match its checksum; the message names the file and what to do.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    start_over = "delete it to start the run over (or restore an intact copy)"
+    if not data.startswith(MAGIC):
+        if zipfile.is_zipfile(io.BytesIO(data)):
+            raise ValueError(f"{path} was written by an earlier irda-train (checkpoint format 1, this version reads "
+                             f"{FORMAT}); start a new run in another --out, or resume with the version that wrote it")
+        what = "empty" if not data else "not an irda-train checkpoint"
+        raise ValueError(f"{path} is {what}; {start_over}")
+    digest, payload = data[len(MAGIC):len(MAGIC) + 64], data[len(MAGIC) + 65:]
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise ValueError(f"{path} is damaged: its contents do not match the checksum written with it (a truncated "
+                         f"copy or changed bytes); {start_over}")
+    state = torch.load(io.BytesIO(payload), map_location=device, weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path}: checkpoint format {state.get('format') if isinstance(state, dict) else '?'}, "
+                         f"this version reads {FORMAT}; start a new run in another --out")
+    return state
+
+
 def save_checkpoint(path: str, config: dict, progress: Progress, model, head, method, optimizer, scheduler,
                     loader_generator: torch.Generator) -> None:
-    atomic_torch_save({
+    write_checked({
         "format": FORMAT, "config": config, "model": model.state_dict(), "head": head.state_dict(),
         "method": method.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "rng": rng_state(loader_generator), **asdict(progress),
@@ -64,30 +110,33 @@ def save_checkpoint(path: str, config: dict, progress: Progress, model, head, me
 
 
 def save_best(path: str, epoch: int, model, head, method) -> None:
-    atomic_torch_save({"format": FORMAT, "model": model.state_dict(), "head": head.state_dict(),
+    write_checked({"format": FORMAT, "model": model.state_dict(), "head": head.state_dict(),
                        "method": method.state_dict(), "epoch": epoch}, path)
 
 
 def load_for_resume(path: str, config: dict, device) -> dict:
-    """The checkpoint at ``path``, after checking that this run may continue it.
+    """The checkpoint at ``path``, after checking that it is intact and that this run
+    continues it: every option but :data:`RESUME_MAY_CHANGE` must be what it was.
 
     Raises:
         FileNotFoundError: there is no checkpoint.
-        ValueError: it was written by an older layout, or with a different value of one of
-            :data:`RESUME_MUST_MATCH` (the message names the option, old and new value).
+        ValueError: the file is damaged or of another format, or an option differs (the
+            message names the option, the checkpoint's value and this run's).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--resume: no checkpoint at {path!r}")
-    state = torch.load(path, map_location=device, weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        found = state.get("format", 1) if isinstance(state, dict) else "unknown"
-        raise ValueError(f"--resume: {path} was written by an earlier irda-train (checkpoint format {found}, this "
-                         f"version reads {FORMAT}); start a new run in another --out, or resume with the version "
-                         f"that wrote it")
-    for key in RESUME_MUST_MATCH:
-        if state["config"].get(key) != config.get(key):
-            raise ValueError(f"--resume: the checkpoint was written with --{key.replace('_', '-')} "
-                             f"{state['config'].get(key)!r}, this run has {config.get(key)!r}")
+    try:
+        state = read_checked(path, device)
+    except ValueError as err:
+        raise ValueError(f"--resume: {err}") from None
+    saved = state["config"]
+    for key in sorted(set(saved) | set(config)):
+        if key not in RESUME_MAY_CHANGE and saved.get(key) != config.get(key):
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"--resume: the checkpoint was written with {flag} {saved.get(key)!r}, this run has "
+                             f"{config.get(key)!r}; only "
+                             f"{', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE[1:])} may change "
+                             f"on resume")
     return state
 
 

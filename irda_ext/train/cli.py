@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import List, Optional
 
 from .datasets import DATASETS
@@ -72,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     output = parser.add_argument_group("output")
     output.add_argument("--out", default=None, help="output folder (default runs/<dataset>-<method>-seed<seed>)")
-    output.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    output.add_argument("--resume", action="store_true",
+                        help="continue from --out/checkpoint.pt, exactly where it stopped; only --stop-after, "
+                             "--no-progress, --no-plot, --workers, --threads, --device and --out may differ from the "
+                             "run that wrote it (any other option that differs is refused, naming it)")
     output.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
                         help="stop once this epoch is done and checkpointed, without testing (time-limited jobs: "
                              "continue later with --resume)")
@@ -89,12 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     """``ValueError`` naming the option for values no run can use (the data set and the
     method check the rest when they are built)."""
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     for name in ("epochs", "batch_size", "num_bins", "cap"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.lr <= 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -104,6 +111,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         run(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as err:
         parser.exit(2, f"irda-train: error: {err}\n")
     return 0

@@ -40,14 +40,15 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_write_text
 from ..metrics import shot_metrics
 from . import launch
-from .checkpoint import (BEST, CHECKPOINT, Progress, load_for_resume, restore, save_best, save_checkpoint,
-                         seed_everything)
+from .checkpoint import (BEST, CHECKPOINT, Progress, load_for_resume, read_checked, restore, save_best,
+                         save_checkpoint, seed_everything)
 from .cli import check_args
 from .datasets import load_dataset, loader_options
 from .datasets.splits import DatasetSplits
 from .loop import predict, train_epoch
 from .methods import Method, RunContext, get_method, options_from_args
 from .models import build_backbone
+from .output import OutputFolder
 from .report import format_table, json_safe, plot_per_bin_mae
 from .units import model_units_bins, target_standardisation
 
@@ -97,19 +98,23 @@ def run(args: argparse.Namespace) -> Optional[dict]:
     owns_group = launch.launched_by_torchrun() and not torch.distributed.is_initialized()
     device = launch.init_from_env(args.device)
     try:
-        return _run(args, device)
+        out = args.out or os.path.join("runs", f"{args.dataset}-{args.method}-seed{args.seed}")
+        if not launch.is_main_process():  # rank 0 alone writes, and holds the folder
+            return _run(args, device, out)
+        with OutputFolder(out):
+            return _run(args, device, out)
     finally:
         if owns_group:
             launch.destroy()
 
 
-def _run(args: argparse.Namespace, device: torch.device) -> Optional[dict]:
+def _run(args: argparse.Namespace, device: torch.device, out: str) -> Optional[dict]:
     world = launch.world_size()
     if world > 1 and args.method in SINGLE_PROCESS_METHODS:
         raise ValueError(f"--method {args.method} trains a part of itself outside the synchronised loop and runs "
                          f"in one process only; this torchrun has {world} processes")
     seed_everything(args.seed)  # the same on every rank: identical initial models
-    r = build_run(args, device)
+    r = build_run(args, device, out)
     progress = start_or_resume(r)
     describe(r)
     if not progress.pretrain_done:
@@ -154,11 +159,8 @@ def build_method(args: argparse.Namespace, data: DatasetSplits, standard: tuple,
     return cls(options_from_args(cls, args), context)
 
 
-def build_run(args: argparse.Namespace, device: torch.device) -> Run:
+def build_run(args: argparse.Namespace, device: torch.device, out: str) -> Run:
     main_process = launch.is_main_process()
-    out = args.out or os.path.join("runs", f"{args.dataset}-{args.method}-seed{args.seed}")
-    if main_process:
-        os.makedirs(out, exist_ok=True)
     data = load_data(args)
     train_targets = np.asarray(data.train_targets, dtype=np.float64)
     standard = target_standardisation(train_targets, data.bins)
@@ -255,7 +257,7 @@ def train_one_epoch(r: Run, progress: Progress, epoch: int, bars: bool):
     if r.sampler is not None:
         r.sampler.set_epoch(epoch)
     train_loss = train_epoch(r.trained, r.head, r.method, r.train_loader, r.optimizer, epoch, r.data.kind, r.device,
-                             r.standard, bars)
+                             r.standard, bars, r.args.lr)
     r.method.end_epoch(epoch, r.args.epochs)
     r.scheduler.step()
     seconds = time.perf_counter() - started
@@ -281,7 +283,7 @@ def train_one_epoch(r: Run, progress: Progress, epoch: int, bars: bool):
 def evaluate_and_report(r: Run, progress: Progress) -> dict:
     """The best-on-validation model, evaluated once on test; writes and returns the results."""
     started = time.perf_counter()
-    best = torch.load(os.path.join(r.out, BEST), map_location=r.device, weights_only=False)
+    best = read_checked(os.path.join(r.out, BEST), r.device)
     r.model.load_state_dict(best["model"])
     r.head.load_state_dict(best["head"])
     r.method.load_state_dict(best["method"])

@@ -45,13 +45,19 @@ def init_from_env(device: Optional[str] = None) -> torch.device:
     one: nothing is synchronised, but the data order is that of :func:`train_sampler`, the
     same as with more ranks. An already initialised group is kept.
     """
-    wanted = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        wanted = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r} is not a device torch knows ({err})") from None
+    if wanted.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA GPU here (torch.cuda.is_available() is False, "
+                         f"torch {torch.__version__}); use --device cpu")
+    if wanted.type == "cuda" and wanted.index is not None and wanted.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s)")
     if not launched_by_torchrun():
         return wanted
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if wanted.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("init_from_env: a CUDA device was asked for but CUDA is not available")
         wanted = torch.device("cuda", local_rank if wanted.index is None else wanted.index)
         torch.cuda.set_device(wanted)
     if not dist.is_initialized():

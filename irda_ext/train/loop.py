@@ -32,26 +32,72 @@ def batch_features(model: nn.Module, batch, kind: str, device, training: bool = 
     return model(inputs), targets.reshape(-1).float()
 
 
+class TrainingDiverged(FloatingPointError):
+    """The loss or the features stopped being finite numbers."""
+
+
+def _diverged(what: str, epoch: int, step: int, lr: float) -> TrainingDiverged:
+    return TrainingDiverged(f"training diverged at epoch {epoch + 1}, step {step + 1}: {what}; the learning rate "
+                            f"(--lr {lr:g}) is likely too large, try {lr / 10:g}")
+
+
+def _finite_parameters(*modules: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
+
+
+def _quadratic_overflow(features: torch.Tensor, head: nn.Linear) -> bool:
+    """True when the head's quadratic forms of the features (``w' z z' w``, what every
+    augmentation variance is made of) can overflow the features' dtype."""
+    with torch.no_grad():
+        scale = float(features.abs().max()) * float(head.weight.abs().max())
+    return scale * scale * features.shape[-1] > torch.finfo(features.dtype).max / 16
+
+
+def _overflowed(state) -> bool:
+    """True when a method's state holds NaN or +inf (running statistics that overflowed;
+    -inf is a legitimate log prior of an empty bin)."""
+    if isinstance(state, dict):
+        return any(_overflowed(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return any(_overflowed(v) for v in state)
+    if torch.is_tensor(state) and state.is_floating_point():
+        return bool(torch.isnan(state).any() or torch.isposinf(state).any())
+    return False
+
+
 def train_epoch(model, head, method, loader, optimizer, epoch: int, kind: str, device, standard: Tuple[float, float],
-                bars: bool) -> float:
+                bars: bool, lr: float = float("nan")) -> float:
     """One pass over ``loader``; returns the mean training loss per target (over every
     process under ``torchrun``). ``model`` may be the DDP-wrapped backbone: the gradients
     of the head and of the method's parameters, which DDP does not own, are averaged
-    here."""
+    here. A loss or features that stop being finite raise :class:`TrainingDiverged` naming the
+    epoch and the step."""
     model.train()
     head.train()
     mean, scale = standard
     total, count = 0.0, 0
-    for batch in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not bars, unit="batch"):
+    for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not bars,
+                                      unit="batch")):
         features, targets = batch_features(model, batch, kind, device)
         if targets.numel() == 0:
             continue
         y = (targets - mean) / scale
         features = method.transform_features(features, y, epoch, training=True)
-        loss = method.loss(features, y, head)
+        if not bool(torch.isfinite(features).all()):
+            raise _diverged("the backbone's features are not finite", epoch, step, lr)
+        try:
+            loss = method.loss(features, y, head)
+        except ValueError as err:  # a method's own input checks meeting a diverged model
+            if not _finite_parameters(model, head):
+                raise _diverged(f"the model's weights are not finite ({err})", epoch, step, lr) from err
+            if _overflowed(method.state_dict()):
+                raise _diverged(f"the {method.name} statistics overflowed ({err})", epoch, step, lr) from err
+            if _quadratic_overflow(features, head):
+                raise _diverged(f"the features and the head's weights grew too large for {features.dtype} "
+                                f"({err})", epoch, step, lr) from err
+            raise
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"epoch {epoch + 1}: the {method.name} loss is {loss.item()}; "
-                                     f"try a smaller --lr")
+            raise _diverged(f"the {method.name} loss is {loss.item()}", epoch, step, lr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         launch.average_gradients_outside(model, optimizer)

@@ -3,6 +3,8 @@ thresholds, plus what the driver needs to build a backbone for it."""
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -62,17 +64,44 @@ def require_file(path: str, what: str, layout: str) -> str:
     return path
 
 
+def csv_rows(text: str, path: str) -> List[Dict[str, str]]:
+    """The rows of a headed CSV's text as dicts; a row with more or fewer cells than the
+    header is a ``ValueError`` naming the file and the row."""
+    reader = csv.DictReader(io.StringIO(text))
+    rows = list(reader)
+    if not reader.fieldnames:
+        raise ValueError(f"{path}: empty file, expected a header row and data rows")
+    width = len(reader.fieldnames)
+    for i, row in enumerate(rows):
+        # DictReader puts surplus cells under the key None and fills short rows with None
+        if None in row or any(value is None for value in row.values()):
+            cells = width + len(row.get(None, [])) - sum(value is None for value in row.values())
+            raise ValueError(f"{path}: row {i + 2} has {cells} cells, the header has {width} "
+                             f"({', '.join(reader.fieldnames)})")
+    return rows
+
+
+def read_text(path: str) -> str:
+    """A text file as UTF-8 (a byte-order mark, which spreadsheet exports write, is dropped;
+    ``.gz`` is decompressed); an unreadable file is a ``ValueError`` naming it."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
+            return handle.read()
+    except (UnicodeDecodeError, OSError, EOFError) as err:
+        raise ValueError(f"{path}: not a readable UTF-8 text file{' (gzip)' if path.endswith('.gz') else ''} "
+                         f"({err})") from None
+
+
 def read_csv_rows(path: str, required: Sequence[str], layout: str) -> List[Dict[str, str]]:
     """Rows of a headed CSV as dicts; a missing column is a ``ValueError`` that names the
     file, the missing and present columns and the expected layout."""
     require_file(path, "CSV", layout)
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; found {header}. Expected layout: {layout}")
-        rows = list(reader)
+    rows = csv_rows(read_text(path), path)
+    header = list(rows[0]) if rows else []
+    missing = [c for c in required if c not in header]
+    if rows and missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; found {header}. Expected layout: {layout}")
     if not rows:
         raise ValueError(f"{path}: no data rows. Expected layout: {layout}")
     return rows

@@ -9,9 +9,6 @@ empty numeric cell takes the training mean. The split is DIR's balanced one
 """
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -20,7 +17,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ...dir_protocol import balanced_split, label_bins, scaled_shot_thresholds
-from .splits import DatasetSplits, require_file
+from .splits import DatasetSplits, csv_rows, read_text, require_file
 
 # The bundled data ship inside the package, beside the library (irda_ext/data/).
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data")
@@ -28,15 +25,10 @@ DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.
 
 def _read_table(path: str) -> List[Dict[str, str]]:
     require_file(path, "tabular data", "a headed CSV file (optionally gzip-compressed, .gz)")
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", newline="") as handle:
-        text = handle.read()
-    reader = csv.DictReader(io.StringIO(text))
-    rows = list(reader)
-    if not reader.fieldnames:
-        raise ValueError(f"{path}: empty file, expected a header row and data rows")
+    text = read_text(path)
+    rows = csv_rows(text, path)
     if not rows:
-        raise ValueError(f"{path}: no data rows after the header {reader.fieldnames}")
+        raise ValueError(f"{path}: no data rows after the header")
     return rows
 
 
@@ -65,6 +57,10 @@ def encode_features(rows: List[Dict[str, str]], columns: Sequence[str], train_in
             names += [f"{column}={c}" for c in categories]
         else:
             raw = np.array([float(v) if v != "" else np.nan for v in values], dtype=np.float64)
+            infinite = np.flatnonzero(np.isinf(raw))
+            if infinite.size:
+                raise ValueError(f"column {column!r}, row {infinite[0] + 2}: an infinite value ({values[infinite[0]]!r}); "
+                                 f"features must be finite numbers (leave a cell empty for a missing value)")
             train_values = raw[train_index]
             train_values = train_values[~np.isnan(train_values)]
             mean = train_values.mean() if train_values.size else 0.0
@@ -121,7 +117,10 @@ def load_table(path: str, target: str, name: str = "csv", seed: int = 0, cap: in
     columns = [c for c in header if c != target and c not in drop]
     if not columns:
         raise ValueError(f"{path}: no feature columns left besides the target {target!r}")
-    x, feature_names = encode_features(rows, columns, train_index, categorical)
+    try:
+        x, feature_names = encode_features(rows, columns, train_index, categorical)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     if many is None or few is None:
         auto_many, auto_few = scaled_shot_thresholds(y[train_index], bins)
         many = auto_many if many is None else many

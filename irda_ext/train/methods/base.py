@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type
 
@@ -176,6 +177,10 @@ class Method:
             raise TypeError(f"{type(self).__name__} takes {self.Options.__name__}, got {type(options).__name__}")
         if context is not None and not isinstance(context, RunContext):
             raise TypeError(f"context must be a RunContext, got {type(context).__name__}")
+        for field in dataclasses.fields(options):
+            value = getattr(options, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{flag_of(field.name)} must be a finite number, got {value}")
         self.options = options
         self.context = context if context is not None else RunContext()
         self.bins = None
