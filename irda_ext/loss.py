@@ -7,7 +7,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, reference
 from .bin_stats import BinStats
 from .binning import Bins
 from .clusters import FeatureReservoir
@@ -147,9 +147,11 @@ class IRDALoss(nn.Module):
         return self.alpha * ramp, self.beta * ramp
 
     # ----- the loss --------------------------------------------------------------------------
-    def augmentation(self, head: nn.Linear, mean_gate=None, cov_gate=None, v=None):
+    def augmentation(self, head_weight: torch.Tensor, head_bias: torch.Tensor, mean_gate=None, cov_gate=None,
+                     v=None):
         """Per-bin ``shift_b = w (mu_s - mu)_b``, the smoothed-mean prediction
-        ``w mu_s_b + w0`` and ``q_b = w Sigma_bar_b w`` for the current statistics.
+        ``w mu_s_b + w0`` and ``q_b = w Sigma_bar_b w`` for the current statistics and the
+        head ``w = head_weight [1, D]``, ``w0 = head_bias [1]``.
 
         ``mean_gate``, ``cov_gate`` (``[B]``, scale ``mu_s - mu`` and ``Sigma_s``) and ``v``
         (``[B]``, replaces the computed ``v_b``) let Meta-IRDA learn the augmentation;
@@ -166,13 +168,13 @@ class IRDALoss(nn.Module):
                 v = torch.full_like(lam, float(self.isotropic))
         else:
             lam, _ = isotropic_adjustment(cov_s, valid=has_data)
-        w = head.weight.reshape(-1).to(stats.mean.dtype)
+        w = head_weight.reshape(-1).to(stats.mean.dtype)
         delta = mean_s - stats.mean
         shift = delta @ w
         if mean_gate is not None:
             shift = mean_gate * shift
             mean_s = stats.mean + mean_gate[:, None] * delta
-        smoothed_pred = mean_s @ w + head.bias.reshape(()).to(w.dtype)
+        smoothed_pred = mean_s @ w + head_bias.reshape(()).to(w.dtype)
         q = adjusted_quadratic(w, cov_s, lam, v)
         if cov_gate is not None:
             q = cov_gate * q
@@ -203,16 +205,47 @@ class IRDALoss(nn.Module):
             raise ValueError(f"targets must have {features.shape[0]} entries (one per feature row), "
                              f"got shape {tuple(targets.shape)}")
         bin_index = self.bins.index(targets, clamp=self.clamp_targets).to(features.device)
-        pred = head(features).reshape(-1)
         if update:
-            z = features.detach()
-            self.stats.update(z, bin_index)
-            self.confusion_counter.add(bin_index, self.bins.index(pred.detach(), clamp=True).to(bin_index.device))
-            if self.reservoir is not None:
-                self.reservoir.add(z, bin_index)
+            with torch.no_grad():
+                z = features.detach()
+                self.stats.update(z, bin_index)
+                pred = head(z).reshape(-1)
+                self.confusion_counter.add(bin_index, self.bins.index(pred, clamp=True).to(bin_index.device))
+                if self.reservoir is not None:
+                    self.reservoir.add(z, bin_index)
+        return self.head_loss(features, targets, head.weight, head.bias, reduction=reduction, weight=weight,
+                              bin_index=bin_index, **gates)
 
+    def head_loss(self, features: torch.Tensor, targets: torch.Tensor, head_weight: torch.Tensor,
+                  head_bias: torch.Tensor, reduction: str = "mean", weight: Optional[torch.Tensor] = None,
+                  lookahead: bool = False, bin_index: Optional[torch.Tensor] = None, **gates) -> torch.Tensor:
+        """The IRDA loss of the linear head ``g(z) = head_weight z + head_bias`` on a batch,
+        with the current statistics; nothing is recorded (``forward`` records, then calls this).
+
+        The surrogate (SPEC 6) of the predictions ``g(z_i)``, with the per-sample mean shift
+        ``w (mu_s - mu)_{b_i}`` (mode ``"exact"``) or the residual ``|g(mu_s_{b_i}) - y_i|`` of
+        the smoothed mean (mode ``"paper"``, eq. 20), the variance ``q_{b_i} = w Sigma_bar w``
+        and the current strength, multiplied by ``2 sigma^2`` (detached) so that its gradient
+        has the scale of MSE's (Balanced MSE's scaling).
+
+        Args:
+            features: ``[n, D]``. targets: ``[n]``.
+            head_weight, head_bias: ``[1, D]`` and ``[1]``: an ``nn.Linear``'s parameters, or
+                tensors computed from them (Meta-IRDA's virtual head).
+            reduction, weight: as in ``irda_surrogate``.
+            lookahead: for Meta-IRDA's virtual step: the loss is evaluated with the dense
+                ``irda_ext.reference.irda_surrogate`` (pure PyTorch), whose gradient is itself
+                differentiable, which the fused op's backward is not; and ``sigma`` is a
+                constant, as the virtual step moves the head only.
+            bin_index: the targets' bins, if the caller has them already.
+            gates: ``mean_gate``, ``cov_gate``, ``v`` (see ``augmentation``).
+        """
+        targets = targets.reshape(-1)
+        if bin_index is None:
+            bin_index = self.bins.index(targets.detach(), clamp=self.clamp_targets).to(features.device)
+        pred = nn.functional.linear(features.to(head_weight.dtype), head_weight, head_bias).reshape(-1)
         dtype = pred.dtype if pred.dtype in (torch.float32, torch.float64) else torch.float32
-        shift_b, smoothed_pred, q = self.augmentation(head, **gates)
+        shift_b, smoothed_pred, q = self.augmentation(head_weight, head_bias, **gates)
         y = targets.to(device=pred.device, dtype=dtype)
         if self.mode == "exact":
             shift = shift_b[bin_index]
@@ -221,9 +254,12 @@ class IRDALoss(nn.Module):
         var = q[bin_index].clamp_min(0)
         alpha, beta = self.strength()
         noise_var = self.noise_var.to(dtype)
-        loss = irda_surrogate(pred.to(dtype), y, bin_index, self.centers.to(dtype), self.eta.to(dtype),
-                              self.log_prior.to(dtype), shift.to(dtype), var.to(dtype), alpha, beta, noise_var,
-                              mode=self.mode, reduction=reduction, weight=weight)
+        surrogate = irda_surrogate
+        if lookahead:
+            noise_var, surrogate = noise_var.detach(), reference.irda_surrogate
+        loss = surrogate(pred.to(dtype), y, bin_index, self.centers.to(dtype), self.eta.to(dtype),
+                         self.log_prior.to(dtype), shift.to(dtype), var.to(dtype), alpha, beta, noise_var,
+                         mode=self.mode, reduction=reduction, weight=weight)
         # Balanced-MSE's scaling: the gradient in pred then has the scale of MSE's.
         return loss * (2 * noise_var).detach()
 
