@@ -43,7 +43,7 @@ class IRDALoss(nn.Module):
         ramp_epochs: ramp alpha and beta linearly from 0 over this many
             ``end_epoch()`` calls (as ISDA ramps its strength); ``None``: no ramp.
         isotropic: ``"auto"`` computes ``v_b`` (SPEC 4); a float fixes it for all bins.
-        kernel, kernel_size, kernel_sigma: the W-FDS kernel.
+        kernel, kernel_size, kernel_sigma: the W-FDS kernel window (one of ``wfds.KERNELS``, LDS/FDS's).
         kmeans_samples: reservoir size for the epoch-end k-means.
         clamp_targets: put out-of-range targets in the edge bins instead of raising.
         seed: seeds the k-means.
