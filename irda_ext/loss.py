@@ -12,6 +12,7 @@ from .bin_stats import BinStats
 from .binning import Bins
 from .clusters import FeatureReservoir
 from .confusion import ConfusionCounter
+from ._validate import check_nonnegative
 from .isotropic import adjusted_quadratic, isotropic_adjustment
 from .surrogate import MODES, irda_surrogate
 from .wfds import kernel_matrix, restrict_to_bins, wfds_smooth, wfds_weights
@@ -72,9 +73,6 @@ class IRDALoss(nn.Module):
             raise ValueError(f"num_clusters must be a positive int, got {num_clusters!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        for name, value in (("alpha", alpha), ("beta", beta)):
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
         if not (isotropic == "auto" or (isinstance(isotropic, (int, float)) and 0 <= isotropic <= 1)):
             raise ValueError(f"isotropic must be 'auto' or a number in [0, 1], got {isotropic!r}")
         if ramp_epochs is not None and (not isinstance(ramp_epochs, int) or ramp_epochs < 1):
@@ -84,7 +82,8 @@ class IRDALoss(nn.Module):
             raise ValueError(f"noise_sigma must be positive, got {noise_sigma!r}")
         B = bins.num_bins
         self.bins, self.feature_dim, self.num_clusters = bins, feature_dim, num_clusters
-        self.alpha, self.beta, self.mode = float(alpha), float(beta), mode
+        self.alpha, self.beta = check_nonnegative(alpha, "alpha"), check_nonnegative(beta, "beta")
+        self.mode = mode
         self.ramp_epochs, self.isotropic = ramp_epochs, isotropic
         self.kernel, self.kernel_size, self.kernel_sigma = kernel, kernel_size, kernel_sigma
         self.bandwidth = kernel_size // 2

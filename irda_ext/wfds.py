@@ -96,7 +96,7 @@ def wfds_weights(confusion: torch.Tensor, kernel: str = "gaussian", kernel_size:
         ``S [B, B]`` in the dtype and on the device of ``confusion``, banded with
         bandwidth ``kernel_size // 2``.
     """
-    check_tensor(confusion, "confusion", dim=2, floating=True)
+    check_tensor(confusion, "confusion", dim=2)
     if confusion.shape[0] != confusion.shape[1]:
         raise ValueError(f"confusion must be square [B, B], got {tuple(confusion.shape)}")
     if not torch.compiler.is_compiling() and bool((confusion < 0).any() | ~torch.isfinite(confusion).all()):
@@ -140,9 +140,9 @@ def wfds_smooth(weights: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor,
 
     Differentiable in all three tensors.
     """
-    check_tensor(weights, "weights", dim=2, floating=True)
-    check_tensor(mean, "mean", dim=2, floating=True)
-    check_tensor(cov, "cov", dim=3, floating=True)
+    check_tensor(weights, "weights", dim=2)
+    check_tensor(mean, "mean", dim=2)
+    check_tensor(cov, "cov", dim=3)
     if bandwidth is None:
         bandwidth = bandwidth_of(weights)
     if isinstance(bandwidth, bool) or not isinstance(bandwidth, int) or bandwidth < 0:

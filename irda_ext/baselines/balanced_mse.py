@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_noise_var, check_positive, check_pred_target, check_reduction, check_tensor, reduce
+from .._validate import check_noise_var, check_positive, check_pred_target, check_reduction, check_tensor, reduce
 
 NoiseVar = Union[float, torch.Tensor]
 
@@ -90,7 +90,7 @@ def gai_loss(pred: torch.Tensor, target: torch.Tensor, noise_var: NoiseVar, gmm_
     check_reduction(reduction)
     nv = check_noise_var(noise_var, pred)
     for name, t in (("gmm_means", gmm_means), ("gmm_variances", gmm_variances), ("gmm_weights", gmm_weights)):
-        check_tensor(name, t, dim=1)
+        check_tensor(t, name, dim=1)
     if not (gmm_means.shape == gmm_variances.shape == gmm_weights.shape):
         raise ValueError("gmm_means, gmm_variances and gmm_weights must all be [K]")
     if (gmm_variances < 0).any() or (gmm_weights <= 0).any():
@@ -110,8 +110,8 @@ def bni_loss(pred: torch.Tensor, target: torch.Tensor, noise_var: NoiseVar, bin_
     pred, target = _flat(pred, target)
     check_reduction(reduction)
     nv = check_noise_var(noise_var, pred)
-    check_tensor("bin_centers", bin_centers, dim=1)
-    check_tensor("bin_weights", bin_weights, dim=1)
+    check_tensor(bin_centers, "bin_centers", dim=1)
+    check_tensor(bin_weights, "bin_weights", dim=1)
     if bin_centers.shape != bin_weights.shape:
         raise ValueError(f"bin_centers and bin_weights must both be [B], got {tuple(bin_centers.shape)} and {tuple(bin_weights.shape)}")
     if (bin_weights < 0).any() or not (bin_weights > 0).any():
@@ -129,7 +129,7 @@ def fit_label_gmm(targets: torch.Tensor, num_components: int = 8, seed: int = 0)
     ``preprocess_gmm.py`` (K = 8). Returns float32 tensors ``(means, variances, weights)``."""
     from sklearn.mixture import GaussianMixture
 
-    check_tensor("targets", targets)
+    check_tensor(targets, "targets")
     y = targets.detach().reshape(-1).cpu().double().numpy()
     if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
         raise ValueError(f"num_components must be a positive int, got {num_components!r}")
@@ -164,7 +164,7 @@ class BalancedMSELoss(nn.Module):
         super().__init__()
         if method not in self.METHODS:
             raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
-        check_positive("init_noise_sigma", init_noise_sigma)
+        check_positive(init_noise_sigma, "init_noise_sigma")
         check_reduction(reduction)
         self.method, self.reduction, self.allow_single = method, reduction, bool(allow_single)
         sigma = torch.tensor(float(init_noise_sigma))
@@ -176,12 +176,12 @@ class BalancedMSELoss(nn.Module):
             if gmm is None or len(gmm) != 3:
                 raise ValueError("method 'gai' needs gmm=(means, variances, weights)")
             for name, t in zip(("gmm_means", "gmm_variances", "gmm_weights"), gmm):
-                self.register_buffer(name, check_tensor(name, t, dim=1).detach().clone().float())
+                self.register_buffer(name, check_tensor(t, name, dim=1).detach().clone().float())
         if method == "bni":
             if bin_centers is None or bin_weights is None:
                 raise ValueError("method 'bni' needs bin_centers and bin_weights")
-            self.register_buffer("bin_centers", check_tensor("bin_centers", bin_centers, dim=1).detach().clone().float())
-            self.register_buffer("bin_weights", check_tensor("bin_weights", bin_weights, dim=1).detach().clone().float())
+            self.register_buffer("bin_centers", check_tensor(bin_centers, "bin_centers", dim=1).detach().clone().float())
+            self.register_buffer("bin_weights", check_tensor(bin_weights, "bin_weights", dim=1).detach().clone().float())
 
     @property
     def noise_var(self) -> torch.Tensor:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_positive, check_tensor
+from .._validate import check_positive, check_tensor
 from ..wfds import kernel_smoothing_matrix
 
 
@@ -68,8 +68,8 @@ class FDS(nn.Module):
             raise ValueError(f"feature_dim must be a positive int, got {feature_dim!r}")
         if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        check_positive("clip_min", clip_min)
-        check_positive("clip_max", clip_max)
+        check_positive(clip_min, "clip_min")
+        check_positive(clip_max, "clip_max")
         if clip_min > clip_max:
             raise ValueError(f"clip_min ({clip_min}) must not exceed clip_max ({clip_max})")
         if start_smooth < start_update + 1:
@@ -89,7 +89,7 @@ class FDS(nn.Module):
         self.register_buffer("_sumsq", torch.zeros(B, D, dtype=torch.float64))
 
     def _check(self, features, bin_index):
-        check_tensor("features", features, dim=2)
+        check_tensor(features, "features", dim=2)
         if features.shape[1] != self.feature_dim:
             raise ValueError(f"features must be [n, {self.feature_dim}], got {tuple(features.shape)}")
         if not isinstance(bin_index, torch.Tensor):

@@ -50,7 +50,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from ._checks import check_noise_var, check_nonnegative, check_positive, check_pred_target, check_reduction, check_tensor, check_weight, reduce
+from .._validate import check_noise_var, check_nonnegative, check_positive, check_pred_target, check_reduction, check_tensor, check_weight, reduce
 
 NoiseVar = Union[float, torch.Tensor]
 
@@ -67,8 +67,8 @@ def augmented_bmse(pred: torch.Tensor, target: torch.Tensor, bin_index: torch.Te
     check_pred_target(pred, target)
     if pred.dim() != 1:
         raise ValueError(f"pred must be [n], got {tuple(pred.shape)}")
-    check_tensor("centers", centers, dim=1)
-    check_tensor("extra", extra, dim=1)
+    check_tensor(centers, "centers", dim=1)
+    check_tensor(extra, "extra", dim=1)
     if extra.shape != pred.shape:
         raise ValueError(f"extra must be [n] = {tuple(pred.shape)}, got {tuple(extra.shape)}")
     if not isinstance(bin_index, torch.Tensor) or bin_index.dtype != torch.int64 or bin_index.shape != pred.shape:
@@ -83,7 +83,7 @@ def augmented_bmse(pred: torch.Tensor, target: torch.Tensor, bin_index: torch.Te
     u_own = -(target - pred).pow(2) / (2 * nv)  # [n]
     logits = u_other - u_own.unsqueeze(1) + extra.unsqueeze(1)
     if log_prior is not None:
-        check_tensor("log_prior", log_prior, dim=1)
+        check_tensor(log_prior, "log_prior", dim=1)
         if log_prior.shape != centers.shape:
             raise ValueError(f"log_prior must be [B] = {tuple(centers.shape)}, got {tuple(log_prior.shape)}")
         lp = log_prior.to(pred.dtype)
@@ -101,8 +101,8 @@ def isda_r_loss(pred: torch.Tensor, target: torch.Tensor, bin_index: torch.Tenso
                 var: torch.Tensor, beta: float, noise_var: NoiseVar = 0.5, weight: Optional[torch.Tensor] = None,
                 reduction: str = "mean", log_prior: Optional[torch.Tensor] = None) -> torch.Tensor:
     """ISDA-R, eq. 27. ``var`` ``[n]`` is ``wᵀΣ_{b_i}w`` (differentiable in ``w``)."""
-    check_tensor("var", var, dim=1)
-    beta = check_nonnegative("beta", beta)
+    check_tensor(var, "var", dim=1)
+    beta = check_nonnegative(beta, "beta")
     nv = check_noise_var(noise_var, pred)
     return augmented_bmse(pred, target, bin_index, centers, beta * var / (2 * nv), nv, weight, reduction, log_prior)
 
@@ -123,12 +123,12 @@ def risda_r_loss(pred: torch.Tensor, target: torch.Tensor, bin_index: torch.Tens
                  log_prior: Optional[torch.Tensor] = None) -> torch.Tensor:
     """RISDA-R, eq. 28, per sample. ``var`` ``[n]`` = ``wᵀΣ̂_{b_i}w``, ``shift`` ``[n]`` =
     ``|g(μ̂_{b_i}) - y_i|``, ``is_tail`` ``[B]`` bool, ``tail_weight`` ``[B]`` = ``γ_b``."""
-    check_tensor("var", var, dim=1)
-    check_tensor("shift", shift, dim=1)
-    alpha, beta = check_nonnegative("alpha", alpha), check_nonnegative("beta", beta)
+    check_tensor(var, "var", dim=1)
+    check_tensor(shift, "shift", dim=1)
+    alpha, beta = check_nonnegative(alpha, "alpha"), check_nonnegative(beta, "beta")
     if not isinstance(is_tail, torch.Tensor) or is_tail.dtype != torch.bool or is_tail.shape != centers.shape:
         raise TypeError("is_tail must be a bool tensor of shape [B]")
-    check_tensor("tail_weight", tail_weight, dim=1)
+    check_tensor(tail_weight, "tail_weight", dim=1)
     nv = check_noise_var(noise_var, pred)
     tail = is_tail[bin_index]
     extra = alpha * shift.abs() / torch.sqrt(2 * nv) + beta * var / (2 * nv)
@@ -151,7 +151,7 @@ class _AugmentedBMSEBase(nn.Module):
 
         if not hasattr(bins, "num_bins") or not hasattr(bins, "centers"):
             raise TypeError(f"bins must be an irda_ext.Bins, got {type(bins).__name__}")
-        check_positive("noise_sigma", noise_sigma)
+        check_positive(noise_sigma, "noise_sigma")
         self.bins = bins
         self.register_buffer("centers", bins.centers.detach().clone().float())
         self.stats = BinStats(bins.num_bins, int(feature_dim), momentum=None)
@@ -188,7 +188,7 @@ class ISDARLoss(_AugmentedBMSEBase):
     def __init__(self, bins, feature_dim: int, beta: float = 0.5, noise_sigma: float = 1.0, learn_sigma: bool = True,
                  train_counts: Optional[torch.Tensor] = None):
         super().__init__(bins, feature_dim, noise_sigma, learn_sigma, train_counts)
-        self.beta = check_nonnegative("beta", beta)
+        self.beta = check_nonnegative(beta, "beta")
 
     def forward(self, features, pred, target, head, beta: Optional[float] = None) -> torch.Tensor:
         bin_index = self.bins.index(target.detach(), clamp=True).to(target.device)
@@ -217,7 +217,7 @@ class RISDARLoss(_AugmentedBMSEBase):
         counts = torch.as_tensor(train_counts).detach().cpu()
         if counts.shape != (bins.num_bins,):
             raise ValueError(f"train_counts must be [{bins.num_bins}], got {tuple(counts.shape)}")
-        self.alpha, self.beta = check_nonnegative("alpha", alpha), check_nonnegative("beta", beta)
+        self.alpha, self.beta = check_nonnegative(alpha, "alpha"), check_nonnegative(beta, "beta")
         self.register_buffer("train_counts", counts.to(torch.int64))
         self.register_buffer("is_tail", (counts > 0) & (counts <= int(tail_max_count)))
         self.register_buffer("tail_weight", risda_tail_weight(counts, gamma).float())
