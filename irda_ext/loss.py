@@ -12,8 +12,9 @@ from .bin_stats import BinStats
 from .binning import Bins
 from .clusters import FeatureReservoir
 from .confusion import ConfusionCounter
-from ._validate import check_nonnegative
+from ._validate import check_nonnegative, check_positive
 from .isotropic import adjusted_quadratic, isotropic_adjustment
+from .noise_scale import NoiseScale
 from .surrogate import MODES, irda_surrogate
 from .wfds import kernel_matrix, restrict_to_bins, wfds_smooth, wfds_weights
 
@@ -39,8 +40,9 @@ class IRDALoss(nn.Module):
         mode: ``"exact"`` (the Jensen bound) or ``"paper"`` (eq. 22 as printed).
         momentum: of the running statistics (``None``: cumulative).
         noise_sigma: initial ``sigma`` in label units (default: one bin width).
-        learn_sigma: make ``log sigma`` an ``nn.Parameter`` (give it its own
-            learning rate, ~1e-2, as Balanced-MSE does); otherwise fixed.
+        learn_sigma: learn ``log sigma`` (``self.noise``, a :class:`NoiseScale`; give
+            ``noise.log_sigma`` its own learning rate, ~1e-2, as Balanced-MSE does);
+            otherwise fixed.
         ramp_epochs: ramp alpha and beta linearly from 0 over this many
             ``end_epoch()`` calls (as ISDA ramps its strength); ``None``: no ramp.
         isotropic: ``"auto"`` computes ``v_b`` (SPEC 4); a float fixes it for all bins.
@@ -77,9 +79,7 @@ class IRDALoss(nn.Module):
             raise ValueError(f"isotropic must be 'auto' or a number in [0, 1], got {isotropic!r}")
         if ramp_epochs is not None and (not isinstance(ramp_epochs, int) or ramp_epochs < 1):
             raise ValueError(f"ramp_epochs must be None or a positive int, got {ramp_epochs!r}")
-        noise_sigma = bins.width if noise_sigma is None else noise_sigma
-        if not (isinstance(noise_sigma, (int, float)) and noise_sigma > 0):
-            raise ValueError(f"noise_sigma must be positive, got {noise_sigma!r}")
+        noise_sigma = check_positive(bins.width if noise_sigma is None else noise_sigma, "noise_sigma")
         B = bins.num_bins
         self.bins, self.feature_dim, self.num_clusters = bins, feature_dim, num_clusters
         self.alpha, self.beta = check_nonnegative(alpha, "alpha"), check_nonnegative(beta, "beta")
@@ -100,11 +100,7 @@ class IRDALoss(nn.Module):
         self.register_buffer("eta", torch.full((num_clusters, B), 1.0 / num_clusters, dtype=torch.float64))
         # Uniform until fit_prior(): no prior correction.
         self.register_buffer("log_prior", torch.full((B,), -math.log(B), dtype=torch.float64))
-        log_sigma = torch.tensor(math.log(noise_sigma), dtype=torch.float64)
-        if learn_sigma:
-            self.log_sigma = nn.Parameter(log_sigma)
-        else:
-            self.register_buffer("log_sigma", log_sigma)
+        self.noise = NoiseScale(noise_sigma, learn=learn_sigma)
 
     # ----- set-up and epoch-level estimates -------------------------------------------------
     @torch.no_grad()
@@ -135,10 +131,6 @@ class IRDALoss(nn.Module):
             self.eta.copy_(eta.to(self.eta.device))
             self.reservoir.reset()
         self.epochs_done += 1
-
-    @property
-    def noise_var(self) -> torch.Tensor:
-        return torch.exp(2 * self.log_sigma)
 
     def strength(self):
         """The current ``(alpha, beta)`` after the ramp."""
@@ -252,7 +244,7 @@ class IRDALoss(nn.Module):
             shift = (smoothed_pred[bin_index].to(dtype) - y).abs()
         var = q[bin_index].clamp_min(0)
         alpha, beta = self.strength()
-        noise_var = self.noise_var.to(dtype)
+        noise_var = self.noise.var.to(dtype)
         surrogate = irda_surrogate
         if lookahead:
             noise_var, surrogate = noise_var.detach(), reference.irda_surrogate

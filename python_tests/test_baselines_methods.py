@@ -83,7 +83,7 @@ def test_resampling_methods_change_the_training_set():
 def test_balanced_mse_sigma_has_its_own_group():
     method, _ = _run("bmc", epochs=1, sigma_lr=0.05)
     (group,) = method.param_groups()
-    assert group["lr"] == 0.05 and group["params"][0] is method.criterion.noise_sigma
+    assert group["lr"] == 0.05 and group["params"][0] is method.criterion.noise.log_sigma
     fixed, _ = _run("bni", epochs=1, fixed_sigma=True)
     assert fixed.param_groups() == []
 

@@ -146,5 +146,5 @@ def test_irda_noise_sigma_is_converted_to_model_units():
         args.label_scale = 16.0  # the driver's standardisation scale
         method = get_method("irda")(args)
         method.setup(torch.nn.Identity(), head, 4, bins, targets, "cpu")
-        assert method.criterion.log_sigma.exp().item() == pytest.approx(expected)
+        assert method.criterion.noise.sigma.item() == pytest.approx(expected)
         assert [g["lr"] for g in method.param_groups()] == [1e-2]

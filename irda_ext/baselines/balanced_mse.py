@@ -9,7 +9,7 @@ learnt::
     loss_i = -log N(y_i; ŷ_i, σ²) + log ∫ N(y'; ŷ_i, σ²) p_train(y') dy'
 
 and each implementation approximates the integral differently (all three multiply the
-loss by ``2σ²`` detached so the gradient keeps the scale of MSE; ``σ`` is a learnable
+loss by ``2σ²`` detached so the gradient keeps the scale of MSE; ``log σ`` is a learnable
 parameter with its own learning rate unless fixed):
 
 - **BMC** (batch-based Monte Carlo): the labels of the batch are samples of
@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validate import check_noise_var, check_positive, check_pred_target, check_reduction, check_tensor, reduce
+from ..noise_scale import NoiseScale
 
 NoiseVar = Union[float, torch.Tensor]
 
@@ -143,9 +144,10 @@ def fit_label_gmm(targets: torch.Tensor, num_components: int = 8, seed: int = 0)
 
 
 class BalancedMSELoss(nn.Module):
-    """Balanced MSE with a learnable noise scale ``σ`` (``noise_sigma``; ``σ² = noise_sigma²``
-    as the reference code). Put ``loss.noise_sigma`` in its own optimiser group (the
-    reference uses lr 1e-2).
+    """Balanced MSE with a learnable noise scale ``σ``, learned as ``log σ`` (``self.noise``,
+    a :class:`irda_ext.noise_scale.NoiseScale`, as IRDA's; the reference code learns ``σ``
+    itself). Put ``loss.noise.log_sigma`` in its own optimiser group (the reference uses
+    lr 1e-2).
 
     Args:
         method: ``"bmc" | "gai" | "bni"``.
@@ -167,11 +169,7 @@ class BalancedMSELoss(nn.Module):
         check_positive(init_noise_sigma, "init_noise_sigma")
         check_reduction(reduction)
         self.method, self.reduction, self.allow_single = method, reduction, bool(allow_single)
-        sigma = torch.tensor(float(init_noise_sigma))
-        if learn_sigma:
-            self.noise_sigma = nn.Parameter(sigma)
-        else:
-            self.register_buffer("noise_sigma", sigma)
+        self.noise = NoiseScale(init_noise_sigma, learn=learn_sigma)
         if method == "gai":
             if gmm is None or len(gmm) != 3:
                 raise ValueError("method 'gai' needs gmm=(means, variances, weights)")
@@ -183,12 +181,8 @@ class BalancedMSELoss(nn.Module):
             self.register_buffer("bin_centers", check_tensor(bin_centers, "bin_centers", dim=1).detach().clone().float())
             self.register_buffer("bin_weights", check_tensor(bin_weights, "bin_weights", dim=1).detach().clone().float())
 
-    @property
-    def noise_var(self) -> torch.Tensor:
-        return self.noise_sigma ** 2
-
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        nv = self.noise_var
+        nv = self.noise.var
         if self.method == "bmc":
             return bmc_loss(pred, target, nv, self.reduction, self.allow_single)
         if self.method == "gai":

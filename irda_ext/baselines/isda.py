@@ -28,7 +28,8 @@ loose:
   (``σ²`` the Balanced-MSE noise variance; ``σ² = ½`` is the formula exactly as printed):
   ``ΔZ`` is divided by ``2σ²``, ``wᵀΣw`` (a squared target unit) by ``2σ²`` and
   ``|g(μ̂) - y|`` by ``√(2σ²)``. As in Balanced MSE the loss is multiplied by ``2σ²``
-  detached and ``σ`` can be learnt.
+  detached and ``σ`` can be learnt (as ``log σ``, the :class:`irda_ext.noise_scale.NoiseScale`
+  of IRDA and Balanced MSE).
 - **Training prior.** RISDA-R is described as "changing the CE loss into BMSE", but the
   printed logits leave out BMSE's label prior; on a dense bin grid the bin
   cross-entropy without it is close to plain MSE. The modules (and the driver) add the
@@ -51,6 +52,7 @@ import torch
 from torch import nn
 
 from .._validate import check_noise_var, check_nonnegative, check_positive, check_pred_target, check_reduction, check_tensor, check_weight, reduce
+from ..noise_scale import NoiseScale
 
 NoiseVar = Union[float, torch.Tensor]
 
@@ -162,15 +164,7 @@ class _AugmentedBMSEBase(nn.Module):
             if counts.shape != (bins.num_bins,) or (counts < 0).any() or counts.sum() <= 0:
                 raise ValueError(f"train_counts must be [{bins.num_bins}] non-negative with a positive total")
             self.register_buffer("log_prior", (counts / counts.sum()).log().float())
-        sigma = torch.tensor(float(noise_sigma))
-        if learn_sigma:
-            self.noise_sigma = nn.Parameter(sigma)
-        else:
-            self.register_buffer("noise_sigma", sigma)
-
-    @property
-    def noise_var(self) -> torch.Tensor:
-        return self.noise_sigma ** 2
+        self.noise = NoiseScale(noise_sigma, learn=learn_sigma)
 
     def _update(self, features: torch.Tensor, bin_index: torch.Tensor) -> None:
         # ISDA updates its estimator with the batch before computing the loss.
@@ -196,7 +190,7 @@ class ISDARLoss(_AugmentedBMSEBase):
         uniq, inverse = torch.unique(bin_index, return_inverse=True)
         var = head_quadratic(head, self.stats.cov, uniq)[inverse]
         return isda_r_loss(pred, target, bin_index, self.centers, var, self.beta if beta is None else beta,
-                           self.noise_var, log_prior=self.log_prior)
+                           self.noise.var, log_prior=self.log_prior)
 
 
 class RISDARLoss(_AugmentedBMSEBase):
@@ -245,5 +239,5 @@ class RISDARLoss(_AugmentedBMSEBase):
         var = torch.einsum("d,ude,e->u", w, cov_hat.to(w.dtype), w)[inverse]
         shift = (head(mean_hat.to(w.dtype)).reshape(-1)[inverse] - target).abs()
         return risda_r_loss(pred, target, bin_index, self.centers, var, shift, self.is_tail, self.tail_weight,
-                            self.alpha if alpha is None else alpha, self.beta if beta is None else beta, self.noise_var,
+                            self.alpha if alpha is None else alpha, self.beta if beta is None else beta, self.noise.var,
                             log_prior=self.log_prior)
