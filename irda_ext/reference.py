@@ -1,7 +1,11 @@
 """Pure-PyTorch versions of every kernel: the readable truth for tests and benchmarks.
 
 Dense and slow on purpose: each function is the formula of the SPEC written
-directly, with autograd for the gradients. Nothing here is used in training.
+directly, with autograd for the gradients. Training uses two of them, both in
+Meta-IRDA: the look-ahead (``IRDALoss.head_loss(..., lookahead=True)``) evaluates
+:func:`irda_surrogate`, whose gradient is itself differentiable (the fused op's backward
+is not), and the meta-network's per-bin inputs (``irda_ext.meta.meta_net.BinInputs``)
+read :func:`remse_loss`. Everything else trains on the kernels.
 """
 from __future__ import annotations
 
