@@ -7,6 +7,7 @@
 // Tensor.h, not ATen.h: these headers are parsed by nvcc for every .cu file too.
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <string>
 
 namespace irda {
@@ -38,6 +39,14 @@ inline void check_index(const at::Tensor& bin_index, int64_t n) {
                     "] (one bin per sample), got ", shape_str(bin_index));
 }
 
+// The momentum of a merge: None is Chan's exact merge, passed on as -1 (the
+// convention of merge_coefficients); otherwise it must lie in [0, 1).
+inline double checked_momentum(std::optional<double> momentum) {
+  if (!momentum.has_value()) return -1.0;
+  TORCH_CHECK_VALUE(*momentum >= 0.0 && *momentum < 1.0, "momentum must be in [0, 1), got ", *momentum);
+  return *momentum;
+}
+
 // Statistics: count [B] int64, mean [B, D], cov [B, D, D] of one float dtype.
 inline void check_stats(const at::Tensor& count, const at::Tensor& mean, const at::Tensor& cov) {
   check_dim(mean, 2, "mean", "[B, D]");
@@ -53,6 +62,28 @@ inline void check_stats(const at::Tensor& count, const at::Tensor& mean, const a
   check_same_dtype(cov, mean, "cov", "mean");
   check_same_device(count, mean, "count", "mean");
   check_same_device(cov, mean, "cov", "mean");
+}
+
+// Dense batch moments merged into statistics (count, mean, cov) checked with
+// check_stats: batch_count [B] int64, batch_mean [B, D], batch_scatter [B, D, D]
+// of the statistics' dtype and device.
+inline void check_batch_moments(const at::Tensor& batch_count, const at::Tensor& batch_mean,
+                                const at::Tensor& batch_scatter, const at::Tensor& mean) {
+  const int64_t B = mean.size(0), D = mean.size(1);
+  TORCH_CHECK_TYPE(batch_count.scalar_type() == at::kLong, "batch_count must be int64, got ",
+                   batch_count.scalar_type());
+  TORCH_CHECK_VALUE(batch_count.dim() == 1 && batch_count.size(0) == B, "batch_count must have shape [", B,
+                    "], got ", shape_str(batch_count));
+  TORCH_CHECK_VALUE(batch_mean.dim() == 2 && batch_mean.size(0) == B && batch_mean.size(1) == D,
+                    "batch_mean must have shape [", B, ", ", D, "] like mean, got ", shape_str(batch_mean));
+  TORCH_CHECK_VALUE(batch_scatter.dim() == 3 && batch_scatter.size(0) == B && batch_scatter.size(1) == D &&
+                        batch_scatter.size(2) == D,
+                    "batch_scatter must have shape [", B, ", ", D, ", ", D, "], got ", shape_str(batch_scatter));
+  check_same_dtype(batch_mean, mean, "batch_mean", "mean");
+  check_same_dtype(batch_scatter, mean, "batch_scatter", "mean");
+  check_same_device(batch_count, mean, "batch_count", "mean");
+  check_same_device(batch_mean, mean, "batch_mean", "mean");
+  check_same_device(batch_scatter, mean, "batch_scatter", "mean");
 }
 
 inline void check_features(const at::Tensor& z, const at::Tensor& bin_index, int64_t D) {

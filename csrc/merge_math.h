@@ -57,4 +57,21 @@ IRDA_HOST_DEVICE MergeCoef merge_coefficients(int64_t n_old, int64_t n_b, double
 // Plain batch moments: mean and un-normalised scatter.
 IRDA_HOST_DEVICE MergeCoef moment_coefficients() { return MergeCoef{0.0, 1.0, 0.0, 0.0, 1.0}; }
 
+// One coordinate of the merged mean. A zero factor never multiplies the old
+// mean, so a running mean that was never written (or is NaN) cannot leak in.
+IRDA_HOST_DEVICE double merged_mean(const MergeCoef& c, double mu_old, double m_b) {
+  return (c.mean_old == 0.0 ? 0.0 : c.mean_old * mu_old) + c.mean_batch * m_b;
+}
+
+// One entry of the merged covariance, with the coefficients already in the
+// kernel's type: sample_w * scatter + delta_w * delta_r * delta_c + keep * old.
+// `old` is taken by reference and read only when keep != 0.
+template <typename T>
+IRDA_HOST_DEVICE T merged_cov_entry(T keep, T sample_w, T delta_w, T scatter, T delta_r, T delta_c, const T& old) {
+  T v = sample_w * scatter;
+  if (delta_w != T(0)) v += delta_w * (delta_r * delta_c);
+  if (keep != T(0)) v += keep * old;
+  return v;
+}
+
 }  // namespace irda

@@ -26,6 +26,12 @@ TORCH_LIBRARY(irda_ext, m) {
   // Chan's exact pooled merge; otherwise an exponential moving average with
   // that momentum. Only bins present in the batch are read or written.
   m.def("bin_stats_update_(Tensor(a!) count, Tensor(b!) mean, Tensor(c!) cov, Tensor z, Tensor bin_index, float? momentum) -> ()");
+  // SPEC 2. The same merge given the dense moments of a batch pooled elsewhere
+  // (batch_count[B] int64, batch_mean[B, D], batch_scatter[B, D, D] as
+  // bin_moments returns them, in the statistics' dtype): the union of every
+  // rank's batch under torch.distributed. Only bins with batch_count > 0 are
+  // read or written.
+  m.def("merge_bin_moments_(Tensor(a!) count, Tensor(b!) mean, Tensor(c!) cov, Tensor batch_count, Tensor batch_mean, Tensor batch_scatter, float? momentum) -> ()");
   // SPEC 3. mean_s = S @ mean, cov_s[b] = sum_b' S[b, b'] cov[b'], with S
   // banded: S[b, b'] = 0 for |b - b'| > bandwidth (entries outside are ignored).
   m.def("wfds_smooth(Tensor weights, Tensor mean, Tensor cov, int bandwidth) -> (Tensor mean_s, Tensor cov_s)");

@@ -2,13 +2,14 @@
 
 Public API (SPEC sections in brackets):
     Bins [1], bin_moments, BinStats [2], wfds_weights, wfds_smooth [3],
-    isotropic_adjustment [4], irda_surrogate [6], IRDALoss.
+    isotropic_adjustment [4], irda_surrogate [6], IRDALoss, NoiseScale [9].
 """
 from ._ops import OP_NAMES, ops  # noqa: F401  (loads the kernels)
 from .bin_stats import BinStats, bin_moments
 from .binning import Bins
 from .isotropic import adjusted_quadratic, isotropic_adjustment, isotropic_covariance
 from .loss import IRDALoss
+from .noise_scale import NoiseScale
 from .surrogate import irda_surrogate
 from .wfds import kernel_window, wfds_smooth, wfds_weights
 
@@ -26,4 +27,5 @@ __all__ = [
     "adjusted_quadratic",
     "irda_surrogate",
     "IRDALoss",
+    "NoiseScale",
 ]

@@ -41,6 +41,11 @@ def _bin_stats_update_fake(count, mean, cov, z, bin_index, momentum):
     return None
 
 
+@torch.library.register_fake("irda_ext::merge_bin_moments_")
+def _merge_bin_moments_fake(count, mean, cov, batch_count, batch_mean, batch_scatter, momentum):
+    return None
+
+
 @torch.library.register_fake("irda_ext::wfds_smooth")
 def _wfds_smooth_fake(weights, mean, cov, bandwidth):
     return torch.empty_like(mean), torch.empty_like(cov)
@@ -130,4 +135,5 @@ torch.library.register_autograd(
     "irda_ext::irda_surrogate", _irda_surrogate_backward, setup_context=_irda_surrogate_setup
 )
 
-OP_NAMES = ("bin_moments", "bin_stats_update_", "wfds_smooth", "irda_surrogate", "irda_surrogate_backward")
+OP_NAMES = ("bin_moments", "bin_stats_update_", "merge_bin_moments_", "wfds_smooth", "irda_surrogate",
+            "irda_surrogate_backward")

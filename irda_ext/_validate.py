@@ -1,21 +1,32 @@
-"""Input checks shared by the Python wrappers: messages say what was expected and what came.
+"""Input checks of every Python entry point, the core's and the baselines': messages say
+what was expected and what came.
 
-Shape and dtype checks cost nothing. Value checks (index range, NaN) read the
-data: the CPU kernels do them inline, so here they run only for other devices,
-and never while ``torch.compile`` traces.
+One argument order throughout: the value first, then its name or what it must match
+(``check_tensor(z, "z", dim=2)``, ``check_positive(sigma, "sigma")``).
+
+Shape and dtype checks cost nothing. Value checks of tensors (index range, NaN) read the
+data: the CPU kernels do them inline, so ``check_bin_index`` and ``check_finite`` run only
+for other devices, and never while ``torch.compile`` traces.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
+REDUCTIONS = ("none", "mean", "sum")
 
-def check_tensor(t, name: str, dim: int | None = None, floating: bool = False) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if floating and not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if dim is not None and t.dim() != dim:
-        raise ValueError(f"{name} must have {dim} dimension(s), got shape {tuple(t.shape)}")
+
+def check_tensor(value, name: str, *, dim: Optional[int] = None, floating: bool = True) -> torch.Tensor:
+    """``value`` is a tensor (floating-point unless ``floating=False``) with ``dim`` dimensions;
+    returns it."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if floating and not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    if dim is not None and value.dim() != dim:
+        raise ValueError(f"{name} must have {dim} dimension(s), got shape {tuple(value.shape)}")
+    return value
 
 
 def _reads_values(t: torch.Tensor) -> bool:
@@ -23,7 +34,7 @@ def _reads_values(t: torch.Tensor) -> bool:
 
 
 def check_bin_index(bin_index, n: int, num_bins: int, device) -> None:
-    check_tensor(bin_index, "bin_index")
+    check_tensor(bin_index, "bin_index", floating=False)
     if bin_index.dtype != torch.int64:
         raise TypeError(f"bin_index must be int64, got {bin_index.dtype}")
     if bin_index.dim() != 1 or bin_index.shape[0] != n:
@@ -39,3 +50,69 @@ def check_bin_index(bin_index, n: int, num_bins: int, device) -> None:
 def check_finite(t: torch.Tensor, name: str) -> None:
     if _reads_values(t) and t.numel() > 0 and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def check_pred_target(pred, target) -> None:
+    check_tensor(pred, "pred")
+    check_tensor(target, "target")
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+
+
+def check_weight(weight, like: torch.Tensor) -> None:
+    """Optional per-sample weights of the shape of ``like``."""
+    if weight is None:
+        return
+    check_tensor(weight, "weight")
+    if weight.shape != like.shape:
+        raise ValueError(
+            f"weight must have the per-sample shape {tuple(like.shape)}, got {tuple(weight.shape)}"
+        )
+
+
+def check_reduction(reduction) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-sample losses reduced as ``reduction`` (one of :data:`REDUCTIONS`) says."""
+    check_reduction(reduction)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def check_positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return float(value)
+
+
+def check_nonnegative(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(value)
+
+
+def check_noise_var(noise_var, like: torch.Tensor) -> torch.Tensor:
+    """``σ²`` as a scalar tensor (a float, or a 1-element tensor kept in the graph), > 0."""
+    if isinstance(noise_var, torch.Tensor):
+        if noise_var.numel() != 1:
+            raise ValueError(f"noise_var must be a scalar, got shape {tuple(noise_var.shape)}")
+        nv = noise_var.reshape(())
+    elif isinstance(noise_var, (int, float)) and not isinstance(noise_var, bool):
+        nv = torch.tensor(float(noise_var), dtype=like.dtype, device=like.device)
+    else:
+        raise TypeError(f"noise_var must be a float or a scalar tensor, got {type(noise_var).__name__}")
+    if not bool(nv.detach() > 0):
+        raise ValueError(f"noise_var must be > 0, got {float(nv)}")
+    return nv

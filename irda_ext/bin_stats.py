@@ -21,7 +21,7 @@ def bin_moments(z: torch.Tensor, bin_index: torch.Tensor, num_bins: int) -> Tupl
         z: ``[n, D]`` (half/bfloat16 accumulate in float32), bin_index: ``[n]`` int64.
         Returns ``count [B]`` int64, ``mean [B, D]``, ``scatter [B, D, D]``.
     """
-    check_tensor(z, "z", dim=2, floating=True)
+    check_tensor(z, "z", dim=2)
     if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
         raise ValueError(f"bin_moments: num_bins must be a positive int, got {num_bins!r}")
     check_bin_index(bin_index, z.shape[0], num_bins, z.device)
@@ -74,7 +74,7 @@ class BinStats(nn.Module):
     def update(self, z: torch.Tensor, bin_index: torch.Tensor) -> None:
         """Merge a batch of features ``z [n, D]`` with bins ``bin_index [n]`` (detached)."""
         z = z.detach()
-        check_tensor(z, "z", dim=2, floating=True)
+        check_tensor(z, "z", dim=2)
         if z.shape[1] != self.dim:
             raise ValueError(f"BinStats.update: z must have shape [n, {self.dim}], got {tuple(z.shape)}")
         check_bin_index(bin_index, z.shape[0], self.num_bins, self.mean.device)

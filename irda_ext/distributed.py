@@ -114,61 +114,16 @@ def all_reduce_bin_moments_(count: torch.Tensor, mean: torch.Tensor, scatter: to
     return count, mean, scatter
 
 
-def _merge_coefficients(n_old: torch.Tensor, n_b: torch.Tensor, momentum: Optional[float]):
-    """``(keep, sample_w, delta_w, mean_old, mean_batch)`` per bin, float64, exactly as
-    ``irda::merge_coefficients`` in ``csrc/merge_math.h`` (bins with ``n_b > 0`` only)."""
-    no, nb = n_old.to(torch.float64), n_b.to(torch.float64)
-    n = no + nb
-    zero = torch.zeros_like(n)
-    pooled = n >= 2
-    nm1 = torch.where(pooled, n - 1, torch.ones_like(n))
-    chan = (
-        torch.where(pooled & (n_old >= 2), (no - 1) / nm1, zero),  # keep
-        torch.where(pooled, 1 / nm1, zero),  # sample_w
-        torch.where(pooled, no * nb / (n * nm1), zero),  # delta_w
-        no / n,  # mean_old
-        nb / n,  # mean_batch
-    )
-    if momentum is None:
-        return chan
-    rho = float(momentum)
-    first = n_old == 0  # a bin seen for the first time takes the batch statistics
-    ema = (
-        torch.full_like(n, rho),
-        torch.where(n_b >= 2, (1 - rho) / torch.where(n_b >= 2, nb - 1, torch.ones_like(nb)), zero),
-        zero,
-        torch.full_like(n, rho),
-        torch.full_like(n, 1 - rho),
-    )
-    return tuple(torch.where(first, c, e) for c, e in zip(chan, ema))
-
-
 @torch.no_grad()
 def merge_bin_moments_(count: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, batch_count: torch.Tensor,
                        batch_mean: torch.Tensor, batch_scatter: torch.Tensor, momentum: Optional[float]) -> None:
-    """Merge dense batch moments into running ``(count, mean, cov)`` in place with the
-    formulas of the fused ``bin_stats_update_`` (Chan's merge, or the EMA with first-seen
-    bins taking the batch statistics); only bins with ``batch_count > 0`` are touched."""
-    present = torch.nonzero(batch_count > 0).reshape(-1)
-    if present.numel() == 0:
-        return
-    dtype = mean.dtype
-    n_old, n_b = count.index_select(0, present), batch_count.index_select(0, present)
-    keep, sample_w, delta_w, mean_old, mean_batch = (
-        c.to(dtype)[:, None] for c in _merge_coefficients(n_old, n_b, momentum))
-    mu_old = mean.index_select(0, present)
-    m_b = batch_mean.index_select(0, present).to(dtype)
-    delta = m_b - mu_old
-    # keep == 0: the old covariance is not read (as in the kernel)
-    old_cov = torch.where(keep[:, :, None] != 0, keep[:, :, None] * cov.index_select(0, present),
-                          torch.zeros((), dtype=dtype, device=cov.device))
-    new_cov = old_cov + sample_w[:, :, None] * batch_scatter.index_select(0, present).to(dtype) \
-        + delta_w[:, :, None] * delta[:, :, None] * delta[:, None, :]
-    new_mean = torch.where(mean_old != 0, mean_old * mu_old, torch.zeros((), dtype=dtype, device=mean.device)) \
-        + mean_batch * m_b
-    mean.index_copy_(0, present, new_mean)
-    cov.index_copy_(0, present, new_cov)
-    count.index_add_(0, present, n_b)
+    """Merge dense batch moments into running ``(count, mean, cov)`` in place: the op
+    ``irda_ext::merge_bin_moments_``, whose kernels apply the formulas of the fused
+    ``bin_stats_update_`` (``csrc/merge_math.h``: Chan's merge, or the momentum average
+    with first-seen bins taking the batch statistics); only bins with ``batch_count > 0``
+    are touched. The batch moments are cast to the statistics' dtype."""
+    ops.merge_bin_moments_(count, mean, cov, batch_count, batch_mean.to(mean.dtype), batch_scatter.to(mean.dtype),
+                           momentum)
 
 
 def _gather_rows(x: torch.Tensor, sizes: List[int]) -> torch.Tensor:

@@ -18,7 +18,7 @@ def isotropic_adjustment(cov: torch.Tensor, valid: Optional[torch.Tensor] = None
 
     Shape: cov ``[B, D, D]``, valid ``[B]`` bool. Returns ``lam [B]``, ``v [B]``.
     """
-    check_tensor(cov, "cov", dim=3, floating=True)
+    check_tensor(cov, "cov", dim=3)
     with torch.no_grad():
         diag = torch.diagonal(cov, dim1=-2, dim2=-1)
         lam = diag.amax(-1)

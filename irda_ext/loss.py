@@ -7,12 +7,14 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, reference
 from .bin_stats import BinStats
 from .binning import Bins
 from .clusters import FeatureReservoir
 from .confusion import ConfusionCounter
+from ._validate import check_nonnegative, check_positive
 from .isotropic import adjusted_quadratic, isotropic_adjustment
+from .noise_scale import NoiseScale
 from .surrogate import MODES, irda_surrogate
 from .wfds import kernel_matrix, restrict_to_bins, wfds_smooth, wfds_weights
 
@@ -38,12 +40,13 @@ class IRDALoss(nn.Module):
         mode: ``"exact"`` (the Jensen bound) or ``"paper"`` (eq. 22 as printed).
         momentum: of the running statistics (``None``: cumulative).
         noise_sigma: initial ``sigma`` in label units (default: one bin width).
-        learn_sigma: make ``log sigma`` an ``nn.Parameter`` (give it its own
-            learning rate, ~1e-2, as Balanced-MSE does); otherwise fixed.
+        learn_sigma: learn ``log sigma`` (``self.noise``, a :class:`NoiseScale`; give
+            ``noise.log_sigma`` its own learning rate, ~1e-2, as Balanced-MSE does);
+            otherwise fixed.
         ramp_epochs: ramp alpha and beta linearly from 0 over this many
             ``end_epoch()`` calls (as ISDA ramps its strength); ``None``: no ramp.
         isotropic: ``"auto"`` computes ``v_b`` (SPEC 4); a float fixes it for all bins.
-        kernel, kernel_size, kernel_sigma: the W-FDS kernel.
+        kernel, kernel_size, kernel_sigma: the W-FDS kernel window (one of ``wfds.KERNELS``, LDS/FDS's).
         kmeans_samples: reservoir size for the epoch-end k-means.
         clamp_targets: put out-of-range targets in the edge bins instead of raising.
         seed: seeds the k-means.
@@ -72,19 +75,15 @@ class IRDALoss(nn.Module):
             raise ValueError(f"num_clusters must be a positive int, got {num_clusters!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        for name, value in (("alpha", alpha), ("beta", beta)):
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
         if not (isotropic == "auto" or (isinstance(isotropic, (int, float)) and 0 <= isotropic <= 1)):
             raise ValueError(f"isotropic must be 'auto' or a number in [0, 1], got {isotropic!r}")
         if ramp_epochs is not None and (not isinstance(ramp_epochs, int) or ramp_epochs < 1):
             raise ValueError(f"ramp_epochs must be None or a positive int, got {ramp_epochs!r}")
-        noise_sigma = bins.width if noise_sigma is None else noise_sigma
-        if not (isinstance(noise_sigma, (int, float)) and noise_sigma > 0):
-            raise ValueError(f"noise_sigma must be positive, got {noise_sigma!r}")
+        noise_sigma = check_positive(bins.width if noise_sigma is None else noise_sigma, "noise_sigma")
         B = bins.num_bins
         self.bins, self.feature_dim, self.num_clusters = bins, feature_dim, num_clusters
-        self.alpha, self.beta, self.mode = float(alpha), float(beta), mode
+        self.alpha, self.beta = check_nonnegative(alpha, "alpha"), check_nonnegative(beta, "beta")
+        self.mode = mode
         self.ramp_epochs, self.isotropic = ramp_epochs, isotropic
         self.kernel, self.kernel_size, self.kernel_sigma = kernel, kernel_size, kernel_sigma
         self.bandwidth = kernel_size // 2
@@ -101,11 +100,7 @@ class IRDALoss(nn.Module):
         self.register_buffer("eta", torch.full((num_clusters, B), 1.0 / num_clusters, dtype=torch.float64))
         # Uniform until fit_prior(): no prior correction.
         self.register_buffer("log_prior", torch.full((B,), -math.log(B), dtype=torch.float64))
-        log_sigma = torch.tensor(math.log(noise_sigma), dtype=torch.float64)
-        if learn_sigma:
-            self.log_sigma = nn.Parameter(log_sigma)
-        else:
-            self.register_buffer("log_sigma", log_sigma)
+        self.noise = NoiseScale(noise_sigma, learn=learn_sigma)
 
     # ----- set-up and epoch-level estimates -------------------------------------------------
     @torch.no_grad()
@@ -137,19 +132,17 @@ class IRDALoss(nn.Module):
             self.reservoir.reset()
         self.epochs_done += 1
 
-    @property
-    def noise_var(self) -> torch.Tensor:
-        return torch.exp(2 * self.log_sigma)
-
     def strength(self):
         """The current ``(alpha, beta)`` after the ramp."""
         ramp = 1.0 if self.ramp_epochs is None else min(1.0, self.epochs_done / self.ramp_epochs)
         return self.alpha * ramp, self.beta * ramp
 
     # ----- the loss --------------------------------------------------------------------------
-    def augmentation(self, head: nn.Linear, mean_gate=None, cov_gate=None, v=None):
+    def augmentation(self, head_weight: torch.Tensor, head_bias: torch.Tensor, mean_gate=None, cov_gate=None,
+                     v=None):
         """Per-bin ``shift_b = w (mu_s - mu)_b``, the smoothed-mean prediction
-        ``w mu_s_b + w0`` and ``q_b = w Sigma_bar_b w`` for the current statistics.
+        ``w mu_s_b + w0`` and ``q_b = w Sigma_bar_b w`` for the current statistics and the
+        head ``w = head_weight [1, D]``, ``w0 = head_bias [1]``.
 
         ``mean_gate``, ``cov_gate`` (``[B]``, scale ``mu_s - mu`` and ``Sigma_s``) and ``v``
         (``[B]``, replaces the computed ``v_b``) let Meta-IRDA learn the augmentation;
@@ -166,13 +159,13 @@ class IRDALoss(nn.Module):
                 v = torch.full_like(lam, float(self.isotropic))
         else:
             lam, _ = isotropic_adjustment(cov_s, valid=has_data)
-        w = head.weight.reshape(-1).to(stats.mean.dtype)
+        w = head_weight.reshape(-1).to(stats.mean.dtype)
         delta = mean_s - stats.mean
         shift = delta @ w
         if mean_gate is not None:
             shift = mean_gate * shift
             mean_s = stats.mean + mean_gate[:, None] * delta
-        smoothed_pred = mean_s @ w + head.bias.reshape(()).to(w.dtype)
+        smoothed_pred = mean_s @ w + head_bias.reshape(()).to(w.dtype)
         q = adjusted_quadratic(w, cov_s, lam, v)
         if cov_gate is not None:
             q = cov_gate * q
@@ -203,16 +196,52 @@ class IRDALoss(nn.Module):
             raise ValueError(f"targets must have {features.shape[0]} entries (one per feature row), "
                              f"got shape {tuple(targets.shape)}")
         bin_index = self.bins.index(targets, clamp=self.clamp_targets).to(features.device)
-        pred = head(features).reshape(-1)
+        pred = head(features).reshape(-1)  # once per step: the loss and the confusion both read it
         if update:
-            z = features.detach()
-            self.stats.update(z, bin_index)
-            self.confusion_counter.add(bin_index, self.bins.index(pred.detach(), clamp=True).to(bin_index.device))
-            if self.reservoir is not None:
-                self.reservoir.add(z, bin_index)
+            with torch.no_grad():
+                z = features.detach()
+                self.stats.update(z, bin_index)
+                self.confusion_counter.add(bin_index, self.bins.index(pred.detach(), clamp=True).to(bin_index.device))
+                if self.reservoir is not None:
+                    self.reservoir.add(z, bin_index)
+        return self.head_loss(features, targets, head.weight, head.bias, reduction=reduction, weight=weight,
+                              bin_index=bin_index, pred=pred, **gates)
 
+    def head_loss(self, features: torch.Tensor, targets: torch.Tensor, head_weight: torch.Tensor,
+                  head_bias: torch.Tensor, reduction: str = "mean", weight: Optional[torch.Tensor] = None,
+                  lookahead: bool = False, bin_index: Optional[torch.Tensor] = None,
+                  pred: Optional[torch.Tensor] = None, **gates) -> torch.Tensor:
+        """The IRDA loss of the linear head ``g(z) = head_weight z + head_bias`` on a batch,
+        with the current statistics; nothing is recorded (``forward`` records, then calls this).
+
+        The surrogate (SPEC 6) of the predictions ``g(z_i)``, with the per-sample mean shift
+        ``w (mu_s - mu)_{b_i}`` (mode ``"exact"``) or the residual ``|g(mu_s_{b_i}) - y_i|`` of
+        the smoothed mean (mode ``"paper"``, eq. 20), the variance ``q_{b_i} = w Sigma_bar w``
+        and the current strength, multiplied by ``2 sigma^2`` (detached) so that its gradient
+        has the scale of MSE's (Balanced MSE's scaling).
+
+        Args:
+            features: ``[n, D]``. targets: ``[n]``.
+            head_weight, head_bias: ``[1, D]`` and ``[1]``: an ``nn.Linear``'s parameters, or
+                tensors computed from them (Meta-IRDA's virtual head).
+            reduction, weight: as in ``irda_surrogate``.
+            lookahead: for Meta-IRDA's virtual step: the loss is evaluated with the dense
+                ``irda_ext.reference.irda_surrogate`` (pure PyTorch), whose gradient is itself
+                differentiable, which the fused op's backward is not; and ``sigma`` is a
+                constant, as the virtual step moves the head only.
+            bin_index: the targets' bins, if the caller has them already.
+            pred: ``[n]`` the head's predictions of ``features``, if the caller has them
+                already (``forward`` does: the head is applied once per step).
+            gates: ``mean_gate``, ``cov_gate``, ``v`` (see ``augmentation``).
+        """
+        targets = targets.reshape(-1)
+        if bin_index is None:
+            bin_index = self.bins.index(targets.detach(), clamp=self.clamp_targets).to(features.device)
+        if pred is None:
+            pred = nn.functional.linear(features.to(head_weight.dtype), head_weight, head_bias)
+        pred = pred.reshape(-1)
         dtype = pred.dtype if pred.dtype in (torch.float32, torch.float64) else torch.float32
-        shift_b, smoothed_pred, q = self.augmentation(head, **gates)
+        shift_b, smoothed_pred, q = self.augmentation(head_weight, head_bias, **gates)
         y = targets.to(device=pred.device, dtype=dtype)
         if self.mode == "exact":
             shift = shift_b[bin_index]
@@ -220,10 +249,13 @@ class IRDALoss(nn.Module):
             shift = (smoothed_pred[bin_index].to(dtype) - y).abs()
         var = q[bin_index].clamp_min(0)
         alpha, beta = self.strength()
-        noise_var = self.noise_var.to(dtype)
-        loss = irda_surrogate(pred.to(dtype), y, bin_index, self.centers.to(dtype), self.eta.to(dtype),
-                              self.log_prior.to(dtype), shift.to(dtype), var.to(dtype), alpha, beta, noise_var,
-                              mode=self.mode, reduction=reduction, weight=weight)
+        noise_var = self.noise.var.to(dtype)
+        surrogate = irda_surrogate
+        if lookahead:
+            noise_var, surrogate = noise_var.detach(), reference.irda_surrogate
+        loss = surrogate(pred.to(dtype), y, bin_index, self.centers.to(dtype), self.eta.to(dtype),
+                         self.log_prior.to(dtype), shift.to(dtype), var.to(dtype), alpha, beta, noise_var,
+                         mode=self.mode, reduction=reduction, weight=weight)
         # Balanced-MSE's scaling: the gradient in pred then has the scale of MSE's.
         return loss * (2 * noise_var).detach()
 

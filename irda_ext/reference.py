@@ -1,7 +1,11 @@
 """Pure-PyTorch versions of every kernel: the readable truth for tests and benchmarks.
 
 Dense and slow on purpose: each function is the formula of the SPEC written
-directly, with autograd for the gradients. Nothing here is used in training.
+directly, with autograd for the gradients. Training uses two of them, both in
+Meta-IRDA: the look-ahead (``IRDALoss.head_loss(..., lookahead=True)``) evaluates
+:func:`irda_surrogate`, whose gradient is itself differentiable (the fused op's backward
+is not), and the meta-network's per-bin inputs (``irda_ext.meta.meta_net.BinInputs``)
+read :func:`remse_loss`. Everything else trains on the kernels.
 """
 from __future__ import annotations
 
@@ -24,30 +28,36 @@ def bin_moments(z: torch.Tensor, bin_index: torch.Tensor, num_bins: int):
     return count.to(torch.int64), mean, scatter
 
 
-def bin_stats_update(count, mean, cov, z, bin_index, momentum: Optional[float] = None):
-    """SPEC 2: the streaming merge, returning new ``(count, mean, cov)`` (no in-place)."""
-    num_bins = mean.shape[0]
-    n_b, m_b, scatter = bin_moments(z.to(mean.dtype), bin_index, num_bins)
-    m_b, scatter = m_b.to(mean.dtype), scatter.to(mean.dtype)
+def merge_bin_moments(count, mean, cov, batch_count, batch_mean, batch_scatter, momentum: Optional[float] = None):
+    """SPEC 2: the streaming merge of one batch's per-bin moments into ``(count, mean, cov)``,
+    returning new tensors (no in-place). Chan's pooled merge (``momentum=None``, or a bin
+    seen for the first time), else the momentum average of the mean and of the unbiased
+    batch covariance (zero for a single sample); bins without samples are kept."""
     count, mean, cov = count.clone(), mean.clone(), cov.clone()
-    for b in range(num_bins):
-        nb = int(n_b[b])
+    batch_mean, batch_scatter = batch_mean.to(mean.dtype), batch_scatter.to(mean.dtype)
+    for b in range(mean.shape[0]):
+        nb = int(batch_count[b])
         if nb == 0:
             continue
         n_old = int(count[b])
-        batch_cov = scatter[b] / (nb - 1) if nb >= 2 else torch.zeros_like(scatter[b])
         if momentum is None or n_old == 0:
             n = n_old + nb
-            delta = m_b[b] - mean[b]
-            m2 = (cov[b] * (n_old - 1) if n_old >= 2 else torch.zeros_like(cov[b])) + scatter[b] \
+            delta = batch_mean[b] - mean[b]
+            m2 = (cov[b] * (n_old - 1) if n_old >= 2 else torch.zeros_like(cov[b])) + batch_scatter[b] \
                 + torch.outer(delta, delta) * (n_old * nb / n)
             mean[b] = mean[b] + delta * (nb / n)
             cov[b] = m2 / (n - 1) if n >= 2 else torch.zeros_like(m2)
         else:
-            mean[b] = momentum * mean[b] + (1 - momentum) * m_b[b]
+            batch_cov = batch_scatter[b] / (nb - 1) if nb >= 2 else torch.zeros_like(batch_scatter[b])
+            mean[b] = momentum * mean[b] + (1 - momentum) * batch_mean[b]
             cov[b] = momentum * cov[b] + (1 - momentum) * batch_cov
         count[b] += nb
     return count, mean, cov
+
+
+def bin_stats_update(count, mean, cov, z, bin_index, momentum: Optional[float] = None):
+    """SPEC 2: the streaming merge of a batch of features, returning new ``(count, mean, cov)``."""
+    return merge_bin_moments(count, mean, cov, *bin_moments(z.to(mean.dtype), bin_index, mean.shape[0]), momentum)
 
 
 def wfds_smooth(weights: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, bandwidth: Optional[int] = None):

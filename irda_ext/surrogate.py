@@ -6,10 +6,10 @@ from typing import Optional
 import torch
 
 from ._ops import ops
-from ._validate import check_bin_index, check_finite, check_tensor
+from ._validate import (check_bin_index, check_finite, check_nonnegative, check_reduction, check_tensor,
+                        check_weight)
 
 MODES = ("exact", "paper")
-REDUCTIONS = ("none", "mean", "sum")
 
 
 def irda_surrogate(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta, noise_var,
@@ -52,29 +52,22 @@ def irda_surrogate(pred, target, bin_index, centers, eta, log_prior, shift, var,
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    for name, value in (("alpha", alpha), ("beta", beta)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-        if value < 0:
-            raise ValueError(f"{name} must be non-negative, got {value}")
-    check_tensor(pred, "pred", dim=1, floating=True)
+    check_reduction(reduction)
+    alpha, beta = check_nonnegative(alpha, "alpha"), check_nonnegative(beta, "beta")
+    check_tensor(pred, "pred", dim=1)
     if not isinstance(noise_var, torch.Tensor):
         noise_var = torch.tensor(float(noise_var), dtype=pred.dtype, device=pred.device)
     for name, t in (("target", target), ("centers", centers), ("eta", eta), ("log_prior", log_prior)):
-        check_tensor(t, name, floating=True)
+        check_tensor(t, name)
         if t.requires_grad:
             raise ValueError(f"irda_surrogate is not differentiable in {name}; pass it detached")
     check_bin_index(bin_index, pred.shape[0], centers.shape[0] if centers.dim() == 1 else -1, pred.device)
     check_finite(pred, "pred")
     check_finite(var, "var")
-    loss, _ = ops.irda_surrogate(pred, target, bin_index, centers, eta, log_prior, shift, var,
-                                 float(alpha), float(beta), noise_var, mode)
+    loss, _ = ops.irda_surrogate(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta,
+                                 noise_var, mode)
     if weight is not None:
-        check_tensor(weight, "weight", dim=1, floating=True)
-        if weight.shape[0] != loss.shape[0]:
-            raise ValueError(f"weight must have shape [{loss.shape[0]}], got {tuple(weight.shape)}")
+        check_weight(weight, loss)
         loss = loss * weight
     if reduction == "mean":  # an empty batch gives 0, not NaN
         return loss.sum() / max(loss.shape[0], 1)

@@ -1,4 +1,5 @@
-"""W-FDS: confusion-weighted kernel smoothing of per-bin statistics (SPEC 3, paper eq. 5-6)."""
+"""W-FDS: confusion-weighted kernel smoothing of per-bin statistics (SPEC 3, paper eq. 5-6),
+and the kernel window it shares with LDS and FDS (``irda_ext.baselines``)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -8,37 +9,64 @@ import torch
 from ._ops import ops
 from ._validate import check_tensor
 
-KERNELS = ("gaussian", "triangular", "laplace")
+KERNELS = ("gaussian", "triang", "laplace")
+"""The kernel names of LDS/FDS (DIR's ``get_lds_kernel_window``), also those of W-FDS."""
+
+# scipy.ndimage.gaussian_filter1d samples the Gaussian up to truncate * sigma (truncate = 4).
+_GAUSSIAN_TRUNCATE = 4.0
+
+
+def _reflected(i: torch.Tensor, n: int) -> torch.Tensor:
+    """Positions outside ``0 .. n-1`` folded back as scipy.ndimage's ``mode="reflect"``
+    does (``d c b a | a b c d | d c b a``), for any distance."""
+    i = i % (2 * n)
+    return torch.where(i < n, i, 2 * n - 1 - i)
 
 
 def kernel_window(kernel: str = "gaussian", kernel_size: int = 5, sigma: float = 2.0,
                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """The symmetric kernel over bin distance ``-(ks//2) .. ks//2``, peak 1.
+    """The kernel window of LDS and FDS over bin distance ``-(ks//2) .. ks//2``, peak 1.
 
-    gaussian ``exp(-x^2 / (2 sigma^2))``, triangular ``1 - |x| / (ks//2 + 1)``,
-    laplace ``exp(-|x| / sigma)``: the windows of LDS/FDS (Yang et al., 2021). The
-    Gaussian is sampled in closed form (LDS builds it with scipy's
-    ``gaussian_filter1d`` on a delta, whose reflecting boundary changes the
-    outer weights by a few per cent).
+    DIR's ``get_lds_kernel_window`` (Yang et al., "Delving into Deep Imbalanced
+    Regression", ICML 2021, reference code), each window divided by its maximum:
+
+    - ``gaussian``: ``scipy.ndimage.gaussian_filter1d`` of a unit impulse at the centre of
+      ``ks`` bins: the Gaussian sampled at ``|t| <= int(4 sigma + 0.5)``, normalised, with
+      the taps beyond the window folded back by the reflecting boundary (which changes the
+      outer weights by a few per cent from ``exp(-x^2 / (2 sigma^2))``);
+    - ``triang``: ``scipy.signal.windows.triang(ks)``, for odd ``ks`` ``1 - |x| / (ks//2 + 1)``;
+    - ``laplace``: ``exp(-|x| / sigma) / (2 sigma)``, i.e. ``exp(-|x| / sigma)``.
+
+    Computed here in closed form (tested against the scipy calls), so the core needs no scipy.
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
-    if not (isinstance(sigma, (int, float)) and sigma > 0):
+    if isinstance(sigma, bool) or not (isinstance(sigma, (int, float)) and sigma > 0):
         raise ValueError(f"sigma must be a positive number, got {sigma!r}")
     half = kernel_size // 2
-    x = torch.arange(-half, half + 1, dtype=dtype)
+    x = torch.arange(-half, half + 1, dtype=torch.float64)
     if kernel == "gaussian":
-        return torch.exp(-(x**2) / (2.0 * sigma**2))
-    if kernel == "triangular":
-        return 1.0 - x.abs() / (half + 1)
-    return torch.exp(-x.abs() / sigma)
+        radius = int(_GAUSSIAN_TRUNCATE * sigma + 0.5)
+        taps = torch.arange(-radius, radius + 1)
+        weights = torch.exp(-0.5 * taps.to(torch.float64) ** 2 / sigma**2)
+        weights = weights / weights.sum()
+        # output[i] = sum_t weights[t] * impulse[reflect(i + t)]: the taps landing on the centre
+        lands = _reflected(torch.arange(kernel_size)[:, None] + taps[None, :], kernel_size) == half
+        window = (weights[None, :] * lands).sum(1)
+    elif kernel == "triang":
+        window = 1.0 - x.abs() / (half + 1)
+    else:
+        window = torch.exp(-x.abs() / sigma) / (2.0 * sigma)
+    return (window / window.max()).to(dtype)
 
 
 def kernel_matrix(num_bins: int, kernel: str = "gaussian", kernel_size: int = 5, sigma: float = 2.0,
                   dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
-    """``k(b, b')`` as a banded ``[B, B]`` matrix (zero beyond ``kernel_size // 2``)."""
+    """``k(b, b') = window[b' - b + ks//2]`` as a banded ``[B, B]`` matrix (zero beyond ``ks//2``)."""
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
     window = kernel_window(kernel, kernel_size, sigma, dtype)
     half = kernel_size // 2
     b = torch.arange(num_bins)
@@ -46,6 +74,14 @@ def kernel_matrix(num_bins: int, kernel: str = "gaussian", kernel_size: int = 5,
     inside = dist.abs() <= half
     k = torch.where(inside, window[(dist + half).clamp(0, kernel_size - 1)], torch.zeros((), dtype=dtype))
     return k.to(device)
+
+
+def kernel_smoothing_matrix(num_bins: int, kernel: str = "gaussian", kernel_size: int = 5, sigma: float = 2.0,
+                            dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """FDS's smoothing weights: :func:`kernel_matrix` with every row normalised to sum 1
+    (truncated at the first and last bins). W-FDS falls back to these rows (SPEC 3)."""
+    k = kernel_matrix(num_bins, kernel, kernel_size, sigma, dtype, device)
+    return k / k.sum(1, keepdim=True)
 
 
 def wfds_weights(confusion: torch.Tensor, kernel: str = "gaussian", kernel_size: int = 5,
@@ -60,16 +96,17 @@ def wfds_weights(confusion: torch.Tensor, kernel: str = "gaussian", kernel_size:
         ``S [B, B]`` in the dtype and on the device of ``confusion``, banded with
         bandwidth ``kernel_size // 2``.
     """
-    check_tensor(confusion, "confusion", dim=2, floating=True)
+    check_tensor(confusion, "confusion", dim=2)
     if confusion.shape[0] != confusion.shape[1]:
         raise ValueError(f"confusion must be square [B, B], got {tuple(confusion.shape)}")
     if not torch.compiler.is_compiling() and bool((confusion < 0).any() | ~torch.isfinite(confusion).all()):
         raise ValueError("confusion must be finite and non-negative")
-    k = kernel_matrix(confusion.shape[0], kernel, kernel_size, sigma, confusion.dtype, confusion.device)
-    s = confusion * k
+    # Each row of eps * k is renormalised, so k's rows may be scaled first: FDS's normalised
+    # rows serve as the kernel and as the fallback of a row without mass.
+    fds = kernel_smoothing_matrix(confusion.shape[0], kernel, kernel_size, sigma, confusion.dtype, confusion.device)
+    s = confusion * fds
     mass = s.sum(1, keepdim=True)
-    fallback = k / k.sum(1, keepdim=True)
-    return torch.where(mass > 0, s / mass.clamp_min(torch.finfo(s.dtype).tiny), fallback)
+    return torch.where(mass > 0, s / mass.clamp_min(torch.finfo(s.dtype).tiny), fds)
 
 
 def restrict_to_bins(weights: torch.Tensor, has_data: torch.Tensor) -> torch.Tensor:
@@ -103,9 +140,9 @@ def wfds_smooth(weights: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor,
 
     Differentiable in all three tensors.
     """
-    check_tensor(weights, "weights", dim=2, floating=True)
-    check_tensor(mean, "mean", dim=2, floating=True)
-    check_tensor(cov, "cov", dim=3, floating=True)
+    check_tensor(weights, "weights", dim=2)
+    check_tensor(mean, "mean", dim=2)
+    check_tensor(cov, "cov", dim=3)
     if bandwidth is None:
         bandwidth = bandwidth_of(weights)
     if isinstance(bandwidth, bool) or not isinstance(bandwidth, int) or bandwidth < 0:

@@ -84,7 +84,7 @@ def test_gmm_fit_and_modules():
     gai = BalancedMSELoss("gai", init_noise_sigma=0.7, gmm=(means, variances, weights))
     assert gai(pred, target).item() == pytest.approx(gai_loss(pred, target, 0.49, means, variances, weights).item(), abs=1e-5)
     gai(pred, target).backward()
-    assert gai.noise_sigma.grad is not None
+    assert gai.noise.log_sigma.grad is not None
     bni = BalancedMSELoss("bni", learn_sigma=False, bin_centers=torch.arange(3.0), bin_weights=torch.ones(3) / 3)
     assert list(bni.parameters()) == []
     assert bni(pred, target).item() == pytest.approx(
@@ -93,7 +93,7 @@ def test_gmm_fit_and_modules():
 
 def test_bmc_learns_noise_towards_the_residual_scale():
     # With fixed predictions, maximising the balanced likelihood moves sigma; check that
-    # a gradient step on sigma changes the loss in the predicted direction.
+    # a gradient step on log sigma changes the loss in the predicted direction.
     crit = BalancedMSELoss("bmc", init_noise_sigma=1.0)
     g = torch.Generator().manual_seed(1)
     target = torch.randn(64, generator=g)
@@ -101,9 +101,9 @@ def test_bmc_learns_noise_towards_the_residual_scale():
     loss = crit(pred, target)
     loss.backward()
     with torch.no_grad():
-        before = loss.item() / (2 * crit.noise_var.item())
-        crit.noise_sigma -= 1e-3 * crit.noise_sigma.grad.sign()
-        after = (crit(pred, target) / (2 * crit.noise_var)).item()
+        before = loss.item() / (2 * crit.noise.var.item())
+        crit.noise.log_sigma -= 1e-3 * crit.noise.log_sigma.grad.sign()
+        after = (crit(pred, target) / (2 * crit.noise.var)).item()
     assert after < before
 
 

@@ -4,18 +4,9 @@ import math
 import pytest
 import torch
 
-from irda_ext.baselines.fds import FDS, kernel_smoothing_matrix
-from irda_ext.baselines.lds import lds_kernel_window
+from irda_ext.baselines.fds import FDS
+from irda_ext.wfds import kernel_window
 from irda_ext.binning import Bins
-
-
-def test_kernel_matrix_rows():
-    S = kernel_smoothing_matrix(7)
-    k = lds_kernel_window("gaussian", 5, 2.0)
-    assert torch.allclose(S.sum(1), torch.ones(7, dtype=torch.float64))
-    assert S[0, 3:].abs().sum() == 0 and S[6, :4].abs().sum() == 0
-    assert S[3, 1:6].tolist() == pytest.approx((k / k.sum()).tolist())
-    assert S[0, :3].tolist() == pytest.approx((k[2:] / k[2:].sum()).tolist())
 
 
 def test_running_statistics_and_momentum():
@@ -43,7 +34,7 @@ def test_smoothing_ignores_unseen_bins_and_calibration_formula():
     f.update(torch.tensor([[1.0], [3.0], [10.0], [14.0]]), torch.tensor([0, 0, 2, 2]))
     f.end_epoch(0)
     # bin 1 unseen; bins 0 and 2 are 2 apart, inside the kernel of size 5
-    k = lds_kernel_window("gaussian", 5, 2.0)  # offsets -2..2
+    k = kernel_window("gaussian", 5, 2.0).numpy()  # offsets -2..2
     w_self, w_2 = k[2], k[4]
     mean0 = (w_self * 2.0 + w_2 * 12.0) / (w_self + w_2)
     var0 = (w_self * 2.0 + w_2 * 8.0) / (w_self + w_2)

@@ -99,7 +99,7 @@ def test_risda_module_confusion_and_tail_split():
     z = torch.randn(8, 2, requires_grad=True)
     loss = crit(z, head(z).squeeze(-1), y, head)
     loss.backward()
-    assert torch.isfinite(loss) and z.grad is not None and crit.noise_sigma.grad is not None
+    assert torch.isfinite(loss) and z.grad is not None and crit.noise.log_sigma.grad is not None
     crit.end_epoch()
     assert torch.allclose(crit.epsilon.sum(1), torch.ones(4))
 

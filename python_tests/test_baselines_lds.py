@@ -1,34 +1,11 @@
 """LDS weights: the smoothed inverse square-root histogram, computed by hand."""
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from irda_ext.baselines.lds import lds_bin_weights, lds_kernel_window, lds_weights
+from irda_ext.baselines.lds import lds_bin_weights, lds_weights
 from irda_ext.binning import Bins
-
-
-def _reflect(i, n):
-    i = i % (2 * n)
-    return i if i < n else 2 * n - 1 - i
-
-
-def test_gaussian_window_is_the_reference_gaussian_filter_of_a_delta():
-    # scipy.ndimage.gaussian_filter1d(delta, sigma=2): sampled Gaussian of radius
-    # int(4*sigma + 0.5) = 8, normalised, with 'reflect' boundary; written out by hand.
-    sigma, n = 2.0, 5
-    taps = {t: math.exp(-t * t / (2 * sigma * sigma)) for t in range(-8, 9)}
-    total = sum(taps.values())
-    delta = [0, 0, 1, 0, 0]
-    out = [sum(w / total * delta[_reflect(j - t, n)] for t, w in taps.items()) for j in range(n)]
-    expected = np.array(out) / max(out)
-    assert np.allclose(lds_kernel_window("gaussian", 5, 2.0), expected, atol=1e-12)
-
-
-def test_other_windows():
-    assert np.allclose(lds_kernel_window("triang", 5), [1 / 3, 2 / 3, 1, 2 / 3, 1 / 3])
-    assert np.allclose(lds_kernel_window("laplace", 5, 2.0), [math.exp(-1), math.exp(-0.5), 1, math.exp(-0.5), math.exp(-1)])
 
 
 def test_weights_on_a_known_histogram():

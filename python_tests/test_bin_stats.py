@@ -63,6 +63,77 @@ def test_bin_stats_streaming_matches_reference(device, momentum, n, D, B):
         torch.testing.assert_close(stats.cov, cov, rtol=1e-12, atol=1e-12)
 
 
+def _running_stats(B, D, device, seed=7):
+    """Statistics after a few merges (some bins empty, some with one sample)."""
+    stats = irda_ext.BinStats(B, D, momentum=None, dtype=torch.float64, device=device)
+    z, b = features(max(B // 2, 1), D, B, device, seed=seed, offset=1.0)
+    stats.update(z, b)
+    return stats.count.clone(), stats.mean.clone(), stats.cov.clone()
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("momentum", [None, 0.9, 0.0])
+@pytest.mark.parametrize("n,D,B", [(1, 1, 1), (33, 5, 6), (97, 9, 97), (40, 97, 3), (0, 4, 3)])
+def test_merge_bin_moments_matches_reference(device, momentum, n, D, B):
+    """The merge of given batch moments (the distributed path) against the reference,
+    from running statistics with bins seen before, bins seen first and bins absent."""
+    count, mean, cov = _running_stats(B, D, device)
+    z, b = features(n, D, B, device, seed=11, offset=-2.0)
+    batch = ref.bin_moments(z, b, B)
+    want = ref.merge_bin_moments(count, mean, cov, *batch, momentum)
+    torch.ops.irda_ext.merge_bin_moments_(count, mean, cov, *batch, momentum)
+    for got, w in zip((count, mean, cov), want):
+        torch.testing.assert_close(got, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("momentum", [None, 0.5])
+def test_fused_update_is_moments_then_merge(device, momentum):
+    """bin_stats_update_ on features equals bin_moments followed by merge_bin_moments_."""
+    B, D = 6, 5
+    fused = irda_ext.BinStats(B, D, momentum=momentum, dtype=torch.float64, device=device)
+    count, mean, cov = fused.count.clone(), fused.mean.clone(), fused.cov.clone()
+    for step, n in enumerate((5, 1, 17, 9)):
+        z, b = features(n, D, B, device, seed=step, offset=step)
+        fused.update(z, b)
+        torch.ops.irda_ext.merge_bin_moments_(count, mean, cov, *irda_ext.bin_moments(z, b, B), momentum)
+        assert torch.equal(count, fused.count)
+        torch.testing.assert_close(mean, fused.mean, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(cov, fused.cov, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_merge_bin_moments_touches_only_bins_in_the_batch(device):
+    count, mean, cov = _running_stats(4, 3, device)
+    cov[3] = float("nan")  # an absent bin must never be read
+    mean[3] = 7.0
+    count[3] = 5
+    z, b = features(10, 3, 4, device, bins=[0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    torch.ops.irda_ext.merge_bin_moments_(count, mean, cov, *irda_ext.bin_moments(z, b, 4), 0.9)
+    assert torch.isnan(cov[3]).all() and mean[3].eq(7.0).all() and count[3] == 5
+    assert torch.isfinite(cov[:3]).all()
+
+
+@pytest.mark.parametrize("device", devices())
+def test_merge_bin_moments_bad_input(device):
+    count, mean, cov = _running_stats(4, 3, device)
+    batch_count, batch_mean, batch_scatter = irda_ext.bin_moments(*features(8, 3, 4, device), 4)
+    merge = torch.ops.irda_ext.merge_bin_moments_
+    with pytest.raises(ValueError, match=r"batch_mean must have shape \[4, 3\]"):
+        merge(count, mean, cov, batch_count, batch_mean[:, :2], batch_scatter, None)
+    with pytest.raises(ValueError, match=r"batch_scatter must have shape \[4, 3, 3\]"):
+        merge(count, mean, cov, batch_count, batch_mean, batch_scatter[:3], None)
+    with pytest.raises(TypeError, match="batch_count must be int64"):
+        merge(count, mean, cov, batch_count.int(), batch_mean, batch_scatter, None)
+    with pytest.raises(TypeError, match="dtype of mean"):
+        merge(count, mean, cov, batch_count, batch_mean.float(), batch_scatter, None)
+    with pytest.raises(ValueError, match="momentum"):
+        merge(count, mean, cov, batch_count, batch_mean, batch_scatter, 1.0)
+    if device == "cpu":  # a value check: inline on the CPU only
+        with pytest.raises(ValueError, match="negative"):
+            merge(count, mean, cov, -batch_count, batch_mean, batch_scatter, None)
+
+
 @pytest.mark.parametrize("device", devices())
 def test_cumulative_equals_pooled_statistics(device):
     """Chan's merge over batches gives the statistics of all the data at once."""
@@ -167,3 +238,6 @@ def test_opcheck_bin_ops():
             stats.update(z, b)
             torch.library.opcheck(torch.ops.irda_ext.bin_stats_update_.default,
                                   (stats.count.clone(), stats.mean.clone(), stats.cov.clone(), z, b, momentum))
+            torch.library.opcheck(torch.ops.irda_ext.merge_bin_moments_.default,
+                                  (stats.count.clone(), stats.mean.clone(), stats.cov.clone(),
+                                   *irda_ext.bin_moments(z, b, 4), momentum))

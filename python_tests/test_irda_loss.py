@@ -43,7 +43,7 @@ def test_training_loop_learns_and_updates_estimates(mode, K):
     torch.testing.assert_close(crit.confusion.sum(1), torch.ones(20, dtype=torch.float64))
     assert not torch.equal(crit.confusion, torch.eye(20, dtype=torch.float64))
     torch.testing.assert_close(crit.eta.sum(0), torch.ones(20, dtype=torch.float64))
-    assert crit.log_sigma.grad is not None
+    assert crit.noise.log_sigma.grad is not None
     # the running statistics are those of the features seen (momentum 0.9, per bin)
     assert crit.stats.count.sum() == 4 * len(y)
 
@@ -72,7 +72,7 @@ def test_loss_equals_functional_composition():
     shift = ((mean_s - stats.mean) @ w)[b]
     var = ((1 - v) * torch.einsum("d,bde,e->b", w, cov_s, w) + v * lam * (w @ w))[b]
     want = ref.irda_surrogate(head(z2).reshape(-1), y, b, crit.centers, crit.eta, crit.log_prior, shift, var,
-                              0.5, 0.75, crit.noise_var) * 2 * 1.5**2
+                              0.5, 0.75, crit.noise.var) * 2 * 1.5**2
     torch.testing.assert_close(loss, want)
 
 
@@ -92,7 +92,7 @@ def test_state_dict_round_trip_restores_everything():
         if isinstance(t, torch.Tensor):
             assert torch.equal(other.state_dict()[name], t), name
     assert other.epochs_done == 2 and other.strength() == crit.strength()
-    for key in ("stats.cov", "confusion", "eta", "log_prior", "log_sigma", "smoothing"):
+    for key in ("stats.cov", "confusion", "eta", "log_prior", "noise.log_sigma", "smoothing"):
         assert key in crit.state_dict()
     z = torch.randn(40, 3)
     torch.testing.assert_close(other(z, y, head), crit(z, y, head))

@@ -151,7 +151,7 @@ def test_irda_noise_sigma_is_converted_to_model_units():
         cls = get_method("irda")
         method = cls(options_from_args(cls, args), RunContext(label_scale=16.0))  # the driver's scale
         method.setup(torch.nn.Identity(), head, 4, bins, targets, "cpu")
-        assert method.criterion.log_sigma.exp().item() == pytest.approx(expected)
+        assert method.criterion.noise.sigma.item() == pytest.approx(expected)
         assert [g["lr"] for g in method.param_groups()] == [1e-2]
 
 

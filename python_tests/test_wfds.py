@@ -1,23 +1,71 @@
 """W-FDS weights and the banded smoothing kernel (SPEC 3)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from testing import devices
 
 import irda_ext
 from irda_ext import reference as ref
-from irda_ext.wfds import kernel_window, restrict_to_bins
+from irda_ext.wfds import KERNELS, kernel_smoothing_matrix, kernel_window, restrict_to_bins
 
 
-def test_kernel_windows_closed_forms():
-    g = kernel_window("gaussian", 5, 2.0)
-    torch.testing.assert_close(g, torch.tensor([math.exp(-4 / 8), math.exp(-1 / 8), 1, math.exp(-1 / 8),
-                                                math.exp(-4 / 8)], dtype=torch.float64))
-    torch.testing.assert_close(kernel_window("triangular", 5), torch.tensor([1 / 3, 2 / 3, 1, 2 / 3, 1 / 3],
-                                                                             dtype=torch.float64))
+def _dir_lds_kernel_window(kernel, ks, sigma):
+    """DIR's ``get_lds_kernel_window`` (Yang et al. 2021, reference code), as written there."""
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.signal.windows import triang
+
+    half_ks = (ks - 1) // 2
+    if kernel == "gaussian":
+        base_kernel = [0.0] * half_ks + [1.0] + [0.0] * half_ks
+        return gaussian_filter1d(base_kernel, sigma=sigma) / max(gaussian_filter1d(base_kernel, sigma=sigma))
+    if kernel == "triang":
+        return triang(ks)
+    laplace = lambda x: np.exp(-abs(x) / sigma) / (2.0 * sigma)  # noqa: E731
+    return np.array(list(map(laplace, np.arange(-half_ks, half_ks + 1)))) / max(
+        map(laplace, np.arange(-half_ks, half_ks + 1)))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("ks,sigma", [(1, 1.0), (3, 0.5), (5, 2.0), (7, 1.0), (9, 3.0), (5, 0.2), (11, 1.5)])
+def test_kernel_window_is_dirs(kernel, ks, sigma):
+    want = torch.as_tensor(np.asarray(_dir_lds_kernel_window(kernel, ks, sigma), dtype=np.float64))
+    torch.testing.assert_close(kernel_window(kernel, ks, sigma), want, rtol=1e-13, atol=1e-15)
+
+
+def _reflect(i, n):
+    i = i % (2 * n)
+    return i if i < n else 2 * n - 1 - i
+
+
+def test_gaussian_window_is_the_gaussian_filter_of_a_delta_by_hand():
+    # scipy.ndimage.gaussian_filter1d(delta, sigma=2): sampled Gaussian of radius
+    # int(4*sigma + 0.5) = 8, normalised, with 'reflect' boundary; written out by hand.
+    sigma, n = 2.0, 5
+    taps = {t: math.exp(-t * t / (2 * sigma * sigma)) for t in range(-8, 9)}
+    total = sum(taps.values())
+    delta = [0, 0, 1, 0, 0]
+    out = [sum(w / total * delta[_reflect(j - t, n)] for t, w in taps.items()) for j in range(n)]
+    expected = torch.tensor(out, dtype=torch.float64) / max(out)
+    torch.testing.assert_close(kernel_window("gaussian", 5, 2.0), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_other_windows_closed_forms():
+    torch.testing.assert_close(kernel_window("triang", 5), torch.tensor([1 / 3, 2 / 3, 1, 2 / 3, 1 / 3],
+                                                                         dtype=torch.float64))
     torch.testing.assert_close(kernel_window("laplace", 3, 2.0),
                                torch.tensor([math.exp(-0.5), 1, math.exp(-0.5)], dtype=torch.float64))
+    assert kernel_window("laplace", 5, 2.0, dtype=torch.float32).dtype == torch.float32
+
+
+def test_kernel_smoothing_matrix_rows():
+    S = kernel_smoothing_matrix(7)
+    k = kernel_window("gaussian", 5, 2.0)
+    torch.testing.assert_close(S.sum(1), torch.ones(7, dtype=torch.float64))
+    assert S[0, 3:].abs().sum() == 0 and S[6, :4].abs().sum() == 0
+    torch.testing.assert_close(S[3, 1:6], k / k.sum())
+    torch.testing.assert_close(S[0, :3], k[2:] / k[2:].sum())
 
 
 def test_identity_confusion_gives_identity_weights():
@@ -28,8 +76,9 @@ def test_weights_rows_sum_to_one_and_follow_the_formula():
     eps = torch.rand(9, 9, dtype=torch.float64)
     S = irda_ext.wfds_weights(eps, "gaussian", 5, 2.0)
     torch.testing.assert_close(S.sum(1), torch.ones(9, dtype=torch.float64))
-    # row 4 by hand: eps[4, b'] exp(-(b'-4)^2 / 8) over |b'-4| <= 2, normalised
-    raw = torch.tensor([eps[4, j] * math.exp(-((j - 4) ** 2) / 8.0) if abs(j - 4) <= 2 else 0.0 for j in range(9)],
+    # row 4 by hand: eps[4, b'] k(b' - 4) over |b'-4| <= 2, normalised
+    k = kernel_window("gaussian", 5, 2.0)
+    raw = torch.tensor([eps[4, j] * k[j - 4 + 2] if abs(j - 4) <= 2 else 0.0 for j in range(9)],
                        dtype=torch.float64)
     torch.testing.assert_close(S[4], raw / raw.sum())
     assert S[0, 3:].eq(0).all() and S[8, :6].eq(0).all()  # banded
@@ -40,9 +89,10 @@ def test_row_without_mass_falls_back_to_fds_kernel():
     eps[3] = 0.0
     eps[3, 6] = 1.0  # predicted far outside the kernel: no mass within the band
     S = irda_ext.wfds_weights(eps, "gaussian", 5, 2.0)
-    k = torch.tensor([math.exp(-((j - 3) ** 2) / 8.0) if abs(j - 3) <= 2 else 0.0 for j in range(7)],
-                     dtype=torch.float64)
-    torch.testing.assert_close(S[3], k / k.sum())
+    k = kernel_window("gaussian", 5, 2.0)
+    fds_row = torch.tensor([k[j - 3 + 2] if abs(j - 3) <= 2 else 0.0 for j in range(7)], dtype=torch.float64)
+    torch.testing.assert_close(S[3], fds_row / fds_row.sum())
+    torch.testing.assert_close(S[3], kernel_smoothing_matrix(7)[3])
 
 
 def test_restrict_to_bins_drops_empty_columns():

@@ -99,10 +99,7 @@ Plan<T> build_plan(const Buckets& bk, const T* z, int64_t D, int64_t* count, T* 
       if (!plain_moments) {  // delta = m_b - mu_old, then the new mean
         for (int64_t d = 0; d < D; ++d) v[d] = static_cast<T>(m[d] - static_cast<double>(mb[d]));
         plan.weights[plan.vec_offset[p + 1] - 1] = static_cast<T>(c.delta_w);
-        for (int64_t d = 0; d < D; ++d) {
-          const double old = c.mean_old == 0.0 ? 0.0 : c.mean_old * static_cast<double>(mb[d]);
-          mb[d] = static_cast<T>(old + c.mean_batch * m[d]);
-        }
+        for (int64_t d = 0; d < D; ++d) mb[d] = static_cast<T>(merged_mean(c, static_cast<double>(mb[d]), m[d]));
         count[b] += nb;
       } else {
         for (int64_t d = 0; d < D; ++d) mb[d] = static_cast<T>(m[d]);
@@ -212,9 +209,7 @@ void bin_stats_update_cpu(at::Tensor& count, at::Tensor& mean, at::Tensor& cov, 
   check_features(z, bin_index, mean.size(1));
   TORCH_CHECK_VALUE(count.is_contiguous() && mean.is_contiguous() && cov.is_contiguous(),
                     "the statistics (count, mean, cov) must be contiguous");
-  if (momentum.has_value()) {
-    TORCH_CHECK_VALUE(*momentum >= 0.0 && *momentum < 1.0, "momentum must be in [0, 1), got ", *momentum);
-  }
+  const double rho = checked_momentum(momentum);
   const int64_t D = mean.size(1), B = mean.size(0);
   if (z.size(0) == 0 || D == 0) return;
   const at::Tensor zc = z.to(mean.scalar_type()).contiguous();
@@ -222,8 +217,8 @@ void bin_stats_update_cpu(at::Tensor& count, at::Tensor& mean, at::Tensor& cov, 
   const Buckets bk = bucket_by_bin(bin_index.contiguous(), B);
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "bin_stats_update_cpu", [&] {
     const Plan<scalar_t> plan =
-        build_plan<scalar_t>(bk, zc.data_ptr<scalar_t>(), D, count.data_ptr<int64_t>(), mean.data_ptr<scalar_t>(),
-                             momentum.has_value() ? *momentum : -1.0, /*plain_moments=*/false);
+        build_plan<scalar_t>(bk, zc.data_ptr<scalar_t>(), D, count.data_ptr<int64_t>(), mean.data_ptr<scalar_t>(), rho,
+                             /*plain_moments=*/false);
     apply_plan(plan, bk, cov.data_ptr<scalar_t>());
   });
 }

@@ -179,11 +179,8 @@ __global__ void __launch_bounds__(kTx* kTy)
         if (c >= D) continue;
         if (kMoments) {
           row[c] = acc[i][j];
-        } else {
-          acc_t v = sample_w * acc[i][j];
-          if (delta_w != acc_t(0)) v += delta_w * (delta_r * delta_c[j]);
-          if (keep != acc_t(0)) v += keep * row[c];  // keep == 0: the old cov is never read
-          row[c] = v;
+        } else {  // keep == 0: the old cov is never read
+          row[c] = merged_cov_entry(keep, sample_w, delta_w, acc[i][j], delta_r, delta_c[j], row[c]);
         }
       }
     }
@@ -201,8 +198,8 @@ __global__ void bin_mean_merge_kernel(const int64_t* __restrict__ offset, const 
     if (nb == 0) continue;
     const MergeCoef coef = merge_coefficients(count[b], nb, momentum);
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-      const double old = coef.mean_old == 0.0 ? 0.0 : coef.mean_old * static_cast<double>(mean[b * D + d]);
-      mean[b * D + d] = static_cast<acc_t>(old + coef.mean_batch * static_cast<double>(bmean[b * D + d]));
+      mean[b * D + d] = static_cast<acc_t>(
+          merged_mean(coef, static_cast<double>(mean[b * D + d]), static_cast<double>(bmean[b * D + d])));
     }
     __syncthreads();
     if (threadIdx.x == 0) count[b] += nb;
@@ -263,9 +260,7 @@ void bin_stats_update_cuda(at::Tensor& count, at::Tensor& mean, at::Tensor& cov,
   check_same_device(z, mean, "z", "mean");
   TORCH_CHECK_VALUE(count.is_contiguous() && mean.is_contiguous() && cov.is_contiguous(),
                     "the statistics (count, mean, cov) must be contiguous");
-  if (momentum.has_value()) {
-    TORCH_CHECK_VALUE(*momentum >= 0.0 && *momentum < 1.0, "momentum must be in [0, 1), got ", *momentum);
-  }
+  const double rho = checked_momentum(momentum);
   const int64_t D = mean.size(1), B = mean.size(0);
   if (z.size(0) == 0 || D == 0) return;
   const c10::cuda::CUDAGuard guard(mean.device());
@@ -277,7 +272,6 @@ void bin_stats_update_cuda(at::Tensor& count, at::Tensor& mean, at::Tensor& cov,
                                                         : z.scalar_type() != at::kDouble;
   const at::Tensor zc = native ? z.contiguous() : z.to(mean.scalar_type()).contiguous();
   const Buckets bk = bucket_by_bin(bin_index.contiguous(), B, stream);
-  const double rho = momentum.has_value() ? *momentum : -1.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, zc.scalar_type(), "bin_stats_update_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
     const scalar_t* zp = zc.data_ptr<scalar_t>();

@@ -201,9 +201,11 @@ struct Prepared {
   int64_t n, K, B;
 };
 
-// The CPU kernel's shape and dtype checks; its value checks (finite own-bin
+// The CPU kernel's shape and dtype checks. Its value checks (finite own-bin
 // prior, var >= 0, positive noise_var) would need a device synchronisation and
-// are left to the Python wrapper.
+// are made for CUDA tensors neither here nor in the Python wrapper, which reads
+// only the bin index range and whether pred and var are finite: such input is
+// not rejected on CUDA.
 Prepared prepare(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& bin_index,
                  const at::Tensor& centers, const at::Tensor& eta, const at::Tensor& log_prior,
                  const at::Tensor& shift, const at::Tensor& var, const at::Tensor& noise_var, c10::string_view mode) {

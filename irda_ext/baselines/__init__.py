@@ -13,13 +13,16 @@ SMOTER, SMOGN                 :mod:`irda_ext.baselines.smoter`                da
 SupCR / Rank-N-Contrast       :mod:`irda_ext.baselines.rnc`                   contrastive loss
 ============================  ==============================================  ======================
 
-The training-loop adapters (``irda-train --method ...``) live in
-:mod:`irda_ext.methods.baselines`.
+Their kernel window over bins (LDS, FDS) is W-FDS's: :func:`irda_ext.wfds.kernel_window`
+(names :data:`irda_ext.wfds.KERNELS`) and :func:`irda_ext.wfds.kernel_smoothing_matrix`.
+
+The training-loop adapters (``irda-train --method ...``) live in the harness,
+:mod:`irda_ext.train.methods`; nothing here imports it.
 """
 from .balanced_mse import BalancedMSELoss, bmc_loss, bni_loss, fit_label_gmm, gai_loss
-from .fds import FDS, kernel_smoothing_matrix
+from .fds import FDS
 from .isda import ISDARLoss, RISDARLoss, isda_r_loss, risda_r_loss, risda_tail_weight
-from .lds import lds_bin_weights, lds_kernel_window, lds_weights
+from .lds import lds_bin_weights, lds_weights
 from .losses import FocalRLoss, focal_r_loss, weighted_l1_loss, weighted_mse_loss
 from .ranksim import RankSim, blackbox_rank, rank_normalised, ranksim_loss
 from .rnc import rnc_loss
@@ -27,9 +30,9 @@ from .smoter import relevance, relevance_control_points, smogn, smoter
 
 __all__ = [
     "BalancedMSELoss", "bmc_loss", "bni_loss", "fit_label_gmm", "gai_loss",
-    "FDS", "kernel_smoothing_matrix",
+    "FDS",
     "ISDARLoss", "RISDARLoss", "isda_r_loss", "risda_r_loss", "risda_tail_weight",
-    "lds_bin_weights", "lds_kernel_window", "lds_weights",
+    "lds_bin_weights", "lds_weights",
     "FocalRLoss", "focal_r_loss", "weighted_l1_loss", "weighted_mse_loss",
     "RankSim", "blackbox_rank", "rank_normalised", "ranksim_loss",
     "rnc_loss",

@@ -9,7 +9,7 @@ learnt::
     loss_i = -log N(y_i; ŷ_i, σ²) + log ∫ N(y'; ŷ_i, σ²) p_train(y') dy'
 
 and each implementation approximates the integral differently (all three multiply the
-loss by ``2σ²`` detached so the gradient keeps the scale of MSE; ``σ`` is a learnable
+loss by ``2σ²`` detached so the gradient keeps the scale of MSE; ``log σ`` is a learnable
 parameter with its own learning rate unless fixed):
 
 - **BMC** (batch-based Monte Carlo): the labels of the batch are samples of
@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_noise_var, check_positive, check_pred_target, check_reduction, check_tensor, reduce
+from .._validate import check_noise_var, check_positive, check_pred_target, check_reduction, check_tensor, reduce
+from ..noise_scale import NoiseScale
 
 NoiseVar = Union[float, torch.Tensor]
 
@@ -90,7 +91,7 @@ def gai_loss(pred: torch.Tensor, target: torch.Tensor, noise_var: NoiseVar, gmm_
     check_reduction(reduction)
     nv = check_noise_var(noise_var, pred)
     for name, t in (("gmm_means", gmm_means), ("gmm_variances", gmm_variances), ("gmm_weights", gmm_weights)):
-        check_tensor(name, t, dim=1)
+        check_tensor(t, name, dim=1)
     if not (gmm_means.shape == gmm_variances.shape == gmm_weights.shape):
         raise ValueError("gmm_means, gmm_variances and gmm_weights must all be [K]")
     if (gmm_variances < 0).any() or (gmm_weights <= 0).any():
@@ -110,8 +111,8 @@ def bni_loss(pred: torch.Tensor, target: torch.Tensor, noise_var: NoiseVar, bin_
     pred, target = _flat(pred, target)
     check_reduction(reduction)
     nv = check_noise_var(noise_var, pred)
-    check_tensor("bin_centers", bin_centers, dim=1)
-    check_tensor("bin_weights", bin_weights, dim=1)
+    check_tensor(bin_centers, "bin_centers", dim=1)
+    check_tensor(bin_weights, "bin_weights", dim=1)
     if bin_centers.shape != bin_weights.shape:
         raise ValueError(f"bin_centers and bin_weights must both be [B], got {tuple(bin_centers.shape)} and {tuple(bin_weights.shape)}")
     if (bin_weights < 0).any() or not (bin_weights > 0).any():
@@ -129,7 +130,7 @@ def fit_label_gmm(targets: torch.Tensor, num_components: int = 8, seed: int = 0)
     ``preprocess_gmm.py`` (K = 8). Returns float32 tensors ``(means, variances, weights)``."""
     from sklearn.mixture import GaussianMixture
 
-    check_tensor("targets", targets)
+    check_tensor(targets, "targets")
     y = targets.detach().reshape(-1).cpu().double().numpy()
     if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
         raise ValueError(f"num_components must be a positive int, got {num_components!r}")
@@ -143,9 +144,10 @@ def fit_label_gmm(targets: torch.Tensor, num_components: int = 8, seed: int = 0)
 
 
 class BalancedMSELoss(nn.Module):
-    """Balanced MSE with a learnable noise scale ``σ`` (``noise_sigma``; ``σ² = noise_sigma²``
-    as the reference code). Put ``loss.noise_sigma`` in its own optimiser group (the
-    reference uses lr 1e-2).
+    """Balanced MSE with a learnable noise scale ``σ``, learned as ``log σ`` (``self.noise``,
+    a :class:`irda_ext.noise_scale.NoiseScale`, as IRDA's; the reference code learns ``σ``
+    itself). Put ``loss.noise.log_sigma`` in its own optimiser group (the reference uses
+    lr 1e-2).
 
     Args:
         method: ``"bmc" | "gai" | "bni"``.
@@ -164,31 +166,23 @@ class BalancedMSELoss(nn.Module):
         super().__init__()
         if method not in self.METHODS:
             raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
-        check_positive("init_noise_sigma", init_noise_sigma)
+        check_positive(init_noise_sigma, "init_noise_sigma")
         check_reduction(reduction)
         self.method, self.reduction, self.allow_single = method, reduction, bool(allow_single)
-        sigma = torch.tensor(float(init_noise_sigma))
-        if learn_sigma:
-            self.noise_sigma = nn.Parameter(sigma)
-        else:
-            self.register_buffer("noise_sigma", sigma)
+        self.noise = NoiseScale(init_noise_sigma, learn=learn_sigma)
         if method == "gai":
             if gmm is None or len(gmm) != 3:
                 raise ValueError("method 'gai' needs gmm=(means, variances, weights)")
             for name, t in zip(("gmm_means", "gmm_variances", "gmm_weights"), gmm):
-                self.register_buffer(name, check_tensor(name, t, dim=1).detach().clone().float())
+                self.register_buffer(name, check_tensor(t, name, dim=1).detach().clone().float())
         if method == "bni":
             if bin_centers is None or bin_weights is None:
                 raise ValueError("method 'bni' needs bin_centers and bin_weights")
-            self.register_buffer("bin_centers", check_tensor("bin_centers", bin_centers, dim=1).detach().clone().float())
-            self.register_buffer("bin_weights", check_tensor("bin_weights", bin_weights, dim=1).detach().clone().float())
-
-    @property
-    def noise_var(self) -> torch.Tensor:
-        return self.noise_sigma ** 2
+            self.register_buffer("bin_centers", check_tensor(bin_centers, "bin_centers", dim=1).detach().clone().float())
+            self.register_buffer("bin_weights", check_tensor(bin_weights, "bin_weights", dim=1).detach().clone().float())
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        nv = self.noise_var
+        nv = self.noise.var
         if self.method == "bmc":
             return bmc_loss(pred, target, nv, self.reduction, self.allow_single)
         if self.method == "gai":

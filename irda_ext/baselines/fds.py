@@ -12,8 +12,9 @@ the LDS kernel window ``k`` and recalibrates every training feature of bin ``b``
     z̃_i  = (z_i - μ_b) * sqrt(clamp(σ̃²_b / σ²_b, 0.1, 10)) + μ̃_b          (training only, epoch ≥ start_smooth)
 
 ``S[b, b'] = k(b' - b)`` for ``|b - b'| ≤ kernel_size // 2``, each row normalised to sum
-1 (SPEC section 3; this is W-FDS with ε = I). Choices, each fixing a known problem of the
-reference code, written down here:
+1 (:func:`irda_ext.wfds.kernel_smoothing_matrix` with LDS's window
+:func:`irda_ext.wfds.kernel_window`; W-FDS falls back to these rows, SPEC section 3).
+Choices, each fixing a known problem of the reference code, written down here:
 
 - The calibration is out of place (the reference code assigns into ``features[mask]``,
   which breaks autograd when the features require grad); gradients flow through ``z_i``.
@@ -34,22 +35,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_positive, check_tensor
-from .lds import lds_kernel_window
-
-
-def kernel_smoothing_matrix(num_bins: int, kernel: str = "gaussian", kernel_size: int = 5,
-                            sigma: float = 2.0) -> torch.Tensor:
-    """``S[B, B]`` with ``S[b, b'] ∝ window[b' - b + half]`` inside the band, rows summing to 1."""
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-        raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
-    window = torch.as_tensor(lds_kernel_window(kernel, kernel_size, sigma), dtype=torch.float64)
-    half = kernel_size // 2
-    idx = torch.arange(num_bins)
-    offset = idx.view(1, -1) - idx.view(-1, 1)  # b' - b
-    inside = offset.abs() <= half
-    S = torch.where(inside, window[(offset + half).clamp(0, kernel_size - 1)], torch.zeros((), dtype=torch.float64))
-    return S / S.sum(dim=1, keepdim=True)
+from .._validate import check_positive, check_tensor
+from ..wfds import kernel_smoothing_matrix
 
 
 class FDS(nn.Module):
@@ -81,8 +68,8 @@ class FDS(nn.Module):
             raise ValueError(f"feature_dim must be a positive int, got {feature_dim!r}")
         if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        check_positive("clip_min", clip_min)
-        check_positive("clip_max", clip_max)
+        check_positive(clip_min, "clip_min")
+        check_positive(clip_max, "clip_max")
         if clip_min > clip_max:
             raise ValueError(f"clip_min ({clip_min}) must not exceed clip_max ({clip_max})")
         if start_smooth < start_update + 1:
@@ -102,7 +89,7 @@ class FDS(nn.Module):
         self.register_buffer("_sumsq", torch.zeros(B, D, dtype=torch.float64))
 
     def _check(self, features, bin_index):
-        check_tensor("features", features, dim=2)
+        check_tensor(features, "features", dim=2)
         if features.shape[1] != self.feature_dim:
             raise ValueError(f"features must be [n, {self.feature_dim}], got {tuple(features.shape)}")
         if not isinstance(bin_index, torch.Tensor):

@@ -28,7 +28,8 @@ loose:
   (``σ²`` the Balanced-MSE noise variance; ``σ² = ½`` is the formula exactly as printed):
   ``ΔZ`` is divided by ``2σ²``, ``wᵀΣw`` (a squared target unit) by ``2σ²`` and
   ``|g(μ̂) - y|`` by ``√(2σ²)``. As in Balanced MSE the loss is multiplied by ``2σ²``
-  detached and ``σ`` can be learnt.
+  detached and ``σ`` can be learnt (as ``log σ``, the :class:`irda_ext.noise_scale.NoiseScale`
+  of IRDA and Balanced MSE).
 - **Training prior.** RISDA-R is described as "changing the CE loss into BMSE", but the
   printed logits leave out BMSE's label prior; on a dense bin grid the bin
   cross-entropy without it is close to plain MSE. The modules (and the driver) add the
@@ -50,7 +51,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from ._checks import check_noise_var, check_nonnegative, check_positive, check_pred_target, check_reduction, check_tensor, check_weight, reduce
+from .._validate import check_noise_var, check_nonnegative, check_positive, check_pred_target, check_reduction, check_tensor, check_weight, reduce
+from ..noise_scale import NoiseScale
 
 NoiseVar = Union[float, torch.Tensor]
 
@@ -67,8 +69,8 @@ def augmented_bmse(pred: torch.Tensor, target: torch.Tensor, bin_index: torch.Te
     check_pred_target(pred, target)
     if pred.dim() != 1:
         raise ValueError(f"pred must be [n], got {tuple(pred.shape)}")
-    check_tensor("centers", centers, dim=1)
-    check_tensor("extra", extra, dim=1)
+    check_tensor(centers, "centers", dim=1)
+    check_tensor(extra, "extra", dim=1)
     if extra.shape != pred.shape:
         raise ValueError(f"extra must be [n] = {tuple(pred.shape)}, got {tuple(extra.shape)}")
     if not isinstance(bin_index, torch.Tensor) or bin_index.dtype != torch.int64 or bin_index.shape != pred.shape:
@@ -83,7 +85,7 @@ def augmented_bmse(pred: torch.Tensor, target: torch.Tensor, bin_index: torch.Te
     u_own = -(target - pred).pow(2) / (2 * nv)  # [n]
     logits = u_other - u_own.unsqueeze(1) + extra.unsqueeze(1)
     if log_prior is not None:
-        check_tensor("log_prior", log_prior, dim=1)
+        check_tensor(log_prior, "log_prior", dim=1)
         if log_prior.shape != centers.shape:
             raise ValueError(f"log_prior must be [B] = {tuple(centers.shape)}, got {tuple(log_prior.shape)}")
         lp = log_prior.to(pred.dtype)
@@ -101,8 +103,8 @@ def isda_r_loss(pred: torch.Tensor, target: torch.Tensor, bin_index: torch.Tenso
                 var: torch.Tensor, beta: float, noise_var: NoiseVar = 0.5, weight: Optional[torch.Tensor] = None,
                 reduction: str = "mean", log_prior: Optional[torch.Tensor] = None) -> torch.Tensor:
     """ISDA-R, eq. 27. ``var`` ``[n]`` is ``wᵀΣ_{b_i}w`` (differentiable in ``w``)."""
-    check_tensor("var", var, dim=1)
-    beta = check_nonnegative("beta", beta)
+    check_tensor(var, "var", dim=1)
+    beta = check_nonnegative(beta, "beta")
     nv = check_noise_var(noise_var, pred)
     return augmented_bmse(pred, target, bin_index, centers, beta * var / (2 * nv), nv, weight, reduction, log_prior)
 
@@ -123,12 +125,12 @@ def risda_r_loss(pred: torch.Tensor, target: torch.Tensor, bin_index: torch.Tens
                  log_prior: Optional[torch.Tensor] = None) -> torch.Tensor:
     """RISDA-R, eq. 28, per sample. ``var`` ``[n]`` = ``wᵀΣ̂_{b_i}w``, ``shift`` ``[n]`` =
     ``|g(μ̂_{b_i}) - y_i|``, ``is_tail`` ``[B]`` bool, ``tail_weight`` ``[B]`` = ``γ_b``."""
-    check_tensor("var", var, dim=1)
-    check_tensor("shift", shift, dim=1)
-    alpha, beta = check_nonnegative("alpha", alpha), check_nonnegative("beta", beta)
+    check_tensor(var, "var", dim=1)
+    check_tensor(shift, "shift", dim=1)
+    alpha, beta = check_nonnegative(alpha, "alpha"), check_nonnegative(beta, "beta")
     if not isinstance(is_tail, torch.Tensor) or is_tail.dtype != torch.bool or is_tail.shape != centers.shape:
         raise TypeError("is_tail must be a bool tensor of shape [B]")
-    check_tensor("tail_weight", tail_weight, dim=1)
+    check_tensor(tail_weight, "tail_weight", dim=1)
     nv = check_noise_var(noise_var, pred)
     tail = is_tail[bin_index]
     extra = alpha * shift.abs() / torch.sqrt(2 * nv) + beta * var / (2 * nv)
@@ -151,7 +153,7 @@ class _AugmentedBMSEBase(nn.Module):
 
         if not hasattr(bins, "num_bins") or not hasattr(bins, "centers"):
             raise TypeError(f"bins must be an irda_ext.Bins, got {type(bins).__name__}")
-        check_positive("noise_sigma", noise_sigma)
+        check_positive(noise_sigma, "noise_sigma")
         self.bins = bins
         self.register_buffer("centers", bins.centers.detach().clone().float())
         self.stats = BinStats(bins.num_bins, int(feature_dim), momentum=None)
@@ -162,15 +164,7 @@ class _AugmentedBMSEBase(nn.Module):
             if counts.shape != (bins.num_bins,) or (counts < 0).any() or counts.sum() <= 0:
                 raise ValueError(f"train_counts must be [{bins.num_bins}] non-negative with a positive total")
             self.register_buffer("log_prior", (counts / counts.sum()).log().float())
-        sigma = torch.tensor(float(noise_sigma))
-        if learn_sigma:
-            self.noise_sigma = nn.Parameter(sigma)
-        else:
-            self.register_buffer("noise_sigma", sigma)
-
-    @property
-    def noise_var(self) -> torch.Tensor:
-        return self.noise_sigma ** 2
+        self.noise = NoiseScale(noise_sigma, learn=learn_sigma)
 
     def _update(self, features: torch.Tensor, bin_index: torch.Tensor) -> None:
         # ISDA updates its estimator with the batch before computing the loss.
@@ -188,7 +182,7 @@ class ISDARLoss(_AugmentedBMSEBase):
     def __init__(self, bins, feature_dim: int, beta: float = 0.5, noise_sigma: float = 1.0, learn_sigma: bool = True,
                  train_counts: Optional[torch.Tensor] = None):
         super().__init__(bins, feature_dim, noise_sigma, learn_sigma, train_counts)
-        self.beta = check_nonnegative("beta", beta)
+        self.beta = check_nonnegative(beta, "beta")
 
     def forward(self, features, pred, target, head, beta: Optional[float] = None) -> torch.Tensor:
         bin_index = self.bins.index(target.detach(), clamp=True).to(target.device)
@@ -196,7 +190,7 @@ class ISDARLoss(_AugmentedBMSEBase):
         uniq, inverse = torch.unique(bin_index, return_inverse=True)
         var = head_quadratic(head, self.stats.cov, uniq)[inverse]
         return isda_r_loss(pred, target, bin_index, self.centers, var, self.beta if beta is None else beta,
-                           self.noise_var, log_prior=self.log_prior)
+                           self.noise.var, log_prior=self.log_prior)
 
 
 class RISDARLoss(_AugmentedBMSEBase):
@@ -217,7 +211,7 @@ class RISDARLoss(_AugmentedBMSEBase):
         counts = torch.as_tensor(train_counts).detach().cpu()
         if counts.shape != (bins.num_bins,):
             raise ValueError(f"train_counts must be [{bins.num_bins}], got {tuple(counts.shape)}")
-        self.alpha, self.beta = check_nonnegative("alpha", alpha), check_nonnegative("beta", beta)
+        self.alpha, self.beta = check_nonnegative(alpha, "alpha"), check_nonnegative(beta, "beta")
         self.register_buffer("train_counts", counts.to(torch.int64))
         self.register_buffer("is_tail", (counts > 0) & (counts <= int(tail_max_count)))
         self.register_buffer("tail_weight", risda_tail_weight(counts, gamma).float())
@@ -245,5 +239,5 @@ class RISDARLoss(_AugmentedBMSEBase):
         var = torch.einsum("d,ude,e->u", w, cov_hat.to(w.dtype), w)[inverse]
         shift = (head(mean_hat.to(w.dtype)).reshape(-1)[inverse] - target).abs()
         return risda_r_loss(pred, target, bin_index, self.centers, var, shift, self.is_tail, self.tail_weight,
-                            self.alpha if alpha is None else alpha, self.beta if beta is None else beta, self.noise_var,
+                            self.alpha if alpha is None else alpha, self.beta if beta is None else beta, self.noise.var,
                             log_prior=self.log_prior)

@@ -12,11 +12,12 @@ inverse::
     h̃_b       = Σ_{b'} k(b - b') h_{b'}                  (1-D convolution, zero padding)
     w_i        = 1 / h̃_{bin(y_i)},  then scaled so that mean_i w_i = 1
 
-with the kernel window ``k`` of size 5 and σ = 2:
+with the kernel window ``k`` of size 5 and σ = 2 (:func:`irda_ext.wfds.kernel_window`, the
+reference code's windows reproduced exactly, shared with FDS and W-FDS):
 ``gaussian``  = a unit impulse filtered by ``scipy.ndimage.gaussian_filter1d(σ)``,
 ``triang``    = ``scipy.signal.windows.triang(ks)``,
 ``laplace``   = ``exp(-|x|/σ)`` on ``x = -ks//2 .. ks//2``,
-each divided by its maximum (the reference code's windows, reproduced exactly).
+each divided by its maximum.
 
 Unlike the reference code, labels need not be integers: the bin of a target comes from
 :class:`irda_ext.Bins`-like binning (``bins.index(y, clamp=True)``) or from an explicit
@@ -28,30 +29,11 @@ from typing import Optional
 
 import numpy as np
 import torch
-from scipy.ndimage import convolve1d, gaussian_filter1d
-from scipy.signal.windows import triang
+from scipy.ndimage import convolve1d
 
-LDS_KERNELS = ("gaussian", "triang", "triangular", "laplace")
+from ..wfds import kernel_window
+
 LDS_REWEIGHTS = ("sqrt_inv", "inverse")
-
-
-def lds_kernel_window(kernel: str = "gaussian", kernel_size: int = 5, sigma: float = 2.0) -> np.ndarray:
-    """The LDS kernel window of the reference code, ``[kernel_size]``, peak 1."""
-    if kernel not in LDS_KERNELS:
-        raise ValueError(f"kernel must be one of {LDS_KERNELS}, got {kernel!r}")
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
-    if not (isinstance(sigma, (int, float)) and sigma > 0):
-        raise ValueError(f"sigma must be a number > 0, got {sigma!r}")
-    half = (kernel_size - 1) // 2
-    if kernel == "gaussian":
-        base = np.array([0.0] * half + [1.0] + [0.0] * half)
-        window = gaussian_filter1d(base, sigma=sigma)
-    elif kernel in ("triang", "triangular"):
-        window = triang(kernel_size)
-    else:
-        window = np.exp(-np.abs(np.arange(-half, half + 1)) / sigma) / (2.0 * sigma)
-    return window / window.max()
 
 
 def lds_bin_weights(counts, reweight: str = "sqrt_inv", kernel: str = "gaussian", kernel_size: int = 5,
@@ -71,7 +53,7 @@ def lds_bin_weights(counts, reweight: str = "sqrt_inv", kernel: str = "gaussian"
     h = counts.numpy()
     h = np.sqrt(h) if reweight == "sqrt_inv" else np.clip(h, 5, 1000)
     if smooth:
-        h = convolve1d(h, weights=lds_kernel_window(kernel, kernel_size, sigma), mode="constant")
+        h = convolve1d(h, weights=kernel_window(kernel, kernel_size, sigma).numpy(), mode="constant")
     h = torch.from_numpy(np.asarray(h, dtype=np.float64))
     return torch.where(h > 0, 1.0 / h.clamp_min(1e-300), torch.zeros_like(h))
 

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._checks import check_nonnegative, check_positive, check_pred_target, check_reduction, check_weight, reduce
+from .._validate import check_nonnegative, check_positive, check_pred_target, check_reduction, check_weight, reduce
 
 FOCAL_ACTIVATIONS = ("sigmoid", "tanh")
 
@@ -71,8 +71,8 @@ def focal_r_loss(pred: torch.Tensor, target: torch.Tensor, weight: Optional[torc
     check_pred_target(pred, target)
     check_weight(weight, pred)
     check_reduction(reduction)
-    beta = check_positive("beta", beta)
-    gamma = check_nonnegative("gamma", gamma)
+    beta = check_positive(beta, "beta")
+    gamma = check_nonnegative(gamma, "gamma")
     if activation not in FOCAL_ACTIVATIONS:
         raise ValueError(f"activation must be one of {FOCAL_ACTIVATIONS}, got {activation!r}")
     err = (pred - target).abs()
@@ -92,8 +92,8 @@ class FocalRLoss(nn.Module):
     def __init__(self, beta: float = 0.2, gamma: float = 1.0, activation: str = "sigmoid",
                  reduction: str = "mean"):
         super().__init__()
-        check_positive("beta", beta)
-        check_nonnegative("gamma", gamma)
+        check_positive(beta, "beta")
+        check_nonnegative(gamma, "gamma")
         check_reduction(reduction)
         if activation not in FOCAL_ACTIVATIONS:
             raise ValueError(f"activation must be one of {FOCAL_ACTIVATIONS}, got {activation!r}")

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_nonnegative, check_positive, check_tensor
+from .._validate import check_nonnegative, check_positive, check_tensor
 
 
 def rank_normalised(seq: torch.Tensor) -> torch.Tensor:
@@ -55,8 +55,8 @@ class TrueRanker(torch.autograd.Function):
 
 def blackbox_rank(sequence: torch.Tensor, lambda_val: float = 2.0) -> torch.Tensor:
     """Differentiable (blackbox) normalised ranks of each row of ``sequence`` ``[r, m]``."""
-    check_tensor("sequence", sequence, dim=2)
-    lambda_val = check_positive("lambda_val", lambda_val)
+    check_tensor(sequence, "sequence", dim=2)
+    lambda_val = check_positive(lambda_val, "lambda_val")
     return TrueRanker.apply(sequence, lambda_val)
 
 
@@ -71,8 +71,8 @@ def ranksim_loss(features: torch.Tensor, targets: torch.Tensor, lambda_val: floa
         generator: for the choice of one sample per repeated target value.
         dedupe: keep one sample per distinct target (reference behaviour).
     """
-    check_tensor("features", features)
-    check_tensor("targets", targets)
+    check_tensor(features, "features")
+    check_tensor(targets, "targets")
     if features.dim() < 2:
         raise ValueError(f"features must be [n, D], got shape {tuple(features.shape)}")
     y = targets.reshape(-1)
@@ -91,7 +91,7 @@ def ranksim_loss(features: torch.Tensor, targets: torch.Tensor, lambda_val: floa
     xn = F.normalize(x, dim=1)
     sim = xn @ xn.t()
     label_ranks = rank_normalised(-(y.unsqueeze(0) - y.unsqueeze(1)).abs())
-    feature_ranks = TrueRanker.apply(sim, check_positive("lambda_val", lambda_val))
+    feature_ranks = TrueRanker.apply(sim, check_positive(lambda_val, "lambda_val"))
     return (feature_ranks - label_ranks).pow(2).mean(dim=1).sum()
 
 
@@ -100,8 +100,8 @@ class RankSim(torch.nn.Module):
 
     def __init__(self, gamma: float = 100.0, lambda_val: float = 2.0):
         super().__init__()
-        self.gamma = check_nonnegative("gamma", gamma)
-        self.lambda_val = check_positive("lambda_val", lambda_val)
+        self.gamma = check_nonnegative(gamma, "gamma")
+        self.lambda_val = check_positive(lambda_val, "lambda_val")
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.gamma * ranksim_loss(features, targets, self.lambda_val)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_positive, check_tensor
+from .._validate import check_positive, check_tensor
 
 
 def rnc_loss(features: torch.Tensor, targets: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
@@ -34,9 +34,9 @@ def rnc_loss(features: torch.Tensor, targets: torch.Tensor, temperature: float =
         the scalar loss. Fewer than 3 feature vectors leave no pair with a negative
         pool to rank and raise ``ValueError``.
     """
-    check_tensor("features", features)
-    check_tensor("targets", targets)
-    tau = check_positive("temperature", temperature)
+    check_tensor(features, "features")
+    check_tensor(targets, "targets")
+    tau = check_positive(temperature, "temperature")
     if features.dim() == 2:
         features = features.unsqueeze(1)
     if features.dim() != 3:

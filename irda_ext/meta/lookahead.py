@@ -10,48 +10,31 @@ gradient, which depends on the gates through the mean shift and the covariance t
 
 Why the dense reference surrogate: the fused ``irda_ext.irda_surrogate`` has a custom
 backward that is not itself differentiable, so ``d/dphi (d/dtheta L)`` cannot pass
-through it. The look-ahead therefore evaluates the loss with
-``irda_ext.reference.irda_surrogate`` (pure PyTorch, twice differentiable). Only the
-linear head takes the virtual step and the batch is capped (``max_samples``), so the
-dense ``[n, K, K, B]`` grid stays small; the real training step still uses the fused op.
+through it. The look-ahead therefore evaluates the loss with ``IRDALoss.head_loss(...,
+lookahead=True)``, the loss ``IRDALoss.forward`` computes, with
+``irda_ext.reference.irda_surrogate`` (pure PyTorch, twice differentiable) in place of
+the fused op. Only the linear head takes the virtual step and the batch is capped
+(``--meta-batch-size``), so the dense ``[n, K, K, B]`` grid stays small; the real training step
+still uses the fused op.
 The statistics, the W-FDS smoothing and ``lambda_b`` are constants of the step (no
 gradient), exactly as in ``IRDALoss``; the gates enter through
 ``IRDALoss.augmentation``, which is plain PyTorch in the head and the gates.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Dict, Tuple
 
 import torch
-
-from irda_ext import reference
 
 
 def lookahead_irda_loss(criterion, features: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
                         bias: torch.Tensor, gates: Dict[str, torch.Tensor]) -> torch.Tensor:
     """``IRDALoss.forward(features, targets, head, update=False, **gates)`` for the head
-    ``(weight [1, D], bias [1])``, twice differentiable in the head and the gates.
+    ``(weight [1, D], bias [1])``, twice differentiable in the head and the gates:
+    ``IRDALoss.head_loss`` with ``lookahead=True``.
 
     ``features`` are treated as constants (detach them): only the head steps."""
-    head = SimpleNamespace(weight=weight, bias=bias)  # augmentation() reads .weight and .bias only
-    targets = targets.reshape(-1)
-    bin_index = criterion.bins.index(targets.detach(), clamp=True).to(features.device)
-    dtype = weight.dtype
-    pred = (features.to(dtype) @ weight.reshape(-1)) + bias.reshape(())
-    shift_b, smoothed_pred, q = criterion.augmentation(head, **gates)
-    y = targets.to(device=pred.device, dtype=dtype)
-    if criterion.mode == "exact":
-        shift = shift_b[bin_index]
-    else:  # eq. 20: the residual of the smoothed mean of the sample's bin
-        shift = (smoothed_pred[bin_index] - y).abs()
-    var = q[bin_index].clamp_min(0)
-    alpha, beta = criterion.strength()
-    noise_var = criterion.noise_var.detach().to(dtype)
-    loss = reference.irda_surrogate(pred, y, bin_index, criterion.centers.to(dtype), criterion.eta.to(dtype),
-                                    criterion.log_prior.to(dtype), shift.to(dtype), var.to(dtype), alpha, beta,
-                                    noise_var, mode=criterion.mode, reduction="mean")
-    return loss * (2 * noise_var)
+    return criterion.head_loss(features, targets, weight, bias, lookahead=True, **gates)
 
 
 def virtual_step(criterion, features: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,

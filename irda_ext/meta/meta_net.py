@@ -113,7 +113,7 @@ class BinInputs:
         dtype = torch.float64
         pred, target = pred.detach().reshape(-1).to(dtype), target.detach().reshape(-1).to(dtype)
         centers, eta = criterion.centers.to(dtype), criterion.eta.to(dtype)
-        log_prior, noise_var = criterion.log_prior.to(dtype), criterion.noise_var.detach().to(dtype)
+        log_prior, noise_var = criterion.log_prior.to(dtype), criterion.noise.var.detach().to(dtype)
         logp = remse_bin_logits(pred, centers, eta, log_prior, noise_var)
         entropy = -(logp.exp() * torch.where(torch.isfinite(logp), logp, torch.zeros_like(logp))).sum(-1)
         loss = remse_loss(pred, target, bin_index, centers, eta, log_prior, noise_var)

@@ -30,7 +30,7 @@ class IRDA(Method):
 
     ``mode`` ``exact`` (the true Jensen bound, SPEC 6.2) or ``paper`` (eq. 22 as printed);
     ``alpha``/``beta`` ramped linearly from 0 over the run's epochs unless ``no_ramp``;
-    ``noise_sigma`` the initial noise scale in label units, learned unless ``fixed_sigma``
+    ``noise_sigma`` the initial noise scale in label units, learned as log sigma unless ``fixed_sigma``
     (:mod:`.noise_scale`); ``irda_momentum`` of the per-bin statistics.
     """
 
