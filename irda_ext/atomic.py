@@ -1,8 +1,11 @@
 """Files written whole or not at all: each helper writes a temporary file in the same
 folder, then renames it over the target (``os.replace`` is atomic on POSIX and Windows),
-so an interrupted run never leaves a truncated checkpoint, result or plot behind."""
+so an interrupted run never leaves a truncated checkpoint, result or plot behind. A write
+that fails (a full disk) removes its temporary file and raises ``OSError`` naming the
+target; the previous version of the file stays in place."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -10,11 +13,23 @@ def _temporary(path: str, suffix: str = "") -> str:
     return f"{path}.tmp{os.getpid()}{suffix}"
 
 
+@contextlib.contextmanager
+def _replacing(path: str, suffix: str = ""):
+    """Yields the temporary name to write; renames it over ``path`` if the write succeeds."""
+    tmp = _temporary(path, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OSError(err.errno, f"cannot write {path} ({err.strerror or err}); its previous version, if any, "
+                                 f"is intact") from None
+
+
 def atomic_write_text(text: str, path: str) -> None:
-    tmp = _temporary(path)
-    with open(tmp, "w") as handle:
+    with _replacing(path) as tmp, open(tmp, "w") as handle:
         handle.write(text)
-    os.replace(tmp, path)
 
 
 def atomic_save_figure(fig, path: str, dpi: int = 120) -> None:
@@ -22,17 +37,16 @@ def atomic_save_figure(fig, path: str, dpi: int = 120) -> None:
     matplotlib reads the format from) and close it."""
     import matplotlib.pyplot as plt
 
-    tmp = _temporary(path, os.path.splitext(path)[1])
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with _replacing(path, os.path.splitext(path)[1]) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
 
 
 def atomic_write_bytes(data: bytes, path: str) -> None:
-    tmp = _temporary(path)
-    with open(tmp, "wb") as handle:
+    with _replacing(path) as tmp, open(tmp, "wb") as handle:
         handle.write(data)
-    os.replace(tmp, path)
 
 
 def is_temporary(name: str) -> bool:

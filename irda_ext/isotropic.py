@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._validate import check_tensor
+from ._validate import check_finite, check_tensor
 
 
 def isotropic_adjustment(cov: torch.Tensor, valid: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -17,8 +17,22 @@ def isotropic_adjustment(cov: torch.Tensor, valid: Optional[torch.Tensor] = None
     every raw value is zero. Constants of the step: computed without gradient.
 
     Shape: cov ``[B, D, D]``, valid ``[B]`` bool. Returns ``lam [B]``, ``v [B]``.
+
+    Raises:
+        ValueError: ``cov`` is not ``[B, D, D]`` or holds NaN or infinite values (statistics
+            of a diverged model), or ``valid`` is not ``[B]``.
     """
     check_tensor(cov, "cov", dim=3)
+    if cov.shape[1] != cov.shape[2]:
+        raise ValueError(f"cov must hold a square [D, D] matrix per bin, got shape {tuple(cov.shape)}")
+    if valid is not None:
+        check_tensor(valid, "valid", dim=1, floating=False)
+        if valid.shape[0] != cov.shape[0] or valid.dtype != torch.bool:
+            raise ValueError(f"valid must be a bool tensor of shape [{cov.shape[0]}], got {valid.dtype} "
+                             f"{tuple(valid.shape)}")
+    if cov.shape[0] == 0 or cov.shape[1] == 0:
+        empty = cov.new_zeros(cov.shape[0])
+        return empty, empty.clone()
     with torch.no_grad():
         diag = torch.diagonal(cov, dim1=-2, dim2=-1)
         lam = diag.amax(-1)
@@ -27,6 +41,8 @@ def isotropic_adjustment(cov: torch.Tensor, valid: Optional[torch.Tensor] = None
         # the rest is combined in float64.
         flat = cov.reshape(cov.shape[0], -1)
         total = torch.linalg.vecdot(flat, flat).to(torch.float64)
+        # NaN or inf anywhere in a bin's covariance reaches its sum of squares: an O(B) check
+        _check_finite_per_bin(total)
         d64 = diag.to(torch.float64)
         raw = total - d64.square().sum(-1) + (d64 - lam.to(torch.float64)[:, None]).square().sum(-1)
         raw = raw.clamp_min(0)
@@ -36,6 +52,16 @@ def isotropic_adjustment(cov: torch.Tensor, valid: Optional[torch.Tensor] = None
         top = raw.max() if raw.numel() else raw.new_zeros(())
         v = torch.where(top > 0, raw / top.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(raw))
     return lam, v.to(cov.dtype)
+
+
+def _check_finite_per_bin(total: torch.Tensor) -> None:
+    if total.device.type == "cpu" and not torch.compiler.is_compiling():
+        bad = ~torch.isfinite(total)
+        if bool(bad.any()):
+            raise ValueError(f"cov contains NaN or infinite values (first in bin {int(bad.nonzero()[0])}): the "
+                             f"statistics of a diverged model?")
+    else:
+        check_finite(total, "cov (per-bin sum of squares)")
 
 
 def isotropic_covariance(cov: torch.Tensor, lam: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

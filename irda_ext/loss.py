@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional, Union
 
 import torch
@@ -17,6 +18,22 @@ from .isotropic import adjusted_quadratic, isotropic_adjustment
 from .noise_scale import NoiseScale
 from .surrogate import MODES, irda_surrogate
 from .wfds import kernel_matrix, restrict_to_bins, wfds_smooth, wfds_weights
+
+
+def _check_fits_in_memory(num_bins: int, feature_dim: int, dtype: torch.dtype) -> None:
+    """Refuse, saying how much it would take, a loss whose state exceeds this machine's memory
+    (it would otherwise die in the allocator): a [D, D] covariance per bin and two [B, B]
+    float64 matrices (the confusion and the W-FDS weights)."""
+    need = num_bins * feature_dim * (feature_dim + 1) * torch.empty((), dtype=dtype).element_size()
+    need += 2 * num_bins * num_bins * 8
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise ValueError(f"IRDALoss with {num_bins} bins and {feature_dim} features needs about {need / 2**30:.3g} GiB "
+                         f"for its per-bin statistics ([D, D] per bin) and [B, B] weights, more than this machine's "
+                         f"{have / 2**30:.3g} GiB: use wider bins or fewer features")
 
 
 class IRDALoss(nn.Module):
@@ -91,6 +108,7 @@ class IRDALoss(nn.Module):
         self.epochs_done = 0
         kernel_matrix(1, kernel, kernel_size, kernel_sigma)  # validates the kernel arguments now
 
+        _check_fits_in_memory(B, feature_dim, stats_dtype)
         self.stats = BinStats(B, feature_dim, momentum=momentum, dtype=stats_dtype)
         self.confusion_counter = ConfusionCounter(B)
         self.reservoir = FeatureReservoir(kmeans_samples, feature_dim, dtype=stats_dtype) if num_clusters > 1 else None
@@ -101,6 +119,7 @@ class IRDALoss(nn.Module):
         # Uniform until fit_prior(): no prior correction.
         self.register_buffer("log_prior", torch.full((B,), -math.log(B), dtype=torch.float64))
         self.noise = NoiseScale(noise_sigma, learn=learn_sigma)
+        self._restricted = None  # (smoothing version, has_data, weights): see restricted_smoothing
 
     # ----- set-up and epoch-level estimates -------------------------------------------------
     @torch.no_grad()
@@ -138,6 +157,24 @@ class IRDALoss(nn.Module):
         return self.alpha * ramp, self.beta * ramp
 
     # ----- the loss --------------------------------------------------------------------------
+    def restricted_smoothing(self, has_data: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The W-FDS weights restricted to the bins with data (``restrict_to_bins``), in ``dtype``.
+
+        They change only at an epoch end and when a bin gets its first sample, but they are a
+        dense ``[B, B]`` matrix: rebuilding them every step cost 280 ms of a 300 ms step at
+        B = 3000. On the CPU they are kept until the smoothing or the set of bins with data
+        changes (comparing ``B`` flags is free there); on a GPU, where the comparison would be
+        a host synchronisation and the rebuild is cheap, and while ``torch.compile`` traces,
+        they are rebuilt."""
+        if has_data.device.type != "cpu" or torch.compiler.is_compiling():
+            return restrict_to_bins(self.smoothing, has_data, self.bandwidth, dtype)
+        cached = self._restricted
+        version = (self.smoothing._version, self.smoothing.data_ptr(), dtype)
+        if cached is None or cached[0] != version or not torch.equal(cached[1], has_data):
+            cached = (version, has_data.clone(), restrict_to_bins(self.smoothing, has_data, self.bandwidth, dtype))
+            self._restricted = cached
+        return cached[2]
+
     def augmentation(self, head_weight: torch.Tensor, head_bias: torch.Tensor, mean_gate=None, cov_gate=None,
                      v=None):
         """Per-bin ``shift_b = w (mu_s - mu)_b``, the smoothed-mean prediction
@@ -149,7 +186,7 @@ class IRDALoss(nn.Module):
         all three are differentiable."""
         stats = self.stats
         has_data = stats.count > 0
-        weights = restrict_to_bins(self.smoothing, has_data).to(stats.mean.dtype)
+        weights = self.restricted_smoothing(has_data, stats.mean.dtype)
         mean_s, cov_s = wfds_smooth(weights, stats.mean, stats.cov, self.bandwidth)
         if v is None:
             if self.isotropic == "auto":
@@ -260,6 +297,20 @@ class IRDALoss(nn.Module):
         return loss * (2 * noise_var).detach()
 
     # ----- checkpointing ---------------------------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The statistics are per bin: a state saved with other bins (another range or width of
+        # the same count) would load without complaint and mean something else.
+        saved = state_dict.get(prefix + "centers")
+        if isinstance(saved, torch.Tensor):
+            ours = self.centers
+            if saved.shape != ours.shape or not torch.allclose(saved.to(ours), ours, rtol=1e-9, atol=1e-12):
+                def span(c):
+                    return (f"{c.numel()} bins centred at {float(c[0]):g}..{float(c[-1]):g}" if c.numel()
+                            else "no bins")
+                raise ValueError(f"IRDALoss.load_state_dict: the state was saved with {span(saved)}, this loss has "
+                                 f"{self.bins} ({span(ours)}); build the loss with the bins it was trained with")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def get_extra_state(self):
         return {"epochs_done": self.epochs_done}
 

@@ -109,17 +109,38 @@ def wfds_weights(confusion: torch.Tensor, kernel: str = "gaussian", kernel_size:
     return torch.where(mass > 0, s / mass.clamp_min(torch.finfo(s.dtype).tiny), fds)
 
 
-def restrict_to_bins(weights: torch.Tensor, has_data: torch.Tensor) -> torch.Tensor:
+def restrict_to_bins(weights: torch.Tensor, has_data: torch.Tensor, bandwidth: Optional[int] = None,
+                     dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Drops the columns of bins without data and renormalises the rows.
 
     A bin with no statistics has a zero mean and covariance, which would drag its
     neighbours' smoothed statistics towards zero. A row left without mass keeps
     only its own bin (its statistics are then whatever that bin has).
+
+    With ``bandwidth`` (the half-width of the band of ``weights``; entries outside it are
+    taken as zero) the work is ``O(B * bandwidth)`` on the band's diagonals instead of
+    ``O(B^2)`` on the dense matrix, which matters for thousands of bins; ``dtype`` is the
+    result's (default: that of ``weights``), written directly without a dense copy.
     """
-    s = weights * has_data.to(weights.dtype)[None, :]
-    mass = s.sum(1, keepdim=True)
-    eye = torch.eye(weights.shape[0], dtype=weights.dtype, device=weights.device)
-    return torch.where(mass > 0, s / mass.clamp_min(torch.finfo(s.dtype).tiny), eye)
+    mask = has_data.to(weights.dtype)
+    if bandwidth is None:
+        s = weights * mask[None, :]
+        mass = s.sum(1, keepdim=True)
+        eye = torch.eye(weights.shape[0], dtype=weights.dtype, device=weights.device)
+        return torch.where(mass > 0, s / mass.clamp_min(torch.finfo(s.dtype).tiny), eye).to(dtype or weights.dtype)
+    B = weights.shape[0]
+    offsets = range(-min(bandwidth, B - 1), min(bandwidth, B - 1) + 1)
+    # diagonal k holds weights[b, b + k]: rows max(0, -k).., columns max(0, k)..
+    diagonals = {k: torch.diagonal(weights, k) * mask[max(0, k):B + min(0, k)] for k in offsets}
+    mass = torch.zeros(B, dtype=weights.dtype, device=weights.device)
+    for k, d in diagonals.items():
+        mass[max(0, -k):B - max(0, k)] += d
+    scale = torch.where(mass > 0, 1 / mass.clamp_min(torch.finfo(weights.dtype).tiny), torch.zeros_like(mass))
+    out = torch.zeros_like(weights, dtype=dtype or weights.dtype)
+    for k, d in diagonals.items():
+        torch.diagonal(out, k).copy_(d * scale[max(0, -k):B - max(0, k)])
+    torch.diagonal(out).add_((mass <= 0).to(out.dtype))  # rows without mass: their own bin
+    return out
 
 
 def bandwidth_of(weights: torch.Tensor) -> int:

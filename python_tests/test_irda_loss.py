@@ -142,3 +142,43 @@ def test_bad_input():
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         crit(bad, torch.rand(3), head)
+
+
+def test_state_of_other_bins_is_refused():
+    """Same bin count, other range: the centres used to be silently replaced by the saved ones."""
+    import pytest
+
+    from irda_ext import Bins, IRDALoss
+
+    saved = IRDALoss(Bins(0, 30, 1), 4, 2).state_dict()
+    with pytest.raises(ValueError, match=r"saved with 30 bins centred at 0.5..29.5, this loss has "
+                                         r"Bins\(low=100.0, high=130.0"):
+        IRDALoss(Bins(100, 130, 1), 4, 2).load_state_dict(saved)
+    with pytest.raises(ValueError, match="saved with 30 bins"):
+        IRDALoss(Bins(0, 29, 1), 4, 2).load_state_dict(saved)
+    IRDALoss(Bins(0, 30, 1), 4, 2).load_state_dict(saved)  # the same bins load
+
+
+def test_a_loss_that_cannot_fit_is_refused_with_its_memory():
+    import pytest
+
+    from irda_ext import Bins, IRDALoss
+
+    with pytest.raises(ValueError, match=r"IRDALoss with 100000 bins and 2048 features needs about 1.71e\+03 GiB"):
+        IRDALoss(Bins(0, 100000, 1), 2048, 3)
+
+
+def test_nan_predictions_are_named_not_an_index_error():
+    """A head with a NaN bias (a diverged run, a corrupt checkpoint) used to surface as
+    'IndexError: index out of range in self'."""
+    import pytest
+
+    from irda_ext import Bins, IRDALoss
+
+    criterion = IRDALoss(Bins(0, 10, 1), 4, 1)
+    criterion.fit_prior(torch.arange(10.0) + 0.5)
+    head = torch.nn.Linear(4, 1)
+    with torch.no_grad():
+        head.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"NaN target\(s\).*diverged model"):
+        criterion(torch.randn(6, 4), torch.rand(6) * 10, head)

@@ -34,3 +34,23 @@ def test_isotropic_matrix_gets_zero_and_quadratic_form():
 def test_all_zero_covariances_give_zero_v():
     lam, v = irda_ext.isotropic_adjustment(torch.zeros(3, 2, 2))
     assert lam.eq(0).all() and v.eq(0).all()
+
+
+def test_bad_covariances_are_refused():
+    import pytest
+
+    good = torch.eye(3, dtype=torch.float64).repeat(4, 1, 1)
+    for bad_value in (float("nan"), float("inf")):
+        cov = good.clone()
+        cov[2, 0, 1] = bad_value
+        with pytest.raises(ValueError, match="cov contains NaN or infinite values \\(first in bin 2\\)"):
+            irda_ext.isotropic_adjustment(cov)
+    with pytest.raises(ValueError, match=r"square \[D, D\] matrix per bin, got shape \(3, 4, 5\)"):
+        irda_ext.isotropic_adjustment(torch.zeros(3, 4, 5))
+    with pytest.raises(ValueError, match=r"valid must be a bool tensor of shape \[4\]"):
+        irda_ext.isotropic_adjustment(good, torch.ones(3, dtype=torch.bool))
+
+
+def test_no_bins_gives_empty_results():
+    lam, v = irda_ext.isotropic_adjustment(torch.zeros(0, 4, 4))
+    assert lam.shape == v.shape == (0,)

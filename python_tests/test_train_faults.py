@@ -186,3 +186,17 @@ def test_resume_accepts_the_options_that_may_change(tmp_path):
     done = irda_train("--out", str(tmp_path / "r"), "--epochs", "3", "--resume", "--workers", "0", "--threads", "1",
                       "--no-progress", "--batch-size", "512", "--no-plot")
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_full_disk_names_the_file_and_keeps_nothing_half_written(tmp_path):
+    out = tmp_path / "tiny"
+    out.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(out)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI and the development machines run as root)")
+    try:
+        line = error_line(irda_train("--out", str(out), "--epochs", "1", "--method", "vanilla", *FAST))
+        assert "No space left on device" in line and f"cannot write {out}/" in line
+        assert not [p.name for p in out.iterdir() if ".tmp" in p.name]  # no temporary left behind
+    finally:
+        subprocess.run(["umount", str(out)])

@@ -154,3 +154,35 @@ def test_bad_input():
         irda_ext.wfds_smooth(torch.eye(3, dtype=torch.float64), torch.zeros(3, 2), torch.zeros(3, 2, 2), 1)
     with pytest.raises(ValueError, match="bandwidth"):
         irda_ext.wfds_smooth(torch.eye(3), torch.zeros(3, 2), torch.zeros(3, 2, 2), -1)
+
+
+def test_banded_restriction_equals_the_dense_one():
+    """restrict_to_bins on the band's diagonals (O(B * bandwidth), what IRDALoss uses per step)
+    gives the dense computation's weights, in the dtype asked for."""
+    from irda_ext.wfds import restrict_to_bins, wfds_weights
+
+    for B, ks in ((1, 5), (2, 5), (7, 5), (40, 7), (97, 3)):
+        g = torch.Generator().manual_seed(B)
+        S = wfds_weights(torch.rand(B, B, generator=g, dtype=torch.float64), "gaussian", ks, 2.0)
+        for share in (0.0, 0.3, 1.0):
+            has_data = torch.rand(B, generator=g) < share
+            dense = restrict_to_bins(S, has_data)
+            torch.testing.assert_close(restrict_to_bins(S, has_data, ks // 2), dense, rtol=0, atol=1e-15)
+            banded32 = restrict_to_bins(S, has_data, ks // 2, torch.float32)
+            assert banded32.dtype == torch.float32
+            torch.testing.assert_close(banded32, dense.float())
+
+
+def test_irda_loss_caches_the_restricted_weights_until_they_change():
+    from irda_ext import Bins, IRDALoss
+
+    criterion = IRDALoss(Bins(0, 10, 1), 3, 1)
+    has = torch.zeros(10, dtype=torch.bool)
+    has[:4] = True
+    first = criterion.restricted_smoothing(has, torch.float32)
+    assert criterion.restricted_smoothing(has.clone(), torch.float32) is first
+    has[7] = True  # a bin got its first sample
+    second = criterion.restricted_smoothing(has, torch.float32)
+    assert second is not first and second[7, 7] > 0
+    criterion.smoothing.mul_(1.0)  # the epoch end rewrites the W-FDS weights in place
+    assert criterion.restricted_smoothing(has, torch.float32) is not second

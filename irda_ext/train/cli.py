@@ -111,6 +111,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         run(args)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, TypeError, FloatingPointError) as err:
         parser.exit(2, f"irda-train: error: {err}\n")
+    except OSError as err:  # a missing file, a full disk: the message names the file
+        parser.exit(2, f"irda-train: error: {err.strerror if err.strerror and not err.filename else err}\n")
     return 0

@@ -1,0 +1,30 @@
+"""What a benchmark figure was measured on: the CPU model, its vector extensions, the
+thread count. The same kernel measured 8.8x on one machine and 1.3x on another, so every
+figure in bench/results/ carries this line."""
+import os
+import platform
+
+import torch
+
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile")
+
+
+def cpu_description() -> dict:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {"cpu": model, "vector_extensions": [f for f in VECTOR_FLAGS if f in flags], "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def describe(env: dict) -> str:
+    return (f"{env['cpu']} ({', '.join(env['vector_extensions']) or 'no vector extensions listed'}), "
+            f"{env['cpus']} CPUs, {env['torch_threads']} torch thread(s), torch {env['torch']}")
