@@ -108,4 +108,22 @@ def test_ranksim_weight_is_given_in_label_units():
         method = cls(cls.Options(ranksim_gamma=100.0, ranksim_lambda=2.0), RunContext(label_scale=scale))
         method.setup(torch.nn.Identity(), torch.nn.Linear(3, 1), 3, Bins(0.0, 1.0, 0.1),
                      torch.rand(20), torch.device("cpu"))
-        assert method.regulariser.gamma == pytest.approx(100.0 / scale ** 2)
+        assert method.regulariser.gamma == pytest.approx(100.0 / scale)  # against L1, which scales as the labels
+
+
+@pytest.mark.parametrize("name", ["vanilla", "fds", "smoter", "lds", "lds+fds", "smogn+lds+fds"])
+def test_dir_methods_train_on_l1_and_their_mse_variants_on_mse(name):
+    """DIR's train.py trains on L1 by default (the paper's DIR rows); ``<name>-mse`` is MSE."""
+    import torch.nn.functional as F
+
+    x, y = _data()
+    features, head = torch.randn(32, 8), torch.nn.Linear(8, 1)
+    targets = y[:32]
+    for method_name, base in ((name, F.l1_loss), (f"{name}-mse", F.mse_loss)):
+        method = _method(method_name)
+        method.setup(torch.nn.Identity(), head, 8, Bins(0.0, 10.0, 1.0), y, torch.device("cpu"))
+        pred = head(features).squeeze(-1)
+        weight = None if getattr(method, "bin_weights", None) is None else \
+            method.bin_weights[Bins(0.0, 10.0, 1.0).index(targets, clamp=True)]
+        expected = base(pred, targets) if weight is None else (base(pred, targets, reduction="none") * weight).mean()
+        torch.testing.assert_close(method.loss(features, targets, head), expected)

@@ -38,7 +38,9 @@ def test_face_loader_reads_the_dir_layout(tmp_path, name, csv_name):
     write_image_csv(str(tmp_path), csv_name, "age", face_rows(), ["age", "path", "split"])
     data = load_dataset(name, data_dir=str(tmp_path), image_size=32)
     assert (len(data.train), len(data.val), len(data.test)) == (12, 2, 3)
-    assert data.bins.width == 1.0 and data.bins.low == 0.0 and data.bins.num_bins == 71
+    # integer ages: one bin per year from 0, centred on the ages (SPEC 1)
+    assert data.bins.width == 1.0 and data.bins.low == -0.5 and data.bins.num_bins == 71
+    assert data.bins.centers[61] == 61.0
     assert (data.many, data.few) == (100, 20)
     image, age = data.test[1]
     assert image.shape == (3, 32, 32) and age.item() == 61.0

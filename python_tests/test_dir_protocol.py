@@ -68,3 +68,13 @@ def test_scaled_shot_thresholds():
 def test_cap_must_be_an_int():
     with pytest.raises(ValueError, match="cap"):
         balanced_split([1.0, 2.0, 3.0], Bins(0, 4, 1), cap=-1)
+
+
+def test_integer_ages_get_bins_centred_on_them():
+    from irda_ext.dir_protocol import unit_bins_from_zero
+
+    bins = unit_bins_from_zero([0, 3, 41, 101])
+    assert bins.num_bins == 102 and bins.centers[41] == 41.0  # a label equals its bin's centre
+    assert bins.index(torch.tensor([0.0, 41.0, 101.0])).tolist() == [0, 41, 101]  # bin b holds age b, as DIR
+    fractional = unit_bins_from_zero([0.5, 3.25, 41.7])
+    assert (fractional.low, fractional.num_bins, float(fractional.centers[41])) == (0.0, 42, 41.5)

@@ -29,7 +29,8 @@ MAGIC = b"IRDA-CHECKPOINT\n"
 FORMAT = 2
 # Options that may differ between a checkpoint and the run that resumes it: they change
 # where and how verbosely the run goes on, not what it computes. Every other option must match.
-RESUME_MAY_CHANGE = ("resume", "stop_after", "no_progress", "no_plot", "workers", "threads", "device", "out")
+RESUME_MAY_CHANGE = ("resume", "stop_after", "no_progress", "no_plot", "no_test", "workers", "threads", "device",
+                     "out")
 
 
 @dataclass

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     output = parser.add_argument_group("output")
     output.add_argument("--out", default=None, help="output folder (default runs/<dataset>-<method>-seed<seed>)")
     output.add_argument("--resume", action="store_true",
-                        help="continue from --out/checkpoint.pt, exactly where it stopped; only --stop-after, "
+                        help="continue from --out/checkpoint.pt, exactly where it stopped; only --stop-after, --no-test, "
                              "--no-progress, --no-plot, --workers, --threads, --device and --out may differ from the "
                              "run that wrote it (any other option that differs is refused, naming it)")
     output.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no progress output (by default: progress bars on a terminal; one line per epoch "
                              "when stderr is a file or a pipe, so a log stays readable)")
     output.add_argument("--no-plot", action="store_true", help="skip the per-bin MAE plot")
+    output.add_argument("--no-test", action="store_true",
+                        help="evaluate the best-on-validation model on validation only and never read the test set "
+                             "(hyperparameter searches: every choice is made on validation, bench/tune.py)")
 
     methods = parser.add_argument_group("method options (each applies to the methods that use it)")
     add_method_arguments(methods, dict.fromkeys(METHODS.values()))  # each class once, in registration order

@@ -291,7 +291,6 @@ def evaluate_and_report(r: Run, progress: Progress) -> dict:
     shots = dict(bins=data.bins, many=data.many, few=data.few, with_delta1=data.kind == "depth")
     epoch = best["epoch"] - 1
     val_pred, val_target = predict(r.model, r.head, r.method, r.val_loader, epoch, data.kind, r.device, r.standard)
-    test_pred, test_target = predict(r.model, r.head, r.method, r.test_loader, epoch, data.kind, r.device, r.standard)
     shift, scale = r.standard
     results = {
         "config": r.config,
@@ -308,9 +307,15 @@ def evaluate_and_report(r: Run, progress: Progress) -> dict:
                    "eval_seconds": time.perf_counter() - started, "device": str(r.device),
                    "torch_threads": torch.get_num_threads()},
         "val": shot_metrics(val_pred, val_target, data.train_targets, **shots),
-        "test": shot_metrics(test_pred, test_target, data.train_targets, **shots),
         "history": progress.history,
     }
+    if args.no_test:  # a search run: the test set is not read
+        atomic_write_text(json.dumps(json_safe(results), indent=2) + "\n", os.path.join(r.out, RESULTS))
+        print(f"validation MAE {results['val']['all']['mae']:.4f} (best epoch {best['epoch']}; --no-test: the test "
+              f"set was not read); results in {r.out}/", file=sys.stderr)
+        return results
+    test_pred, test_target = predict(r.model, r.head, r.method, r.test_loader, epoch, data.kind, r.device, r.standard)
+    results["test"] = shot_metrics(test_pred, test_target, data.train_targets, **shots)
     atomic_write_text(json.dumps(json_safe(results), indent=2) + "\n", os.path.join(r.out, RESULTS))
     title = (f"{data.name} test set ({results['test']['all']['count']} samples; shots: many > {data.many}, "
              f"few < {data.few}; best epoch {best['epoch']}/{args.epochs})" + (f"\n[{data.note}]" if data.note else ""))

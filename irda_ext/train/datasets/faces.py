@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from ...binning import Bins
+from ...dir_protocol import unit_bins_from_zero
 from .images import split_image_csv
 from .splits import DatasetSplits, parse_float, read_csv_rows
 
@@ -29,7 +29,7 @@ def load_face_csv(data_dir: str, csv_name: str, name: str, image_size: int = 224
     ages = np.array([parse_float(r["age"], path, "age", i) for i, r in enumerate(rows)])
     if (ages < 0).any():
         raise ValueError(f"{path}: ages must be non-negative, got {ages.min()}")
-    bins = Bins(0.0, float(np.floor(ages.max())) + 1.0, 1.0)
+    bins = unit_bins_from_zero(ages)
     train, val, test, train_ages = split_image_csv(data_dir, path, rows, ages, layout, image_size)
     return DatasetSplits(
         name=name, kind="image", train=train, val=val, test=test, train_targets=train_ages, bins=bins,

@@ -22,8 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ...binning import Bins
-from ...dir_protocol import balanced_holdout, scaled_shot_thresholds
+from ...dir_protocol import balanced_holdout, scaled_shot_thresholds, unit_bins_from_zero
 from .splits import DatasetSplits, parse_float, read_csv_rows, require_file, split_indices
 
 LAYOUT = ("tuab.csv in --data-dir with the header 'recording,age,split' (split: train, test, optionally val) and "
@@ -82,7 +81,7 @@ def load_tuab(data_dir: str, seed: int = 0, cap: int = 15, many: Optional[int] =
     for needed in ("train", "test"):
         if needed not in splits:
             raise ValueError(f"{path}: no rows with split {needed!r}. Expected layout: {LAYOUT}")
-    bins = Bins(0.0, float(np.floor(ages.max())) + 1.0, 1.0)
+    bins = unit_bins_from_zero(ages)
     train_rec = splits["train"]
     if "val" in splits:
         val_rec = splits["val"]

@@ -1,19 +1,24 @@
 """The baselines of DIR (Yang et al., ICML 2021) and their combinations as ``--method``
-values: a base loss (MSE or Focal-R), optionally weighted by LDS, optionally behind the FDS
-calibration layer, optionally on a SMOTER/SMOGN-resampled tabular training set. The
-formulas and their sources are in :mod:`irda_ext.baselines` (``losses``, ``lds``, ``fds``,
-``smoter``); this module only wires them into the driver's hooks.
+values: a base loss, optionally weighted by LDS, optionally behind the FDS calibration
+layer, optionally on a SMOTER/SMOGN-resampled tabular training set. The formulas and their
+sources are in :mod:`irda_ext.baselines` (``losses``, ``lds``, ``fds``, ``smoter``); this
+module only wires them into the driver's hooks.
+
+The base loss is DIR's default, L1 (``train.py``: ``--loss l1``, ``weighted_l1_loss`` in
+``loss.py``), from which the paper's VANILLA, LDS, FDS and combination rows come; each method
+has its MSE variant under the explicit name ``<method>-mse``.
 
 ==================  =========================================================
 method              what runs
 ==================  =========================================================
-focal-r             Focal-R loss (beta 0.2, gamma 1)
-lds                 MSE weighted by LDS (gaussian, ks 5, sigma 2, sqrt-inverse)
-fds                 FDS calibration layer (momentum 0.9, clamp [0.1, 10]) + MSE
+focal-r             Focal-R loss (beta 0.2, gamma 1), L1-based by definition
+lds                 L1 weighted by LDS (gaussian, ks 5, sigma 2, sqrt-inverse)
+fds                 FDS calibration layer (momentum 0.9, clamp [0.1, 10]) + L1
 lds+fds             both
 focal-r+lds+fds     Focal-R weighted by LDS, with FDS
-smoter / smogn      the tabular training set resampled once, then MSE
+smoter / smogn      the tabular training set resampled once, then L1
 smogn+lds+fds       SMOGN resampling, LDS weights of the resampled targets, FDS
+<method>-mse        the same with MSE as the base loss
 ==================  =========================================================
 """
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Optional
 
 from irda_ext.baselines.fds import FDS
 from irda_ext.baselines.lds import lds_bin_weights
-from irda_ext.baselines.losses import focal_r_loss, weighted_mse_loss
+from irda_ext.baselines.losses import focal_r_loss, weighted_l1_loss, weighted_mse_loss
 from irda_ext.baselines.smoter import smogn, smoter
 from irda_ext.wfds import KERNELS
 
@@ -52,6 +57,7 @@ class _Composite(Method):
 
     Options = DIRFamilyOptions
     resample: Optional[str] = None  # None | "smoter" | "smogn"
+    base_loss = staticmethod(weighted_l1_loss)  # DIR's default; the -mse variants: weighted_mse_loss
     focal: bool = False
     use_lds: bool = False
     use_fds: bool = False
@@ -98,7 +104,7 @@ class _Composite(Method):
             weight = weight.to(pred.dtype)
         if self.focal:
             return focal_r_loss(pred, targets, weight, beta=self.focal_beta, gamma=self.options.focal_gamma)
-        return weighted_mse_loss(pred, targets, weight)
+        return self.base_loss(pred, targets, weight)
 
     def end_epoch(self, epoch, num_epochs):
         if self.fds is not None:
@@ -122,13 +128,13 @@ class FocalR(_Composite):
 
 @register_method("lds")
 class LDS(_Composite):
-    """MSE re-weighted by label distribution smoothing (Yang et al., ICML 2021)."""
+    """L1 re-weighted by label distribution smoothing (Yang et al., ICML 2021)."""
     use_lds = True
 
 
 @register_method("fds")
 class FDSMethod(_Composite):
-    """MSE behind the feature distribution smoothing layer (Yang et al., ICML 2021)."""
+    """L1 behind the feature distribution smoothing layer (Yang et al., ICML 2021)."""
     use_fds = True
 
 
@@ -146,14 +152,14 @@ class FocalRLDSFDS(_Composite):
 
 @register_method("smoter")
 class SMOTER(_Composite):
-    """SMOTER resampling of the tabular training set (Torgo et al., 2013), then MSE."""
+    """SMOTER resampling of the tabular training set (Torgo et al., 2013), then L1."""
     needs_tabular_inputs = True
     resample = "smoter"
 
 
 @register_method("smogn")
 class SMOGN(_Composite):
-    """SMOGN resampling of the tabular training set (Branco et al., 2017), then MSE."""
+    """SMOGN resampling of the tabular training set (Branco et al., 2017), then L1."""
     needs_tabular_inputs = True
     resample = "smogn"
 
@@ -164,3 +170,17 @@ class SMOGNLDSFDS(_Composite):
     needs_tabular_inputs = True
     resample = "smogn"
     use_lds = use_fds = True
+
+
+def _mse_variant(cls):
+    """``cls`` with MSE as the base loss, registered as ``<name>-mse``."""
+    variant = type(f"{cls.__name__}MSE", (cls,), {
+        "base_loss": staticmethod(weighted_mse_loss),
+        "__doc__": f"{cls.__doc__.split(chr(10))[0].replace('L1', 'MSE')} (the MSE variant of ``{cls.name}``)",
+        "__module__": __name__,
+    })
+    return register_method(f"{cls.name}-mse")(variant)
+
+
+for _cls in (LDS, FDSMethod, LDSFDS, SMOTER, SMOGN, SMOGNLDSFDS):
+    globals()[f"{_cls.__name__}MSE"] = _mse_variant(_cls)
