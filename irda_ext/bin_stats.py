@@ -162,7 +162,12 @@ class BinStats(nn.Module):
         self._merge_(self.epoch_count, self.epoch_mean, self.epoch_cov, z, bin_index, None)
         added = self.epoch_count - before  # the global batch's counts (every rank's, when synced)
         # A bin with no finished epoch (nothing merged before this epoch) reads the epoch so far.
-        self._blend_((added > 0) & (self.count == before), 0.0)
+        first = (added > 0) & (self.count == before)
+        # After the first epoch there is mostly nothing to copy: on the CPU, where asking costs
+        # nothing, the op (a scan of B x D rows) is skipped then; elsewhere asking would wait
+        # for the device (and break a compiled graph).
+        if first.device.type != "cpu" or torch.compiler.is_compiling() or bool(first.any()):
+            self._blend_(first, 0.0)
         self.count.add_(added)
 
     @torch.no_grad()
