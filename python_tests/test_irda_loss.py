@@ -54,7 +54,7 @@ def test_statistics_estimator():
     assert IRDALoss(bins, 3, 1, momentum=None).stats.estimator == "cumulative"  # the spelling before `stats`
     assert IRDALoss(bins, 3, 1, stats="cumulative").stats.momentum is None  # the momentum is ignored
     assert IRDALoss(bins, 3, 1, momentum=0.8, stats="batch").stats.momentum == 0.8
-    assert "stats='batch'" in repr(IRDALoss(bins, 3, 1, stats="batch"))
+    assert "stats='batch'" in IRDALoss(bins, 3, 1, stats="batch").extra_repr()
     with pytest.raises(ValueError, match="stats must be one of"):
         IRDALoss(bins, 3, 1, stats="step")
     with pytest.raises(ValueError, match="needs a momentum"):
