@@ -15,8 +15,10 @@ def stats_batch(n=256, D=512, B=100, seed=0, device="cpu"):
 
 
 def warm_stats(B, D, momentum, device="cpu"):
-    """BinStats that have seen every bin, so the update reads old covariances."""
-    stats = irda_ext.BinStats(B, D, momentum=momentum, device=device)
+    """BinStats that have seen every bin, so the update reads old covariances: the pooled
+    (``momentum=None``) or per-batch estimator, whose update is the fused op alone."""
+    stats = irda_ext.BinStats(B, D, momentum=momentum, stats="cumulative" if momentum is None else "batch",
+                              device=device)
     z = torch.randn(2 * B, D, device=device)
     stats.update(z, torch.arange(2 * B, device=device) % B)
     return stats

@@ -6,8 +6,10 @@ step-level estimate global:
 
 - :func:`synced_bin_stats_update_` merges the union of every rank's batch into
   ``BinStats`` (``BinStats.update`` calls it when a process group with more than one rank
-  is initialised), so ``W`` ranks with ``n`` samples each keep the statistics of one
-  process with ``W * n``. Two equivalent ways, chosen per step by communication volume:
+  is initialised; under ``stats="epoch"`` it merges into the epoch's pooled moments, so the
+  epoch end needs no communication), so ``W`` ranks with ``n`` samples each keep the
+  statistics of one process with ``W * n``. Two equivalent ways, chosen per step by
+  communication volume:
 
   * ``"moments"``: per-bin batch moments all-reduced before the merge
     (:func:`all_reduce_bin_moments_`: counts summed, the global mean from summed per-bin

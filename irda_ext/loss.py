@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import distributed, reference
-from .bin_stats import BinStats
+from .bin_stats import BinStats, resolve_estimator
 from .binning import Bins
 from .clusters import FeatureReservoir
 from .confusion import ConfusionCounter
@@ -20,11 +20,12 @@ from .surrogate import MODES, irda_surrogate
 from .wfds import kernel_matrix, restrict_to_bins, wfds_smooth, wfds_weights
 
 
-def _check_fits_in_memory(num_bins: int, feature_dim: int, dtype: torch.dtype) -> None:
+def _check_fits_in_memory(num_bins: int, feature_dim: int, dtype: torch.dtype, copies: int = 1) -> None:
     """Refuse, saying how much it would take, a loss whose state exceeds this machine's memory
-    (it would otherwise die in the allocator): a [D, D] covariance per bin and two [B, B]
-    float64 matrices (the confusion and the W-FDS weights)."""
-    need = num_bins * feature_dim * (feature_dim + 1) * torch.empty((), dtype=dtype).element_size()
+    (it would otherwise die in the allocator): ``copies`` [D, D] covariances per bin (2 for
+    the per-epoch statistics: the running ones and the epoch's) and two [B, B] float64
+    matrices (the confusion and the W-FDS weights)."""
+    need = copies * num_bins * feature_dim * (feature_dim + 1) * torch.empty((), dtype=dtype).element_size()
     need += 2 * num_bins * num_bins * 8
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -32,20 +33,21 @@ def _check_fits_in_memory(num_bins: int, feature_dim: int, dtype: torch.dtype) -
         return
     if need > have:
         raise ValueError(f"IRDALoss with {num_bins} bins and {feature_dim} features needs about {need / 2**30:.3g} GiB "
-                         f"for its per-bin statistics ([D, D] per bin) and [B, B] weights, more than this machine's "
-                         f"{have / 2**30:.3g} GiB: use wider bins or fewer features")
+                         f"for its per-bin statistics ({copies} x [D, D] per bin) and [B, B] weights, more than this "
+                         f"machine's {have / 2**30:.3g} GiB: use wider bins or fewer features")
 
 
 class IRDALoss(nn.Module):
     """Implicit data augmentation for deep imbalanced regression.
 
-    Each step: the batch's detached features update per-bin running statistics
-    (momentum, as FDS); the statistics are smoothed across bins with W-FDS
+    Each step: the batch's detached features update per-bin statistics (by default
+    pooled over the epoch and folded into running ones with a momentum at its end, as FDS
+    does); the statistics are smoothed across bins with W-FDS
     weights (kernel x confusion of the previous epoch); the smoothed covariance
     gets the isotropic adjustment; and the loss is the fused surrogate of the
     expected ReMSE under the augmentation ``z ~ N(z + alpha (mu_s - mu), beta Sigma_bar)``,
     multiplied by ``2 sigma^2`` (detached) so its gradient has MSE scale.
-    ``end_epoch()`` re-estimates the confusion matrix from the epoch's
+    ``end_epoch()`` closes the epoch's statistics, re-estimates the confusion matrix from the epoch's
     predictions and the cluster shares ``eta`` by k-means on a reservoir of the
     epoch's features.
 
@@ -55,7 +57,13 @@ class IRDALoss(nn.Module):
         num_clusters: ``K``; 1 reduces to the Balanced-MSE family.
         alpha, beta: strengths of the mean shift and of the covariance.
         mode: ``"exact"`` (the Jensen bound) or ``"paper"`` (eq. 22 as printed).
-        momentum: of the running statistics (``None``: cumulative).
+        momentum: ``rho`` of the running statistics (default 0.9, as FDS).
+        stats: their estimator (SPEC 2, :class:`BinStats`): ``"epoch"`` (the default: the
+            momentum applied once per epoch to the epoch's pooled statistics),
+            ``"batch"`` (at every batch; starves the tail bins, kept to measure it) or
+            ``"cumulative"`` (everything pooled; ignores ``momentum``). ``None``:
+            ``"epoch"``, or ``"cumulative"`` when ``momentum`` is ``None`` (its spelling
+            before this argument existed).
         noise_sigma: initial ``sigma`` in label units (default: one bin width).
         learn_sigma: learn ``log sigma`` (``self.noise``, a :class:`NoiseScale`; give
             ``noise.log_sigma`` its own learning rate, ~1e-2, as Balanced-MSE does);
@@ -80,7 +88,8 @@ class IRDALoss(nn.Module):
     """
 
     def __init__(self, bins: Bins, feature_dim: int, num_clusters: int = 3, alpha: float = 0.5, beta: float = 0.75,
-                 mode: str = "exact", momentum: Optional[float] = 0.9, noise_sigma: Optional[float] = None,
+                 mode: str = "exact", momentum: Optional[float] = 0.9, stats: Optional[str] = None,
+                 noise_sigma: Optional[float] = None,
                  learn_sigma: bool = True, ramp_epochs: Optional[int] = None, isotropic: Union[str, float] = "auto",
                  kernel: str = "gaussian", kernel_size: int = 5, kernel_sigma: float = 2.0,
                  kmeans_samples: int = 20000, clamp_targets: bool = False, seed: int = 0,
@@ -108,8 +117,9 @@ class IRDALoss(nn.Module):
         self.epochs_done = 0
         kernel_matrix(1, kernel, kernel_size, kernel_sigma)  # validates the kernel arguments now
 
-        _check_fits_in_memory(B, feature_dim, stats_dtype)
-        self.stats = BinStats(B, feature_dim, momentum=momentum, dtype=stats_dtype)
+        estimator, momentum = resolve_estimator(stats, momentum, "IRDALoss")
+        _check_fits_in_memory(B, feature_dim, stats_dtype, copies=2 if estimator == "epoch" else 1)
+        self.stats = BinStats(B, feature_dim, momentum=momentum, stats=estimator, dtype=stats_dtype)
         self.confusion_counter = ConfusionCounter(B)
         self.reservoir = FeatureReservoir(kmeans_samples, feature_dim, dtype=stats_dtype) if num_clusters > 1 else None
         self.register_buffer("centers", bins.centers.clone())
@@ -138,7 +148,9 @@ class IRDALoss(nn.Module):
 
     @torch.no_grad()
     def end_epoch(self) -> None:
-        """Re-estimates the confusion (hence the W-FDS weights) and the cluster shares, and advances the ramp."""
+        """Closes the epoch's feature statistics (``BinStats.end_epoch``), re-estimates the confusion
+        (hence the W-FDS weights) and the cluster shares, and advances the ramp."""
+        self.stats.end_epoch()  # the epoch's moments are already every rank's (merged per step)
         distributed.all_reduce_sum_(self.confusion_counter.counts)  # issue 7: every rank's predictions
         self.confusion.copy_(self.confusion_counter.confusion())
         self.confusion_counter.reset()
@@ -319,4 +331,5 @@ class IRDALoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"bins={self.bins}, feature_dim={self.feature_dim}, num_clusters={self.num_clusters}, "
-                f"alpha={self.alpha}, beta={self.beta}, mode={self.mode!r}, ramp_epochs={self.ramp_epochs}")
+                f"alpha={self.alpha}, beta={self.beta}, mode={self.mode!r}, stats={self.stats.estimator!r}, "
+                f"momentum={self.stats.momentum}, ramp_epochs={self.ramp_epochs}")

@@ -29,10 +29,11 @@ def bin_moments(z: torch.Tensor, bin_index: torch.Tensor, num_bins: int):
 
 
 def merge_bin_moments(count, mean, cov, batch_count, batch_mean, batch_scatter, momentum: Optional[float] = None):
-    """SPEC 2: the streaming merge of one batch's per-bin moments into ``(count, mean, cov)``,
-    returning new tensors (no in-place). Chan's pooled merge (``momentum=None``, or a bin
-    seen for the first time), else the momentum average of the mean and of the unbiased
-    batch covariance (zero for a single sample); bins without samples are kept."""
+    """SPEC 2: the streaming merge of one batch's per-bin moments into ``(count, mean, cov)``
+    (``stats="cumulative"``, or ``"batch"`` with a momentum), returning new tensors (no
+    in-place). Chan's pooled merge (``momentum=None``, or a bin seen for the first time),
+    else the momentum average of the mean and of the unbiased batch covariance (zero for a
+    single sample); bins without samples are kept."""
     count, mean, cov = count.clone(), mean.clone(), cov.clone()
     batch_mean, batch_scatter = batch_mean.to(mean.dtype), batch_scatter.to(mean.dtype)
     for b in range(mean.shape[0]):
@@ -58,6 +59,43 @@ def merge_bin_moments(count, mean, cov, batch_count, batch_mean, batch_scatter, 
 def bin_stats_update(count, mean, cov, z, bin_index, momentum: Optional[float] = None):
     """SPEC 2: the streaming merge of a batch of features, returning new ``(count, mean, cov)``."""
     return merge_bin_moments(count, mean, cov, *bin_moments(z.to(mean.dtype), bin_index, mean.shape[0]), momentum)
+
+
+def pooled_statistics(z: torch.Tensor, bin_index: torch.Tensor, num_bins: int):
+    """Per-bin count, mean and unbiased covariance (zero below two samples) of all of ``z``
+    at once: what the streaming merge of its batches must give."""
+    count, mean, scatter = bin_moments(z, bin_index, num_bins)
+    cov = torch.zeros_like(scatter)
+    for b in range(num_bins):
+        if count[b] >= 2:
+            cov[b] = scatter[b] / (int(count[b]) - 1)
+    return count, mean, cov
+
+
+def epoch_statistics(epochs, num_bins: int, momentum: float, dtype: torch.dtype = torch.float64):
+    """SPEC 2, ``stats="epoch"``: the running ``(count, mean, cov)`` after the finished
+    epochs ``[(z, bin_index), ...]`` (each epoch's features ``[N, D]``, all of them, in any
+    order), from scratch.
+
+    Per bin: the mean is the pooled mean of the first epoch that held one of its samples,
+    moved by every later such epoch as ``mu <- rho mu + (1 - rho) mu_epoch``; the covariance
+    likewise from the first epoch that held two (the unbiased pooled covariance; a single
+    sample says nothing about spread), zero before; ``count`` all samples seen."""
+    rho, dim = momentum, epochs[0][0].shape[1]
+    count = torch.zeros(num_bins, dtype=torch.int64)
+    mean = torch.zeros(num_bins, dim, dtype=dtype)
+    cov = torch.zeros(num_bins, dim, dim, dtype=dtype)
+    has_cov = [False] * num_bins
+    for z, bin_index in epochs:
+        n, epoch_mean, epoch_cov = pooled_statistics(z.to(dtype).cpu(), bin_index.cpu(), num_bins)
+        for b in range(num_bins):
+            if n[b] >= 1:
+                mean[b] = epoch_mean[b] if count[b] == 0 else rho * mean[b] + (1 - rho) * epoch_mean[b]
+            if n[b] >= 2:
+                cov[b] = rho * cov[b] + (1 - rho) * epoch_cov[b] if has_cov[b] else epoch_cov[b]
+                has_cov[b] = True
+        count += n
+    return count, mean, cov
 
 
 def wfds_smooth(weights: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, bandwidth: Optional[int] = None):

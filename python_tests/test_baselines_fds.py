@@ -61,8 +61,10 @@ def test_calibration_is_out_of_place_and_differentiable():
     z_leaf = z.detach().clone().requires_grad_()
     out = f(z_leaf, b, epoch=1)
     out.sum().backward()
-    ratio = (f.smoothed_var[b] / f.running_var[b].clamp_min(1e-12)).clamp(0.1, 10).sqrt()
-    assert torch.allclose(z_leaf.grad, ratio)  # d z~/d z = calibration scale
+    var = f.running_var[b]
+    valid = (var != 0) & (f.running_var.sum(1) >= 1e-10)[b, None]
+    ratio = torch.where(valid, (f.smoothed_var[b] / var).clamp(0.1, 10).sqrt(), torch.ones_like(var))
+    assert torch.allclose(z_leaf.grad, ratio)  # d z~/d z = calibration scale (1 where left unchanged)
     assert torch.equal(z_leaf.detach(), z.detach())  # input untouched
     f(z, b, epoch=1).pow(2).sum().backward()
     assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
@@ -110,3 +112,72 @@ def test_bad_options():
         FDS(3, 2, start_update=1, start_smooth=1)
     with pytest.raises(ValueError):
         FDS(3, 2, clip_min=2.0, clip_max=1.0)
+
+
+def calibrate_mean_var(matrix, m1, v1, m2, v2, clip_min=0.1, clip_max=10.0):
+    """DIR's ``agedb-dir/utils.py::calibrate_mean_var``, restated from its definition for one
+    bin: nothing changes when the variances sum below 1e-10; else only the dimensions with
+    ``v1 != 0`` become ``(x - m1) sqrt(clamp(v2 / v1, 0.1, 10)) + m2``."""
+    out = list(matrix)
+    if sum(v1) < 1e-10:
+        return out
+    return [(x - a) * math.sqrt(min(max(d / v, clip_min), clip_max)) + c if v != 0 else x
+            for x, a, v, c, d in zip(matrix, m1, v1, m2, v2)]
+
+
+def test_singleton_bins_and_zero_variance_as_calibrate_mean_var():
+    """A worked example: bin 0 with two samples, one dimension constant (variance 0); bin 1
+    with one sample (all variances 0); bin 2 with two samples. DIR's calibrate_mean_var
+    leaves the constant dimension and the whole singleton bin unchanged (this class used to
+    scale them by sqrt(10) around the smoothed mean)."""
+    f = FDS(3, 2)
+    f.update(torch.tensor([[1.0, 2.0], [3.0, 2.0], [5.0, 7.0], [0.0, 1.0], [2.0, 5.0]]),
+             torch.tensor([0, 0, 1, 2, 2]))
+    f.end_epoch(0)
+    mean = [[2.0, 2.0], [5.0, 7.0], [1.0, 3.0]]
+    var = [[2.0, 0.0], [0.0, 0.0], [2.0, 8.0]]  # unbiased; one sample: 0
+    assert f.running_mean.tolist() == mean and f.running_var.tolist() == var
+    k = kernel_window("gaussian", 5, 2.0).tolist()  # offsets -2..2: k[2] the centre
+    rows = [[k[2], k[3], k[4]], [k[1], k[2], k[3]], [k[0], k[1], k[2]]]  # S rows before normalising
+    smooth_mean = [[sum(w * m[d] for w, m in zip(r, mean)) / sum(r) for d in range(2)] for r in rows]
+    smooth_var = [[sum(w * v[d] for w, v in zip(r, var)) / sum(r) for d in range(2)] for r in rows]
+    z = torch.tensor([[0.5, 3.0], [6.0, 4.0], [4.0, -1.0]])
+    b = torch.tensor([0, 1, 2])
+    out = f(z, b, epoch=1)
+    for i, bin_ in enumerate(b.tolist()):
+        want = calibrate_mean_var(z[i].tolist(), mean[bin_], var[bin_], smooth_mean[bin_], smooth_var[bin_])
+        assert out[i].tolist() == pytest.approx(want, rel=1e-6), bin_
+    assert out[0, 1].item() == 3.0 and out[1].tolist() == [6.0, 4.0]  # left as they are
+    assert out[0, 0].item() != 0.5 and out[2].tolist() != [4.0, -1.0]
+
+
+def test_variances_summing_below_1e10_leave_the_bin_unchanged():
+    f = FDS(2, 2)
+    tiny = 1.0 + 2.0 ** -20  # variance 2^-41 in dimension 0, 0 in dimension 1: sum < 1e-10
+    f.update(torch.tensor([[1.0, 0.0], [tiny, 0.0], [0.0, 0.0], [4.0, 2.0]]), torch.tensor([0, 0, 1, 1]))
+    f.end_epoch(0)
+    assert 0 < f.running_var[0, 0].item() < 1e-10
+    z = torch.tensor([[3.0, 1.0]])
+    assert f(z, torch.tensor([0]), epoch=1).tolist() == [[3.0, 1.0]]
+
+
+def test_running_statistics_per_epoch_as_update_running_stats():
+    """DIR's update_running_stats over three epochs: momentum 0.9 per epoch, the first
+    update takes the epoch's statistics, a single sample's variance is 0 (so a bin that
+    only ever has one sample keeps variance 0 and is never calibrated)."""
+    f = FDS(2, 1, momentum=0.9)
+    epochs = [([1.0, 3.0], [4.0]), ([2.0, 6.0, 10.0], [8.0]), ([0.0, 2.0], [2.0])]
+    mean, var = [None, None], [None, None]
+    for e, (a, single) in enumerate(epochs):
+        f.update(torch.tensor(a + single)[:, None], torch.tensor([0] * len(a) + [1]))
+        f.end_epoch(e)
+        m0 = sum(a) / len(a)
+        v0 = sum((x - m0) ** 2 for x in a) / (len(a) - 1)
+        factor = 0.0 if e == 0 else 0.9
+        mean[0] = m0 if e == 0 else factor * mean[0] + (1 - factor) * m0
+        var[0] = v0 if e == 0 else factor * var[0] + (1 - factor) * v0
+        mean[1] = single[0] if e == 0 else factor * mean[1] + (1 - factor) * single[0]
+        var[1] = 0.0
+        assert f.running_mean[:, 0].tolist() == pytest.approx(mean, rel=1e-6)
+        assert f.running_var[:, 0].tolist() == pytest.approx(var, rel=1e-6, abs=0)
+    assert f(torch.tensor([[9.0]]), torch.tensor([1]), epoch=3).item() == 9.0

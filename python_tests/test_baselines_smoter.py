@@ -122,3 +122,45 @@ def test_deterministic_and_dtype():
 def test_bad_input(x, y, kw, exc):
     with pytest.raises(exc):
         smoter(x, y, **kw)
+
+
+# ----- SMOGN's safety distance (Branco et al. 2017; UBL's SMOGNRegress.exs) -------------------------
+def test_safety_distance_by_hand():
+    """maxD of each case: half the median of its distances to every case of the bump, its own
+    zero distance included (UBL: ``summary(DM[i, ])[3] / 2``)."""
+    from irda_ext.baselines.smoter import safety_distances
+
+    # 1-D, odd size. From 0: {0, 1, 5, 6, 20} -> median 5; from 1: {1, 0, 4, 5, 19} -> 4;
+    # from 5: {5, 4, 0, 1, 15} -> 4; from 6: {6, 5, 1, 0, 14} -> 5; from 20: {20, 19, 15, 14, 0} -> 15
+    got = safety_distances(np.array([[0.0], [1.0], [5.0], [6.0], [20.0]]))
+    assert got.tolist() == [2.5, 2.0, 2.0, 2.5, 7.5]
+    # even size: the median averages the two middle distances. From 0: {0, 1, 3, 7} -> 2;
+    # from 1: {1, 0, 2, 6} -> 1.5; from 3: {3, 2, 0, 4} -> 2.5; from 7: {7, 6, 4, 0} -> 5
+    assert safety_distances(np.array([[0.0], [1.0], [3.0], [7.0]])).tolist() == [1.0, 0.75, 1.25, 2.5]
+    # 2-D: (0, 0), (3, 4), (6, 8): every row's distances are {0, 5, 5} or {0, 5, 10} -> median 5
+    assert safety_distances(np.array([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])).tolist() == [2.5, 2.5, 2.5]
+    # with k = 1 the nearest neighbour of 20 (6, at 14) is unsafe (14 >= 7.5), all others safe;
+    # half the median of the k-NN distances alone (the old rule) would make no neighbour safe
+
+
+def test_smogn_interpolates_when_the_bump_makes_neighbours_safe():
+    """A rare bump of two clusters far apart (the top of the normal targets, spacing 0.005,
+    and 40 extreme cases, spacing 0.1; the feature equals the target): each case's 5 nearest
+    neighbours lie well within half the median distance to the whole bump, so SMOGN
+    interpolates every synthetic case (half the median k-NN distance would make none safe:
+    evenly spaced neighbours at 1, 1, 2, 2, 3 steps give 1 step, not below it)."""
+    from irda_ext.baselines.smoter import safety_distances
+
+    y = torch.cat([torch.linspace(9.0, 11.0, 401, dtype=torch.float64),
+                   30.0 + 0.1 * torch.arange(40, dtype=torch.float64)])
+    x = y[:, None].clone()
+    phi = relevance(y.numpy(), relevance_control_points(y.numpy()))
+    rare = phi >= 0.5
+    X, Y = x.numpy()[rare], y.numpy()[rare]
+    scaled = X / (x.max() - x.min()).item()
+    knn_far = np.sort(np.abs(scaled - scaled.T), axis=1)[:, 5]  # the 5th neighbour's distance
+    assert np.all(knn_far < safety_distances(scaled))  # every neighbour safe, by the definition
+    xs, ys = smogn(x, y, seed=2)
+    synth = _split(x, y, xs, ys)
+    assert len(synth) == round(len(y) / 2) - int(rare.sum())  # 89 synthetic cases
+    assert all(_on_a_segment(xs[k].numpy(), ys[k].item(), X, Y) for k in synth)

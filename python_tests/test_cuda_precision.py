@@ -58,7 +58,8 @@ def test_bin_moments_low_precision_policy(dtype, n, D, B):
 @pytest.mark.parametrize("momentum", [None, 0.9])
 def test_bin_stats_update_low_precision_policy(dtype, momentum):
     n, D, B = 256, 96, 20
-    stats = irda_ext.BinStats(B, D, momentum=momentum, dtype=torch.float32, device="cuda")
+    stats = irda_ext.BinStats(B, D, momentum=momentum, stats="cumulative" if momentum is None else "batch",
+                              dtype=torch.float32, device="cuda")
     want = (torch.zeros(B, dtype=torch.int64), torch.zeros(B, D, dtype=torch.float64),
             torch.zeros(B, D, D, dtype=torch.float64))
     low = (torch.zeros(B, dtype=torch.int64, device="cuda"), torch.zeros(B, D, dtype=dtype, device="cuda"),
@@ -191,17 +192,20 @@ def test_absent_bins_never_written(momentum):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("momentum", [None, 0.9])
-def test_bin_stats_matches_cpu_at_benchmark_size(dtype, momentum):
+@pytest.mark.parametrize("estimator", ["cumulative", "batch", "epoch"])
+def test_bin_stats_matches_cpu_at_benchmark_size(dtype, estimator):
     n, D, B = 256, 300, 100
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
-    on = {dev: irda_ext.BinStats(B, D, momentum=momentum, dtype=dtype, device=dev) for dev in ("cpu", "cuda")}
-    for step in range(3):
+    on = {dev: irda_ext.BinStats(B, D, stats=estimator, dtype=dtype, device=dev) for dev in ("cpu", "cuda")}
+    for step in range(6):
         z, b = features(n, D, B, "cpu", dtype=dtype, seed=step, offset=float(step))
         on["cpu"].update(z, b)
         on["cuda"].update(z.cuda(), b.cuda())
-    for name in ("count", "mean", "cov"):
-        torch.testing.assert_close(getattr(on["cuda"], name).cpu(), getattr(on["cpu"], name), **tol)
+        if step % 2:
+            for stats in on.values():
+                stats.end_epoch()
+    for name, value in on["cpu"].state_dict().items():
+        torch.testing.assert_close(on["cuda"].state_dict()[name].cpu(), value, **tol)
 
 
 @pytest.mark.parametrize("bandwidth", [0, 2, 4, 7])

@@ -71,10 +71,29 @@ CONFIGS = [(strategy, momentum, dtype) for strategy in ("moments", "gather") for
            for dtype in (torch.float64, torch.float32)]
 
 
+def per_batch(momentum):
+    """The estimator the merge itself computes: per batch with a momentum, else pooled."""
+    return "cumulative" if momentum is None else "batch"
+
+
+def epoch_stats_run(stats, rank=None):
+    """Two epochs of the global batches (rank ``rank``'s share of each, or all of it) into
+    per-epoch ``stats``; returns what the augmentation read after every step and epoch end."""
+    reads = []
+    for _ in range(2):
+        for z, bins, split in global_batches(torch.float64):
+            lo, hi = (0, z.shape[0]) if rank is None else (0, split) if rank == 0 else (split, z.shape[0])
+            stats.update(z[lo:hi], bins[lo:hi])
+            reads.append((stats.count.clone(), stats.mean.clone(), stats.cov.clone()))
+        stats.end_epoch()
+        reads.append((stats.count.clone(), stats.mean.clone(), stats.cov.clone()))
+    return reads
+
+
 def _stats_worker(rank, world, out_dir):
     results = {}
     for strategy, momentum, dtype in CONFIGS:
-        stats = BinStats(B, D, momentum=momentum, dtype=dtype)
+        stats = BinStats(B, D, momentum=momentum, stats=per_batch(momentum), dtype=dtype)
         for z, bins, split in global_batches(dtype):
             lo, hi = (0, split) if rank == 0 else (split, z.shape[0])
             used = distributed.synced_bin_stats_update_(stats.count, stats.mean, stats.cov, z[lo:hi], bins[lo:hi],
@@ -82,13 +101,23 @@ def _stats_worker(rank, world, out_dir):
             assert used == strategy
         results[(strategy, momentum, dtype)] = (stats.count.clone(), stats.mean.clone(), stats.cov.clone())
     # BinStats.update itself takes the synchronised path ("auto"), sync=False keeps the rank's share.
-    synced, local = BinStats(B, D, momentum=0.9, dtype=torch.float64), BinStats(B, D, momentum=0.9, dtype=torch.float64, sync=False)
+    synced = BinStats(B, D, momentum=0.9, stats="batch", dtype=torch.float64)
+    local = BinStats(B, D, momentum=0.9, stats="batch", dtype=torch.float64, sync=False)
     for z, bins, split in global_batches(torch.float64):
         lo, hi = (0, split) if rank == 0 else (split, z.shape[0])
         synced.update(z[lo:hi], bins[lo:hi])
         local.update(z[lo:hi], bins[lo:hi])
     results["auto"] = (synced.count, synced.mean, synced.cov)
     results["local"] = (local.count, local.mean, local.cov)
+    # Per-epoch statistics: the epoch's moments merged through the same synchronised path.
+    for strategy in ("moments", "gather"):
+        stats = BinStats(B, D, momentum=0.9, stats="epoch", dtype=torch.float64)
+        original = distributed.synced_bin_stats_update_
+        distributed.synced_bin_stats_update_ = lambda *args: original(*args, strategy=strategy)
+        try:
+            results[("epoch", strategy)] = epoch_stats_run(stats, rank)
+        finally:
+            distributed.synced_bin_stats_update_ = original
     torch.save(results, os.path.join(out_dir, f"stats{rank}.pt"))
 
 
@@ -110,7 +139,7 @@ def test_two_ranks_equal_one_process_on_concatenated_batches(worker_results):
     ranks = [torch.load(worker_results / f"stats{r}.pt") for r in range(WORLD)]
     errors = {}
     for strategy, momentum, dtype in CONFIGS:
-        ref = BinStats(B, D, momentum=momentum, dtype=dtype, sync=False)
+        ref = BinStats(B, D, momentum=momentum, stats=per_batch(momentum), dtype=dtype, sync=False)
         for z, bins, _ in global_batches(dtype):
             ref.update(z, bins)
         for r in range(WORLD):
@@ -125,7 +154,7 @@ def test_two_ranks_equal_one_process_on_concatenated_batches(worker_results):
             assert max(v for k, v in errors.items() if k[:3] == (strategy, momentum, str(dtype))) < 1e-12
     print("relative errors 2 ranks vs 1 process:", {k: f"{v:.1e}" for k, v in errors.items()})
 
-    ref = BinStats(B, D, momentum=0.9, dtype=torch.float64, sync=False)
+    ref = BinStats(B, D, momentum=0.9, stats="batch", dtype=torch.float64, sync=False)
     for z, bins, _ in global_batches(torch.float64):
         ref.update(z, bins)
     for r in range(WORLD):
@@ -135,6 +164,21 @@ def test_two_ranks_equal_one_process_on_concatenated_batches(worker_results):
     # sync=False: each rank keeps the statistics of its own share only
     assert not torch.equal(ranks[0]["local"][0], ref.count)
     assert torch.equal(ranks[0]["local"][0] + ranks[1]["local"][0], ref.count)
+
+
+def test_two_ranks_per_epoch_statistics_equal_one_process(worker_results):
+    """stats="epoch": every step's reads and every epoch end of 2 ranks with n samples each
+    equal those of one process given the 2n (both synchronisation strategies)."""
+    ranks = [torch.load(worker_results / f"stats{r}.pt") for r in range(WORLD)]
+    one = epoch_stats_run(BinStats(B, D, momentum=0.9, stats="epoch", dtype=torch.float64, sync=False))
+    for strategy in ("moments", "gather"):
+        for r in range(WORLD):
+            reads = ranks[r][("epoch", strategy)]
+            assert len(reads) == len(one) == 2 * (STEPS + 1)
+            for (count, mean, cov), (c1, m1, v1) in zip(reads, one):
+                assert torch.equal(count, c1)
+                assert rel_err(mean, m1) < 1e-12 and rel_err(cov, v1) < 1e-12, strategy
+    assert int(one[-1][0].sum()) == 2 * sum(z.shape[0] for z, _, _ in global_batches(torch.float64))
 
 
 def _epoch_worker(rank, world, out_dir):
@@ -192,7 +236,7 @@ def test_gathered_reservoir_respects_capacity_and_stream_shares(worker_results):
 def test_merge_of_dense_moments_matches_fused_update():
     g = torch.Generator().manual_seed(3)
     for momentum in (None, 0.5):
-        fused = BinStats(B, D, momentum=momentum, dtype=torch.float64, sync=False)
+        fused = BinStats(B, D, momentum=momentum, stats=per_batch(momentum), dtype=torch.float64, sync=False)
         count, mean, cov = fused.count.clone(), fused.mean.clone(), fused.cov.clone()
         for n in (5, 1, 17, 9):
             z = torch.randn(n, D, generator=g, dtype=torch.float64)

@@ -44,8 +44,56 @@ def test_training_loop_learns_and_updates_estimates(mode, K):
     assert not torch.equal(crit.confusion, torch.eye(20, dtype=torch.float64))
     torch.testing.assert_close(crit.eta.sum(0), torch.ones(20, dtype=torch.float64))
     assert crit.noise.log_sigma.grad is not None
-    # the running statistics are those of the features seen (momentum 0.9, per bin)
-    assert crit.stats.count.sum() == 4 * len(y)
+    # the running statistics count every feature seen (per epoch, momentum 0.9)
+    assert crit.stats.count.sum() == 4 * len(y) and crit.stats.estimator == "epoch"
+
+
+def test_statistics_estimator():
+    bins = Bins(0, 10, 1)
+    assert IRDALoss(bins, 3, 1).stats.estimator == "epoch" and IRDALoss(bins, 3, 1).stats.momentum == 0.9
+    assert IRDALoss(bins, 3, 1, momentum=None).stats.estimator == "cumulative"  # the spelling before `stats`
+    assert IRDALoss(bins, 3, 1, stats="cumulative").stats.momentum is None  # the momentum is ignored
+    assert IRDALoss(bins, 3, 1, momentum=0.8, stats="batch").stats.momentum == 0.8
+    assert "stats='batch'" in IRDALoss(bins, 3, 1, stats="batch").extra_repr()
+    with pytest.raises(ValueError, match="stats must be one of"):
+        IRDALoss(bins, 3, 1, stats="step")
+    with pytest.raises(ValueError, match="needs a momentum"):
+        IRDALoss(bins, 3, 1, momentum=None, stats="epoch")
+
+
+def test_end_epoch_closes_the_epoch_statistics():
+    """The loss reads the statistics of the epochs before (the first epoch: its own so far)
+    and its end_epoch folds the epoch in: the reference's per-epoch statistics, read by the
+    augmentation (the loss equals one computed from them)."""
+    torch.manual_seed(4)
+    bins = Bins(0, 10, 1)
+    head = nn.Linear(3, 1).double()
+    crit = IRDALoss(bins, 3, 1, stats_dtype=torch.float64)
+    epochs = []
+    for epoch in range(3):
+        y = torch.rand(40, dtype=torch.float64) * 10
+        z = torch.randn(40, 3, dtype=torch.float64) + y[:, None]
+        crit.fit_prior(y)
+        for i in range(0, 40, 16):
+            crit(z[i:i + 16], y[i:i + 16], head)
+        if epoch:  # mid-epoch the loss reads the finished epochs' statistics
+            count, mean, cov = ref.epoch_statistics(epochs, 10, 0.9)
+            old = count > 0
+            torch.testing.assert_close(crit.stats.mean[old], mean[old], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(crit.stats.cov[old], cov[old], rtol=1e-12, atol=1e-12)
+        crit.end_epoch()
+        epochs.append((z, bins.index(y)))
+        count, mean, cov = ref.epoch_statistics(epochs, 10, 0.9)
+        assert torch.equal(crit.stats.count, count)
+        torch.testing.assert_close(crit.stats.mean, mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(crit.stats.cov, cov, rtol=1e-12, atol=1e-12)
+    assert crit.stats.epoch_count.eq(0).all()
+    # the loss reads them: the same loss from a cumulative criterion holding these statistics
+    other = IRDALoss(bins, 3, 1, stats="cumulative", stats_dtype=torch.float64)
+    state = {k: v for k, v in crit.state_dict().items() if not k.startswith(("stats.epoch_", "stats.has_cov"))}
+    other.load_state_dict(state)
+    z, y = torch.randn(16, 3, dtype=torch.float64), torch.rand(16, dtype=torch.float64) * 10
+    torch.testing.assert_close(crit(z, y, head, update=False), other(z, y, head, update=False))
 
 
 def test_loss_equals_functional_composition():
@@ -164,8 +212,12 @@ def test_a_loss_that_cannot_fit_is_refused_with_its_memory():
 
     from irda_ext import Bins, IRDALoss
 
-    with pytest.raises(ValueError, match=r"IRDALoss with 100000 bins and 2048 features needs about 1.71e\+03 GiB"):
+    # per-epoch statistics (the default) keep the running and the epoch's covariances
+    with pytest.raises(ValueError, match=r"IRDALoss with 100000 bins and 2048 features needs about 3.28e\+03 GiB"
+                                         r".*2 x \[D, D\] per bin"):
         IRDALoss(Bins(0, 100000, 1), 2048, 3)
+    with pytest.raises(ValueError, match=r"needs about 1.71e\+03 GiB.*1 x \[D, D\] per bin"):
+        IRDALoss(Bins(0, 100000, 1), 2048, 3, stats="cumulative")
 
 
 def test_nan_predictions_are_named_not_an_index_error():

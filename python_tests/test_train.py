@@ -155,6 +155,22 @@ def test_irda_noise_sigma_is_converted_to_model_units():
         assert [g["lr"] for g in method.param_groups()] == [1e-2]
 
 
+@pytest.mark.parametrize("method_name", ["irda", "meta-irda"])
+def test_irda_stats_flag_reaches_the_statistics(method_name):
+    bins = Bins(-1.0, 1.0, 0.125)
+    head, targets = torch.nn.Linear(4, 1), torch.linspace(-0.9, 0.9, 50)
+    cls = get_method(method_name)
+    for flags, estimator, momentum in (([], "epoch", 0.9), (["--irda-stats", "batch"], "batch", 0.9),
+                                       (["--irda-stats", "cumulative"], "cumulative", None),
+                                       (["--irda-stats", "epoch", "--irda-momentum", "0.5"], "epoch", 0.5)):
+        args = build_parser().parse_args(["--method", method_name, "--clusters", "1"] + flags)
+        method = cls(options_from_args(cls, args), RunContext(label_scale=1.0))
+        method.setup(torch.nn.Identity(), head, 4, bins, targets, "cpu")
+        assert (method.criterion.stats.estimator, method.criterion.stats.momentum) == (estimator, momentum)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--method", method_name, "--irda-stats", "weekly"])
+
+
 def test_method_flags_come_from_their_options():
     """Every field of every method's Options is a flag whose parsed default is the field's
     default, and options_from_args rebuilds the dataclass from the parsed arguments."""

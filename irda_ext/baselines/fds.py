@@ -1,8 +1,9 @@
 """Feature Distribution Smoothing (FDS): a feature calibration layer before the head.
 
 Source: Yang, Zha, Chen, Wang, Katabi, "Delving into Deep Imbalanced Regression", ICML
-2021, section 3.2 and the reference code (``fds.py``). Per label bin ``b`` FDS keeps
-running (momentum) statistics of the features, a mean ``μ_b`` and a per-dimension
+2021, section 3.2 and the reference code (github.com/YyzHarry/imbalanced-regression,
+``agedb-dir/fds.py`` and ``calibrate_mean_var`` in ``agedb-dir/utils.py``). Per label bin
+``b`` FDS keeps running (momentum) statistics of the features, a mean ``μ_b`` and a per-dimension
 variance ``σ²_b`` (diagonal, as in the paper), smooths them over neighbouring bins with
 the LDS kernel window ``k`` and recalibrates every training feature of bin ``b``::
 
@@ -10,6 +11,12 @@ the LDS kernel window ``k`` and recalibrates every training feature of bin ``b``
                                                         the first update takes the epoch's statistics)
     μ̃_b  = Σ_{b'} S[b, b'] μ_{b'},            σ̃²_b = Σ_{b'} S[b, b'] σ²_{b'}
     z̃_i  = (z_i - μ_b) * sqrt(clamp(σ̃²_b / σ²_b, 0.1, 10)) + μ̃_b          (training only, epoch ≥ start_smooth)
+
+The running statistics follow ``FDS.update_running_stats``: once per epoch, momentum ``ρ``,
+the epoch's unbiased variance (biased, i.e. 0, for a bin with a single sample). The
+calibration is ``calibrate_mean_var``'s: a dimension whose running variance is 0 is left
+unchanged (no shift, no scale), and so is every dimension of a bin whose running variances
+sum to less than 1e-10, e.g. a bin that only ever had one sample.
 
 ``S[b, b'] = k(b' - b)`` for ``|b - b'| ≤ kernel_size // 2``, each row normalised to sum
 1 (:func:`irda_ext.wfds.kernel_smoothing_matrix` with LDS's window
@@ -23,12 +30,21 @@ Choices, each fixing a known problem of the reference code, written down here:
 - Bins never seen in training take no part in the smoothing (each row of ``S`` is
   renormalised over the seen bins) instead of contributing the initial mean 0 /
   variance 1, and their features are left unchanged.
-- A bin's variance is floored at ``eps`` before the ratio, so a bin with one sample
-  (variance 0) gives the clamp's upper end instead of NaN.
+- A bin first seen after the first update epoch takes its epoch's statistics (the
+  reference code averages them with the initial mean 0 / variance 1; with a full pass
+  over the training set every epoch, as there, this never happens).
 - Statistics are accumulated from the (detached, uncalibrated) features of the epoch's
-  training batches instead of an extra pass over the training set after the epoch, and
-  the newest statistics are used right away (the reference code uses the previous
-  epoch's). Sums are kept in float64 so the variance ``E[z²] - E[z]²`` does not cancel.
+  training batches instead of an extra pass over the training set after the epoch. Sums
+  are kept in float64 so the variance ``E[z²] - E[z]²`` does not cancel.
+- During epoch ``e`` the calibration uses the running statistics through epoch ``e - 1``
+  and their smoothing. The reference code calibrates with the running statistics through
+  ``e - 1`` (its ``running_*_last_epoch`` buffers alias the running ones after the first
+  copy) but the smoothed ones through ``e - 2``, and at ``start_smooth`` with its initial
+  statistics (the identity).
+
+Not yet as the source: at the first and last bins the window is truncated and each row
+renormalised, where the reference code pads the running statistics by reflection before
+its ``conv1d`` (SPEC 9 asks for the reflection).
 """
 from __future__ import annotations
 
@@ -50,7 +66,6 @@ class FDS(nn.Module):
         start_update: first epoch whose features update the statistics (0).
         start_smooth: first epoch whose training features are calibrated (1).
         clip_min, clip_max: clamp of the variance ratio (0.1, 10).
-        eps: floor of a bin's variance in the ratio.
 
     Shape:
         features ``[n, D]``, bin_index ``[n]`` (int64) -> ``[n, D]``.
@@ -62,7 +77,7 @@ class FDS(nn.Module):
 
     def __init__(self, num_bins: int, feature_dim: int, kernel: str = "gaussian", kernel_size: int = 5,
                  sigma: float = 2.0, momentum: float = 0.9, start_update: int = 0, start_smooth: int = 1,
-                 clip_min: float = 0.1, clip_max: float = 10.0, eps: float = 1e-12):
+                 clip_min: float = 0.1, clip_max: float = 10.0):
         super().__init__()
         if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim < 1:
             raise ValueError(f"feature_dim must be a positive int, got {feature_dim!r}")
@@ -76,7 +91,7 @@ class FDS(nn.Module):
             raise ValueError("start_smooth must be after start_update (statistics must exist before smoothing)")
         self.num_bins, self.feature_dim = int(num_bins), int(feature_dim)
         self.momentum, self.start_update, self.start_smooth = float(momentum), int(start_update), int(start_smooth)
-        self.clip_min, self.clip_max, self.eps = float(clip_min), float(clip_max), float(eps)
+        self.clip_min, self.clip_max = float(clip_min), float(clip_max)
         self.register_buffer("kernel_matrix", kernel_smoothing_matrix(self.num_bins, kernel, kernel_size, sigma))
         B, D = self.num_bins, self.feature_dim
         self.register_buffer("running_mean", torch.zeros(B, D))
@@ -140,13 +155,18 @@ class FDS(nn.Module):
         self.smoothed_var.copy_(S @ self.running_var)
 
     def calibrate(self, features: torch.Tensor, bin_index: torch.Tensor) -> torch.Tensor:
-        """Out-of-place calibration of ``features`` with the current statistics."""
+        """Out-of-place calibration of ``features`` with the current statistics
+        (``calibrate_mean_var``: dimensions without running variance, and bins whose running
+        variances sum to less than 1e-10, are left as they are)."""
         self._check(features, bin_index)
         b = bin_index.long()
-        ratio = self.smoothed_var[b] / self.running_var[b].clamp_min(self.eps)
+        var = self.running_var[b]  # [n, D]
+        spread = (self.running_var.sum(1) >= 1e-10) & self.seen  # [B]
+        valid = (var != 0) & spread[b].unsqueeze(1)
+        ratio = self.smoothed_var[b] / torch.where(valid, var, torch.ones_like(var))
         scale = ratio.clamp(self.clip_min, self.clip_max).sqrt().to(features.dtype)
         calibrated = (features - self.running_mean[b].to(features.dtype)) * scale + self.smoothed_mean[b].to(features.dtype)
-        return torch.where(self.seen[b].unsqueeze(1), calibrated, features)
+        return torch.where(valid, calibrated, features)
 
     def forward(self, features: torch.Tensor, bin_index: torch.Tensor, epoch: int) -> torch.Tensor:
         if not self.training:

@@ -18,7 +18,7 @@ bin ``b'``, and ``t_{b_i} = y_i``) and ``ΔZ_i^{b'} = u_{b'}(z_i) - u_{b_i}(z_i)
                    γ_b = (1 - γ) / (1 - γ^{N_b}),  γ = 0.5
 
 ``Σ_b``, ``μ_b`` are the per-bin feature statistics *before* W-FDS (ISDA's cumulative
-estimator, :class:`irda_ext.BinStats` with ``momentum=None``), ``ε`` the bin confusion
+estimator, :class:`irda_ext.BinStats` with ``stats="cumulative"``), ``ε`` the bin confusion
 matrix of the previous epoch (paper eq. 6, identity at first), ``N_b`` the training count
 of bin ``b`` and ``g(z) = wᵀz + w0`` the head. Written down where the paper is silent or
 loose:
@@ -156,7 +156,7 @@ class _AugmentedBMSEBase(nn.Module):
         check_positive(noise_sigma, "noise_sigma")
         self.bins = bins
         self.register_buffer("centers", bins.centers.detach().clone().float())
-        self.stats = BinStats(bins.num_bins, int(feature_dim), momentum=None)
+        self.stats = BinStats(bins.num_bins, int(feature_dim), stats="cumulative")
         if train_counts is None:
             self.log_prior = None
         else:

@@ -26,16 +26,26 @@ their training range)::
 
     SMOTER:  x' = x + u·(x_n - x),  u ~ U(0, 1);
              y' = (d2·y + d1·y_n) / (d1 + d2),  d1 = ‖x' - x‖, d2 = ‖x' - x_n‖   (y' between y and y_n)
-    SMOGN:   the same when ‖x_n - x‖ < maxD = ½·median of the seed's k-NN distances ("safe");
+    SMOGN:   the same when ‖x_n - x‖ < maxD ("safe"), maxD = ½·median of the distances from
+             the seed to all cases of its rare bump (the seed itself included);
              otherwise Gaussian noise  x' = x + N(0, (p·sd_a)²) per feature a,
-             y' = y + N(0, (p·sd_y)²),  p = min(0.02, maxD),  sd over the bump.
+             y' = y + N(0, (p·sd_y)²),  p = min(pert, maxD) (pert = 0.02),  sd over the bump.
+
+SMOGN follows Branco et al. 2017 (Algorithm 2) as its authors' R package UBL implements it
+(``SMOGNRegress.exs``: ``DM`` the distances between all cases of the bump, ``maxDM[i]`` half
+the median of row ``i``, a neighbour safe when ``DM[i, nn] < maxDM[i]``), and as the ``smogn``
+package does (``over_sampling.py``: ``max_dist[i]``, half the median of ``dist_matrix[i]``).
 
 Choices where the sources leave room: a rare bump of one case has no neighbour, so SMOTER
 duplicates it and SMOGN uses the Gaussian noise; all features are numeric (categorical
 columns should be one-hot encoded; the synthetic values are then convex combinations).
 Unlike the ``smogn`` package, the target of a synthetic case uses the distances over all
 features (the package keeps only the last feature's) and the equidistant case averages
-the two targets.
+the two targets. Deliberate differences from both sources: the distances (neighbours and
+maxD) are Euclidean on the features scaled by their training range, without the target
+(UBL's ``distances`` leaves the target out; the ``smogn`` package keeps it and does not
+scale numeric features); the noise uses the population standard deviation over the bump (as the
+``smogn`` package; UBL's R ``sd`` divides by ``n - 1``) and ``pert`` (UBL fixes 0.02).
 """
 from __future__ import annotations
 
@@ -159,6 +169,16 @@ def _neighbours(points: np.ndarray, k: int):
     return ind[not_self].reshape(len(points), k), dist[not_self].reshape(len(points), k)
 
 
+def safety_distances(points: np.ndarray) -> np.ndarray:
+    """SMOGN's ``maxD`` of every case of a rare bump ``points [m, F]``: half the median of
+    its distances to all ``m`` cases of the bump, itself included (Branco et al. 2017; UBL's
+    ``maxDM``). A neighbour closer than ``maxD`` is safe to interpolate with."""
+    from scipy.spatial.distance import cdist
+
+    points = np.asarray(points, dtype=np.float64)
+    return np.median(cdist(points, points), axis=1) / 2.0  # [m, m] distances, each row's median
+
+
 def _resample(x, y, k, rel_thres, coef, extremes, seed, pert, noise: bool):
     _check_xy(x, y)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -195,12 +215,13 @@ def _resample(x, y, k, rel_thres, coef, extremes, seed, pert, noise: bool):
         kk = min(k, len(idx) - 1)
         if kk > 0:
             knn, knn_dist = _neighbours(Xs[idx], kk)
+            safe_below = safety_distances(Xs[idx]) if noise else None
         sd_x, sd_y = X[idx].std(0), Y[idx].std()
         for j, count in enumerate(per_seed):
             seed_x, seed_y = X[idx[j]], Y[idx[j]]
             if kk > 0:
                 knn_d = knn_dist[j]
-                max_d = np.median(knn_d) / 2.0
+                max_d = safe_below[j] if noise else None
             for _ in range(count):
                 if kk == 0:
                     if noise:

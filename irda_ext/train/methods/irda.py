@@ -1,6 +1,7 @@
 """IRDA in the training loop: :class:`irda_ext.IRDALoss` on the backbone's last-layer
-features, with momentum statistics, the confusion matrix and the feature clusters
-refreshed at every epoch end, and the label prior fitted on the training targets."""
+features, with per-bin feature statistics (by default pooled over each epoch, the momentum
+applied at its end), the confusion matrix and the feature clusters refreshed at every epoch
+end, and the label prior fitted on the training targets."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ class IRDAOptions(NoiseScaleOptions, RampOptions):
     alpha: float = option(0.5, "strength of the mean shift towards the W-FDS-smoothed statistics (default 0.5)")
     beta: float = option(0.75, "strength of the covariance augmentation (default 0.75)")
     irda_momentum: float = option(0.9, "momentum of the per-bin feature statistics (default 0.9, as FDS)")
+    irda_stats: str = option("epoch", "estimator of the per-bin feature statistics: 'epoch' (default; pooled over "
+                                      "each epoch, the momentum applied at its end, as FDS), 'batch' (the momentum "
+                                      "at every batch: starves the tail bins) or 'cumulative' (everything pooled)",
+                             choices=("epoch", "batch", "cumulative"))
 
 
 @register_method("irda")
@@ -31,7 +36,8 @@ class IRDA(Method):
     ``mode`` ``exact`` (the true Jensen bound, SPEC 6.2) or ``paper`` (eq. 22 as printed);
     ``alpha``/``beta`` ramped linearly from 0 over the run's epochs unless ``no_ramp``;
     ``noise_sigma`` the initial noise scale in label units, learned as log sigma unless ``fixed_sigma``
-    (:mod:`.noise_scale`); ``irda_momentum`` of the per-bin statistics.
+    (:mod:`.noise_scale`); ``irda_momentum`` and ``irda_stats``: the momentum and the estimator of
+    the per-bin statistics (SPEC 2; ``cumulative`` ignores the momentum).
     """
 
     Options = IRDAOptions
@@ -45,7 +51,7 @@ class IRDA(Method):
         o = self.options
         self.criterion = IRDALoss(
             bins, feature_dim, num_clusters=o.clusters, alpha=o.alpha, beta=o.beta, mode=o.mode,
-            momentum=o.irda_momentum, noise_sigma=initial_sigma(o, self.context), learn_sigma=not o.fixed_sigma,
+            momentum=o.irda_momentum, stats=o.irda_stats, noise_sigma=initial_sigma(o, self.context), learn_sigma=not o.fixed_sigma,
             # ISDA-style ramp: alpha and beta reach their set values at the last epoch.
             ramp_epochs=None if o.no_ramp else max(1, int(self.context.epochs)),
             seed=int(self.context.seed), clamp_targets=self.context.clamp_targets,
