@@ -139,10 +139,11 @@ def risda_r_loss(pred: torch.Tensor, target: torch.Tensor, bin_index: torch.Tens
     return augmented_bmse(pred, target, bin_index, centers, extra, nv, weight, reduction, log_prior)
 
 
-def head_quadratic(head: nn.Linear, cov: torch.Tensor, bins_needed: torch.Tensor) -> torch.Tensor:
-    """``q[b] = wᵀ cov[b] w`` for the bins in ``bins_needed`` (``[U]`` -> ``[U]``), differentiable in ``w``."""
+def head_quadratic(head: nn.Linear, cov: torch.Tensor, bins_needed: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``q[b] = wᵀ cov[b] w`` for the bins in ``bins_needed`` (``[U]`` -> ``[U]``; all of ``cov``'s
+    when None), differentiable in ``w``."""
     w = head.weight.reshape(-1)
-    c = cov[bins_needed].to(w.dtype)
+    c = (cov if bins_needed is None else cov[bins_needed]).to(w.dtype)
     return torch.einsum("d,ude,e->u", w, c, w)
 
 
@@ -235,9 +236,8 @@ class RISDARLoss(_AugmentedBMSEBase):
         eps = self.epsilon[uniq].to(self.stats.mean.dtype)  # [U, B]
         mean_hat = eps @ self.stats.mean  # [U, D]
         cov_hat = self.stats.cov[uniq] + torch.einsum("ub,bde->ude", eps, self.stats.cov)
-        w = head.weight.reshape(-1)
-        var = torch.einsum("d,ude,e->u", w, cov_hat.to(w.dtype), w)[inverse]
-        shift = (head(mean_hat.to(w.dtype)).reshape(-1)[inverse] - target).abs()
+        var = head_quadratic(head, cov_hat)[inverse]
+        shift = (head(mean_hat.to(head.weight.dtype)).reshape(-1)[inverse] - target).abs()
         return risda_r_loss(pred, target, bin_index, self.centers, var, shift, self.is_tail, self.tail_weight,
                             self.alpha if alpha is None else alpha, self.beta if beta is None else beta, self.noise.var,
                             log_prior=self.log_prior)
