@@ -44,7 +44,9 @@ def _extension():
         want_cuda, reason = cuda_toolkit.should_build_cuda(os.environ, torch.version.cuda, torch.cuda.is_available())
     except cuda_toolkit.ToolkitError as err:
         sys.exit(f"irda_ext: {err}")
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    # csrc/emulated: the CUDA kernels' code run on the CPU for tests, part of every build
+    sources = ["csrc/ops.cpp"] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))) + sorted(
+        glob.glob(os.path.join("csrc", "emulated", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     debug = os.environ.get("DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]

@@ -14,10 +14,67 @@ namespace irda {
 // Relative margin of the cap on s^2 in exact mode: 1 - 2 a s^2 >= 1e-3.
 constexpr double kCapMargin = 1e-3;
 
+// isfinite, fmin and fmax for host and device code alike.
 template <typename T>
-IRDA_HOST_DEVICE T neg_inf() {
-  return -INFINITY;
+IRDA_HOST_DEVICE bool is_finite(T x) {
+#if defined(__CUDA_ARCH__)
+  return isfinite(x);
+#else
+  return std::isfinite(x);
+#endif
 }
+
+template <typename T>
+IRDA_HOST_DEVICE T min_of(T x, T y) {
+#if defined(__CUDA_ARCH__)
+  return fmin(x, y);
+#else
+  return std::fmin(x, y);
+#endif
+}
+
+template <typename T>
+IRDA_HOST_DEVICE T max_of(T x, T y) {
+#if defined(__CUDA_ARCH__)
+  return fmax(x, y);
+#else
+  return std::fmax(x, y);
+#endif
+}
+
+// A running log-sum-exp: (max, sum of exp(x - max)). add() takes one term,
+// merge() another partial state (an empty state has max -inf), value() is the
+// log-sum-exp. merge is symmetric: a xor butterfly of merges leaves every lane with
+// the same state.
+template <typename T>
+struct OnlineLse {
+  T mx = -INFINITY;
+  T sum = T(0);
+
+  IRDA_HOST_DEVICE void add(T x) {
+    if (x > mx) {
+      sum = sum * std::exp(mx - x) + T(1);
+      mx = x;
+    } else {
+      sum += std::exp(x - mx);
+    }
+  }
+
+  IRDA_HOST_DEVICE void merge(T other_mx, T other_sum) {
+    if (other_mx == -INFINITY) return;
+    if (mx == -INFINITY) {
+      mx = other_mx;
+      sum = other_sum;
+    } else if (other_mx > mx) {
+      sum = sum * std::exp(mx - other_mx) + other_sum;
+      mx = other_mx;
+    } else {
+      sum += other_sum * std::exp(other_mx - mx);
+    }
+  }
+
+  IRDA_HOST_DEVICE T value() const { return mx + std::log(sum); }
+};
 
 // One competitor (k', b') of numerator cluster k in exact mode, for a sample
 // whose own bin b has share eta_own = eta[k, b] and target y, against label

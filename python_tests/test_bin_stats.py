@@ -1,7 +1,7 @@
 """bin_moments and BinStats against irda_ext.reference (SPEC 2)."""
 import pytest
 import torch
-from testing import devices, features
+from testing import devices, features, known_emulated_failure
 
 import irda_ext
 from irda_ext import reference as ref
@@ -115,7 +115,8 @@ def test_merge_bin_moments_touches_only_bins_in_the_batch(device):
 
 
 @pytest.mark.parametrize("device", devices())
-def test_merge_bin_moments_bad_input(device):
+def test_merge_bin_moments_bad_input(device, request):
+    known_emulated_failure(request, "fix 2: the CUDA merge treats a negative batch_count as absent")
     count, mean, cov = _running_stats(4, 3, device)
     batch_count, batch_mean, batch_scatter = irda_ext.bin_moments(*features(8, 3, 4, device), 4)
     merge = torch.ops.irda_ext.merge_bin_moments_
@@ -205,7 +206,8 @@ def test_half_features_on_cpu_accumulate_in_float32():
 
 
 @pytest.mark.parametrize("device", devices())
-def test_bad_input_raises_clear_errors(device):
+def test_bad_input_raises_clear_errors(device, request):
+    known_emulated_failure(request, "fix 2: the CUDA kernels drop out-of-range bins")
     stats = irda_ext.BinStats(4, 3, device=device)
     z, b = features(5, 3, 4, device, dtype=torch.float32)
     with pytest.raises(ValueError, match=r"outside \[0, 4\)|range"):
@@ -229,15 +231,15 @@ def test_bad_input_raises_clear_errors(device):
     assert stats.count.sum() == 0  # nothing was merged by the failed calls
 
 
-def test_opcheck_bin_ops():
-    for device in devices():
-        z, b = features(17, 5, 4, device)
-        torch.library.opcheck(torch.ops.irda_ext.bin_moments.default, (z, b, 4))
-        for momentum in (None, 0.9):
-            stats = irda_ext.BinStats(4, 5, momentum=momentum, dtype=torch.float64, device=device)
-            stats.update(z, b)
-            torch.library.opcheck(torch.ops.irda_ext.bin_stats_update_.default,
-                                  (stats.count.clone(), stats.mean.clone(), stats.cov.clone(), z, b, momentum))
-            torch.library.opcheck(torch.ops.irda_ext.merge_bin_moments_.default,
-                                  (stats.count.clone(), stats.mean.clone(), stats.cov.clone(),
-                                   *irda_ext.bin_moments(z, b, 4), momentum))
+@pytest.mark.parametrize("device", devices())
+def test_opcheck_bin_ops(device):
+    z, b = features(17, 5, 4, device)
+    torch.library.opcheck(torch.ops.irda_ext.bin_moments.default, (z, b, 4))
+    for momentum in (None, 0.9):
+        stats = irda_ext.BinStats(4, 5, momentum=momentum, dtype=torch.float64, device=device)
+        stats.update(z, b)
+        torch.library.opcheck(torch.ops.irda_ext.bin_stats_update_.default,
+                              (stats.count.clone(), stats.mean.clone(), stats.cov.clone(), z, b, momentum))
+        torch.library.opcheck(torch.ops.irda_ext.merge_bin_moments_.default,
+                              (stats.count.clone(), stats.mean.clone(), stats.cov.clone(),
+                               *irda_ext.bin_moments(z, b, 4), momentum))

@@ -139,7 +139,8 @@ def test_bandwidth_is_inferred_and_outside_entries_ignored():
     assert not torch.allclose(got, S @ mean)
 
 
-def test_bad_input():
+@pytest.mark.parametrize("device", devices())
+def test_bad_input(device):
     with pytest.raises(ValueError, match="kernel must be one of"):
         irda_ext.wfds_weights(torch.eye(3), kernel="box")
     with pytest.raises(ValueError, match="odd"):
@@ -148,9 +149,12 @@ def test_bad_input():
         irda_ext.wfds_weights(torch.ones(3, 4))
     with pytest.raises(ValueError, match="non-negative"):
         irda_ext.wfds_weights(-torch.eye(3))
+    eye, zeros = (lambda n, **kw: torch.eye(n, device=device, **kw)), (lambda *s: torch.zeros(*s, device=device))
     with pytest.raises(ValueError, match=r"weights must have shape \[3, 3\]"):
-        irda_ext.wfds_smooth(torch.eye(4), torch.zeros(3, 2), torch.zeros(3, 2, 2), 1)
+        irda_ext.wfds_smooth(eye(4), zeros(3, 2), zeros(3, 2, 2), 1)
     with pytest.raises(TypeError, match="dtype"):
-        irda_ext.wfds_smooth(torch.eye(3, dtype=torch.float64), torch.zeros(3, 2), torch.zeros(3, 2, 2), 1)
+        irda_ext.wfds_smooth(eye(3, dtype=torch.float64), zeros(3, 2), zeros(3, 2, 2), 1)
     with pytest.raises(ValueError, match="bandwidth"):
-        irda_ext.wfds_smooth(torch.eye(3), torch.zeros(3, 2), torch.zeros(3, 2, 2), -1)
+        irda_ext.wfds_smooth(eye(3), zeros(3, 2), zeros(3, 2, 2), -1)
+    with pytest.raises(ValueError, match="bandwidth"):  # the raw op too
+        torch.ops.irda_ext.wfds_smooth(eye(3), zeros(3, 2), zeros(3, 2, 2), -1)

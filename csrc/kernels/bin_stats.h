@@ -1,0 +1,347 @@
+// Per-bin feature statistics (SPEC 2): the CUDA kernels, written once for the GPU
+// (csrc/cuda/bin_stats.cu) and the emulated launch (csrc/emulated/), the same math as
+// csrc/cpu/bin_stats.cpp.
+//
+// The batch is grouped by bin segment-wise: a stable device sort of the bin indices
+// gives each bin's samples as a contiguous run order[offset[b] .. offset[b + 1])
+// (offsets by binary search, no host synchronisation). Then
+//   1. BinMean: the batch mean m_b of every bin (two-pass centring),
+//   2. BinCov: for every bin, 64 x 64 tiles of its D x D matrix; a block stages the
+//      bin's centred samples in shared memory, accumulates sum (z - m_b)(z - m_b)^T in
+//      registers and applies the merge of merge_math.h in one read-modify-write of its
+//      tile of cov,
+//   3. BinMeanMerge: the new mean and count, after 2 has read the old ones.
+// Blocks of bins absent from the batch return at once: their statistics are never
+// read or written. half / bfloat16 features are read as they are and accumulated in
+// float32 (at::acc_type).
+#pragma once
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sort.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "../checks.h"
+#include "../merge_math.h"
+#include "launch.h"
+
+namespace irda {
+namespace bin_stats {
+
+constexpr int kTile = 64;   // output tile of a D x D matrix
+constexpr int kChunk = 16;  // samples staged in shared memory at a time
+constexpr int kTx = 32;     // threads along a tile row (one warp: coalesced)
+constexpr int kTy = 8;
+constexpr int kRowsPerThread = kTile / kTy;  // 8
+constexpr int kColsPerThread = kTile / kTx;  // 2
+constexpr int kMeanThreads = 256;
+
+// offset[b] = first position of bin b in the sorted bin indices (lower bound).
+// Out-of-range indices (rejected by the Python wrappers) fall outside every run.
+struct BinOffsets {
+  static constexpr int kThreads = 128;
+  using Shared = NoShared;
+  const int64_t* sorted_bins;
+  int64_t n, num_bins;
+  int64_t* offset;
+
+  template <class Blk>
+  IRDA_HOST_DEVICE void operator()(Blk& blk) const {
+    blk.threads([&](const Thread& t) {
+      const int64_t stride = int64_t(blk.grid_dim().x) * blk.block_dim().x;
+      for (int64_t b = int64_t(blk.block_idx().x) * blk.block_dim().x + t.x; b <= num_bins; b += stride) {
+        int64_t lo = 0, hi = n;
+        while (lo < hi) {
+          const int64_t mid = lo + (hi - lo) / 2;
+          if (sorted_bins[mid] < b) {
+            lo = mid + 1;
+          } else {
+            hi = mid;
+          }
+        }
+        offset[b] = lo;
+      }
+    });
+  }
+};
+
+// bmean[b] = batch mean of bin b, for bins present. With count_out (plain moments)
+// the counts are written too and absent bins get a zero mean.
+template <typename scalar_t, typename acc_t>
+struct BinMean {
+  static constexpr int kThreads = kMeanThreads;
+  using Shared = NoShared;
+  const scalar_t* z;
+  const int64_t* order;
+  const int64_t* offset;
+  int64_t D, num_bins;
+  acc_t* bmean;
+  int64_t* count_out;
+
+  template <class Blk>
+  IRDA_HOST_DEVICE void operator()(Blk& blk) const {
+    blk.threads([&](const Thread& t) {
+      const int64_t d = int64_t(blk.block_idx().x) * blk.block_dim().x + t.x;
+      for (int64_t b = blk.block_idx().y; b < num_bins; b += blk.grid_dim().y) {
+        const int64_t lo = offset[b], nb = offset[b + 1] - lo;
+        if (count_out != nullptr && blk.block_idx().x == 0 && t.x == 0) count_out[b] = nb;
+        if (d >= D) continue;
+        if (nb == 0) {
+          if (count_out != nullptr) bmean[b * D + d] = acc_t(0);
+          continue;
+        }
+        acc_t s = acc_t(0);
+        for (int64_t r = 0; r < nb; ++r) s += static_cast<acc_t>(z[order[lo + r] * D + d]);
+        bmean[b * D + d] = s / static_cast<acc_t>(nb);
+      }
+    });
+  }
+};
+
+// One 64 x 64 tile of every bin's D x D matrix per block (blockIdx.x = tile,
+// blockIdx.y = bin). kMoments: out = scatter (zeros for absent bins). Otherwise the
+// merge: cov = keep * cov + sample_w * scatter + delta_w * delta delta^T,
+// delta = m_b - mu_old, reading count and mean before BinMeanMerge updates them.
+// The tile (r, c) and its transpose (c, r) sum the same products in the same order,
+// so the result is exactly symmetric.
+template <typename scalar_t, typename acc_t, bool kMoments>
+struct BinCov {
+  static constexpr int kThreads = kTx * kTy;
+  struct Shared {
+    acc_t rows[kChunk][kTile];  // centred samples on the tile's row dimensions
+    acc_t cols[kChunk][kTile];  // ... and on its column dimensions
+  };
+  struct Acc {
+    acc_t v[kRowsPerThread][kColsPerThread];
+  };
+  const scalar_t* z;
+  const int64_t* order;
+  const int64_t* offset;
+  const acc_t* bmean;
+  const int64_t* count;
+  const acc_t* mean_old;
+  acc_t* cov;
+  int64_t D, num_bins;
+  double momentum;
+
+  template <class Blk>
+  IRDA_HOST_DEVICE void operator()(Blk& blk) const {
+    Shared& sm = blk.shared();
+    const int64_t tiles = ceil_div(D, kTile);
+    const int64_t r0 = (blk.block_idx().x / tiles) * kTile, c0 = (blk.block_idx().x % tiles) * kTile;
+    typename Blk::template PerThread<Acc> acc(blk);
+
+    for (int64_t b = blk.block_idx().y; b < num_bins; b += blk.grid_dim().y) {
+      const int64_t lo = offset[b], nb = offset[b + 1] - lo;
+      if (!kMoments && nb == 0) continue;  // absent bin: untouched (uniform over the block)
+      const acc_t* m = bmean + b * D;
+      blk.threads([&](const Thread& t) {
+        IRDA_UNROLL
+        for (int i = 0; i < kRowsPerThread; ++i)
+          IRDA_UNROLL
+          for (int j = 0; j < kColsPerThread; ++j) acc[t].v[i][j] = acc_t(0);
+      });
+      for (int64_t s0 = 0; s0 < nb; s0 += kChunk) {
+        blk.threads([&](const Thread& t) {
+          for (int idx = static_cast<int>(t.linear); idx < kChunk * kTile; idx += kThreads) {
+            const int r = idx / kTile, c = idx % kTile;
+            const int64_t s = s0 + r;
+            acc_t vr = acc_t(0), vc = acc_t(0);
+            if (s < nb) {
+              const scalar_t* zi = z + order[lo + s] * D;
+              if (r0 + c < D) vr = static_cast<acc_t>(zi[r0 + c]) - m[r0 + c];
+              if (c0 + c < D) vc = static_cast<acc_t>(zi[c0 + c]) - m[c0 + c];
+            }
+            blk.store(t, sm.rows[r][c], vr);
+            blk.store(t, sm.cols[r][c], vc);
+          }
+        });
+        blk.sync();
+        blk.threads([&](const Thread& t) {
+          const int steps = static_cast<int>(nb - s0 < kChunk ? nb - s0 : kChunk);
+          for (int k = 0; k < steps; ++k) {
+            acc_t cv[kColsPerThread];
+            IRDA_UNROLL
+            for (int j = 0; j < kColsPerThread; ++j) cv[j] = blk.load(t, sm.cols[k][t.x + kTx * j]);
+            IRDA_UNROLL
+            for (int i = 0; i < kRowsPerThread; ++i) {
+              const acc_t rv = blk.load(t, sm.rows[k][t.y + kTy * i]);
+              IRDA_UNROLL
+              for (int j = 0; j < kColsPerThread; ++j) acc[t].v[i][j] += rv * cv[j];
+            }
+          }
+        });
+        blk.sync();
+      }
+
+      const MergeCoef coef = kMoments ? moment_coefficients() : merge_coefficients(count[b], nb, momentum);
+      const acc_t keep = static_cast<acc_t>(coef.keep);
+      const acc_t sample_w = static_cast<acc_t>(coef.sample_w);
+      const acc_t delta_w = static_cast<acc_t>(coef.delta_w);
+      blk.threads([&](const Thread& t) {
+        acc_t delta_c[kColsPerThread];
+        IRDA_UNROLL
+        for (int j = 0; j < kColsPerThread; ++j) {
+          const int64_t c = c0 + t.x + kTx * j;
+          delta_c[j] = (!kMoments && delta_w != acc_t(0) && c < D) ? m[c] - mean_old[b * D + c] : acc_t(0);
+        }
+        IRDA_UNROLL
+        for (int i = 0; i < kRowsPerThread; ++i) {
+          const int64_t r = r0 + t.y + kTy * i;
+          if (r >= D) continue;
+          const acc_t delta_r = (!kMoments && delta_w != acc_t(0)) ? m[r] - mean_old[b * D + r] : acc_t(0);
+          acc_t* row = cov + (b * D + r) * D;
+          IRDA_UNROLL
+          for (int j = 0; j < kColsPerThread; ++j) {
+            const int64_t c = c0 + t.x + kTx * j;
+            if (c >= D) continue;
+            if (kMoments) {
+              row[c] = acc[t].v[i][j];
+            } else {  // keep == 0: the old cov is never read
+              row[c] = merged_cov_entry(keep, sample_w, delta_w, acc[t].v[i][j], delta_r, delta_c[j], row[c]);
+            }
+          }
+        }
+      });
+    }
+  }
+};
+
+// New mean and count of every present bin; one block per bin, so the block reads
+// count[b] before its thread 0 advances it.
+template <typename acc_t>
+struct BinMeanMerge {
+  static constexpr int kThreads = kMeanThreads;
+  using Shared = NoShared;
+  const int64_t* offset;
+  const acc_t* bmean;
+  int64_t* count;
+  acc_t* mean;
+  int64_t D, num_bins;
+  double momentum;
+
+  template <class Blk>
+  IRDA_HOST_DEVICE void operator()(Blk& blk) const {
+    for (int64_t b = blk.block_idx().x; b < num_bins; b += blk.grid_dim().x) {
+      const int64_t nb = offset[b + 1] - offset[b];
+      if (nb == 0) continue;
+      blk.threads([&](const Thread& t) {
+        const MergeCoef coef = merge_coefficients(count[b], nb, momentum);
+        for (int64_t d = t.x; d < D; d += blk.block_dim().x) {
+          mean[b * D + d] = static_cast<acc_t>(
+              merged_mean(coef, static_cast<double>(mean[b * D + d]), static_cast<double>(bmean[b * D + d])));
+        }
+      });
+      blk.sync();
+      blk.threads([&](const Thread& t) {
+        if (t.x == 0) count[b] += nb;
+      });
+      blk.sync();
+    }
+  }
+};
+
+// The batch grouped by bin: samples of bin b are order[offset[b] .. offset[b + 1]).
+struct Buckets {
+  at::Tensor order;   // [n] int64
+  at::Tensor offset;  // [B + 1] int64
+};
+
+template <class Exec>
+Buckets bucket_by_bin(const Exec& ex, const at::Tensor& bin_index, int64_t num_bins) {
+  // A stable sort keeps each bin's samples in batch order, so the sums are
+  // reproducible run to run.
+  auto sorted = at::sort(bin_index, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  Buckets bk{std::get<1>(sorted), at::empty({num_bins + 1}, bin_index.options())};
+  const int64_t blocks = std::min<int64_t>(ceil_div(num_bins + 1, BinOffsets::kThreads), 1024);
+  ex.launch("bin_offsets", Dim3{unsigned(blocks)}, Dim3{BinOffsets::kThreads},
+            BinOffsets{std::get<0>(sorted).data_ptr<int64_t>(), bin_index.size(0), num_bins,
+                       bk.offset.data_ptr<int64_t>()});
+  return bk;
+}
+
+inline Dim3 cov_grid(int64_t D, int64_t num_bins) {
+  const int64_t tiles = ceil_div(D, kTile);
+  TORCH_CHECK(tiles * tiles <= INT32_MAX, "feature dimension ", D, " is too large for the CUDA kernel");
+  return Dim3{unsigned(tiles * tiles), unsigned(std::min(num_bins, kMaxGridY))};
+}
+
+inline Dim3 mean_grid(int64_t D, int64_t num_bins) {
+  return Dim3{unsigned(ceil_div(D, kMeanThreads)), unsigned(std::min(num_bins, kMaxGridY))};
+}
+
+template <class Exec>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_moments(const Exec& ex, const at::Tensor& z,
+                                                           const at::Tensor& bin_index, int64_t num_bins) {
+  check_features(z, bin_index, -1);
+  TORCH_CHECK_VALUE(num_bins >= 1, "num_bins must be at least 1, got ", num_bins);
+  const int64_t n = z.size(0), D = z.size(1);
+  // half / bfloat16 features are accumulated in float32
+  const auto acc = (z.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
+  at::Tensor count = at::empty({num_bins}, bin_index.options());
+  at::Tensor mean = at::empty({num_bins, D}, z.options().dtype(acc));
+  at::Tensor scatter = at::empty({num_bins, D, D}, z.options().dtype(acc));
+  if (n == 0 || D == 0) {
+    count.zero_();
+    mean.zero_();
+    scatter.zero_();
+    return {count, mean, scatter};
+  }
+  const at::Tensor zc = z.contiguous();
+  const Buckets bk = bucket_by_bin(ex, bin_index.contiguous(), num_bins);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, zc.scalar_type(), "bin_moments", [&] {
+    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    const scalar_t* zp = zc.data_ptr<scalar_t>();
+    const int64_t* order = bk.order.data_ptr<int64_t>();
+    const int64_t* offset = bk.offset.data_ptr<int64_t>();
+    acc_t* mp = mean.data_ptr<acc_t>();
+    ex.launch("bin_mean", mean_grid(D, num_bins), Dim3{kMeanThreads},
+              BinMean<scalar_t, acc_t>{zp, order, offset, D, num_bins, mp, count.data_ptr<int64_t>()});
+    ex.launch("bin_cov", cov_grid(D, num_bins), Dim3{kTx, kTy},
+              BinCov<scalar_t, acc_t, true>{zp, order, offset, mp, nullptr, nullptr, scatter.data_ptr<acc_t>(), D,
+                                            num_bins, -1.0});
+  });
+  return {count, mean, scatter};
+}
+
+template <class Exec>
+void bin_stats_update(const Exec& ex, at::Tensor& count, at::Tensor& mean, at::Tensor& cov, const at::Tensor& z,
+                      const at::Tensor& bin_index, std::optional<double> momentum) {
+  check_stats(count, mean, cov);
+  check_features(z, bin_index, mean.size(1));
+  check_same_device(z, mean, "z", "mean");
+  TORCH_CHECK_VALUE(count.is_contiguous() && mean.is_contiguous() && cov.is_contiguous(),
+                    "the statistics (count, mean, cov) must be contiguous");
+  const double rho = checked_momentum(momentum);
+  const int64_t D = mean.size(1), B = mean.size(0);
+  if (z.size(0) == 0 || D == 0) return;
+  // The statistics' dtype is the accumulation type: float32 statistics read half /
+  // bfloat16 / float32 features as they are; other combinations are converted first,
+  // as the CPU kernel does.
+  const bool native =
+      mean.scalar_type() == at::kDouble ? z.scalar_type() == at::kDouble : z.scalar_type() != at::kDouble;
+  const at::Tensor zc = native ? z.contiguous() : z.to(mean.scalar_type()).contiguous();
+  const Buckets bk = bucket_by_bin(ex, bin_index.contiguous(), B);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, zc.scalar_type(), "bin_stats_update", [&] {
+    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    const scalar_t* zp = zc.data_ptr<scalar_t>();
+    const int64_t* order = bk.order.data_ptr<int64_t>();
+    const int64_t* offset = bk.offset.data_ptr<int64_t>();
+    // Batch means of the present bins (rows of absent bins stay unwritten and unread).
+    at::Tensor bmean = at::empty({B, D}, mean.options());
+    acc_t* bm = bmean.data_ptr<acc_t>();
+    ex.launch("bin_mean", mean_grid(D, B), Dim3{kMeanThreads},
+              BinMean<scalar_t, acc_t>{zp, order, offset, D, B, bm, nullptr});
+    ex.launch("bin_cov", cov_grid(D, B), Dim3{kTx, kTy},
+              BinCov<scalar_t, acc_t, false>{zp, order, offset, bm, count.data_ptr<int64_t>(), mean.data_ptr<acc_t>(),
+                                             cov.data_ptr<acc_t>(), D, B, rho});
+    ex.launch("bin_mean_merge", Dim3{unsigned(std::min(B, kMaxGridY))}, Dim3{kMeanThreads},
+              BinMeanMerge<acc_t>{offset, bm, count.data_ptr<int64_t>(), mean.data_ptr<acc_t>(), D, B, rho});
+  });
+}
+
+}  // namespace bin_stats
+}  // namespace irda
