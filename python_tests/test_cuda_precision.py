@@ -256,3 +256,34 @@ def test_surrogate_matches_cpu(device, mode, K, B, var_scale):
     out = {"cpu": _cpu_kernels(run, "cpu"), "device": run(device)}
     for g_, w in zip(out["device"], out["cpu"]):
         torch.testing.assert_close(g_.cpu(), w, rtol=1e-10, atol=1e-10)
+
+
+DEVICE_ASSERT_CASES = {  # case: code run on "cuda", the message the device-side assertion prints
+    "surrogate_bin_out_of_range": ("a = list(surrogate_inputs(5, 2, 6, 'cuda')); a[2][0] = 6; "
+                                   "irda_ext.irda_surrogate(*a)", "bin_index values must lie in"),
+    "surrogate_bin_without_prior": ("a = list(surrogate_inputs(5, 2, 6, 'cuda', dead_bins=(3,))); a[2][0] = 3; "
+                                    "irda_ext.irda_surrogate(*a)", "log_prior of a sample's own bin"),
+    "surrogate_nan_target": ("a = list(surrogate_inputs(5, 2, 6, 'cuda')); a[1][1] = float('nan'); "
+                             "irda_ext.irda_surrogate(*a)", "target must be finite"),
+}
+
+
+@needs_gpu
+@pytest.mark.parametrize("case", DEVICE_ASSERT_CASES)
+def test_value_checks_are_device_assertions(case):
+    """On a GPU a bad value stops the kernel with a device-side assertion that names the
+    input, without a host synchronisation. The CUDA context is lost afterwards, as after
+    PyTorch's own index assertions, so every case runs in a process of its own."""
+    import os
+    import subprocess
+    import sys
+
+    code, message = DEVICE_ASSERT_CASES[case]
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = "\n".join(["import sys, torch", f"sys.path.insert(0, {here!r})",
+                        "from testing import features, surrogate_inputs", "import irda_ext", code,
+                        "torch.cuda.synchronize()"])
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out
+    assert "device-side assert" in out and message in out, out

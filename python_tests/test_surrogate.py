@@ -1,7 +1,7 @@
 """The fused IRDA surrogate against the dense reference (SPEC 6)."""
 import pytest
 import torch
-from testing import devices, known_emulated_failure, surrogate_inputs
+from testing import devices, surrogate_inputs
 
 import irda_ext
 from irda_ext import reference as ref
@@ -130,8 +130,7 @@ def test_float32_close_to_float64():
 
 
 @pytest.mark.parametrize("device", devices())
-def test_bad_input(device, request):
-    known_emulated_failure(request, "fix 1: the CUDA kernels check no values")
+def test_bad_input(device):
     args = list(surrogate_inputs(5, 2, 6, device, dead_bins=(3,)))
     with pytest.raises(ValueError, match="mode must be one of"):
         irda_ext.irda_surrogate(*args, mode="approx")
@@ -149,23 +148,42 @@ def test_bad_input(device, request):
     bad[1] = args[1].float()
     with pytest.raises(TypeError, match="dtype"):
         irda_ext.irda_surrogate(*bad)
-    if device != "cpu":  # value checks on a GPU are device-side assertions: test_cuda_precision.py
-        return
-    for j, index, value, message in [
-        (2, 0, 6, "bin_index.*outside|bin_index.*\\[0, num_bins\\)"),
-        (2, 0, 3, "log_prior of .*bin"),  # a bin without prior
-        (0, 1, float("nan"), "pred.*finite"),
-        (7, 2, -1.0, "var must be non-negative"),
-    ]:
-        bad = list(args)
-        bad[j] = args[j].clone()
-        bad[j][index] = value
-        with pytest.raises(ValueError, match=message):
-            irda_ext.irda_surrogate(*bad)
-    bad = list(args)
-    bad[10] = torch.tensor(0.0, dtype=torch.float64)
-    with pytest.raises(ValueError, match="noise_var must be positive"):
-        irda_ext.irda_surrogate(*bad)
+
+
+NAN, INF = float("nan"), float("inf")
+# case: (argument, element, value, what the message says)
+BAD_VALUES = {
+    "bin_out_of_range": (2, 0, 6, r"bin_index.*(outside \[0, 6\)|\[0, num_bins\))"),
+    "bin_without_prior": (2, 0, 3, r"log_prior of .*bin"),
+    "nan_pred": (0, 1, NAN, r"pred.* must be finite"),
+    "negative_var": (7, 2, -1.0, r"var must be non-negative"),
+    "inf_var": (7, 2, INF, r"var must be non-negative and finite"),
+    "zero_noise_var": (10, (), 0.0, r"noise_var must be positive"),
+    "nan_target": (1, 3, NAN, r"target.* must be finite"),
+    "inf_target": (1, 0, -INF, r"target.* must be finite"),
+    "nan_shift": (6, 4, NAN, r"shift.* must be finite"),
+    "inf_eta": (4, (1, 2), INF, r"eta.* must be finite"),
+    "nan_centers": (3, 5, NAN, r"centers.* must be finite"),
+    "nan_log_prior": (5, 1, NAN, r"log_prior.* not NaN or \+inf"),
+}
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("case", BAD_VALUES)
+@pytest.mark.parametrize("mode", MODES)
+def test_bad_values_raise_naming_the_input(device, case, mode):
+    """Each value the CPU kernel rejects, rejected by the CUDA kernels' code too (emulated)."""
+    if device == "cuda":
+        pytest.skip("a device-side assertion on a GPU: test_cuda_precision.py checks it in a subprocess")
+    j, where, value, message = BAD_VALUES[case]
+    args = list(surrogate_inputs(5, 2, 6, device, dead_bins=(3,)))
+    args[j] = args[j].clone()
+    args[j][where] = value
+    with pytest.raises(ValueError, match=message):
+        irda_ext.irda_surrogate(*args, mode=mode)
+    loss, lse = torch.ops.irda_ext.irda_surrogate(*surrogate_inputs(5, 2, 6, device, dead_bins=(3,)), mode)
+    with pytest.raises(ValueError, match=message):  # the backward op checks too
+        torch.ops.irda_ext.irda_surrogate_backward(torch.ones_like(loss), *args, mode, lse)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -359,13 +359,34 @@ Prepared prepare(const at::Tensor& pred, const at::Tensor& target, const at::Ten
   }
   AT_DISPATCH_FLOATING_TYPES(p.pred.scalar_type(), "irda_surrogate_check", [&] {
     const scalar_t* lp = p.log_prior.data_ptr<scalar_t>();
+    const scalar_t* et = p.eta.data_ptr<scalar_t>();
+    const scalar_t* ct = p.centers.data_ptr<scalar_t>();
+    for (int64_t j = 0; j < p.K * p.B; ++j) {
+      TORCH_CHECK_VALUE(std::isfinite(et[j]), "eta[", j / p.B, ", ", j % p.B, "] = ", et[j], ": eta must be finite");
+    }
+    for (int64_t j = 0; j < p.B; ++j) {
+      TORCH_CHECK_VALUE(std::isfinite(ct[j]), "centers[", j, "] = ", ct[j], ": centers must be finite");
+      TORCH_CHECK_VALUE(!std::isnan(lp[j]) && lp[j] < std::numeric_limits<scalar_t>::infinity(), "log_prior[", j,
+                        "] = ", lp[j], ": log_prior must be finite or -inf (a bin without prior), not NaN or +inf");
+    }
+    // One pass per input, so that the first bad value of each is named.
+    const struct {
+      const char* name;
+      const scalar_t* x;
+    } per_sample[] = {{"pred", p.pred.data_ptr<scalar_t>()},
+                      {"target", p.target.data_ptr<scalar_t>()},
+                      {"shift", p.shift.data_ptr<scalar_t>()}};
+    for (const auto& in : per_sample) {
+      for (int64_t i = 0; i < p.n; ++i) {
+        TORCH_CHECK_VALUE(std::isfinite(in.x[i]), in.name, "[", i, "] = ", in.x[i], ": ", in.name, " must be finite");
+      }
+    }
     const scalar_t* vr = p.var.data_ptr<scalar_t>();
-    const scalar_t* pr = p.pred.data_ptr<scalar_t>();
     for (int64_t i = 0; i < p.n; ++i) {
       TORCH_CHECK_VALUE(std::isfinite(lp[bin[i]]), "log_prior of bin ", bin[i], " (the bin of sample ", i,
                         ") must be finite: a sample's own bin needs a positive prior");
-      TORCH_CHECK_VALUE(vr[i] >= 0, "var must be non-negative, got var[", i, "] = ", vr[i]);
-      TORCH_CHECK_VALUE(std::isfinite(pr[i]), "pred[", i, "] is not finite (", pr[i], ")");
+      TORCH_CHECK_VALUE(vr[i] >= 0 && std::isfinite(vr[i]), "var[", i, "] = ", vr[i],
+                        ": var must be non-negative and finite");
     }
   });
   return p;

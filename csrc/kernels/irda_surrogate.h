@@ -81,6 +81,42 @@ IRDA_HOST_DEVICE bool sample_variance(const SurrogateArgs<T>& a, const Warp& w, 
   return capped_variance<T>(a.beta * a.var[i], own_max - lo, u, s2);
 }
 
+// The value checks of the CPU kernel, on the device (no host synchronisation): each
+// warp checks its sample, and the warp of sample 0 the inputs all samples share.
+template <typename T, class Warp>
+IRDA_HOST_DEVICE void check_values(const SurrogateArgs<T>& a, const Warp& w, int64_t i) {
+  if (i == 0) {
+    const int bad = w.lane_reduce(
+        [&](int lane) {
+          int flags = 0;
+          for (int64_t j = lane; j < a.K * a.B; j += kWarp) flags |= is_finite(a.eta[j]) ? 0 : 1;
+          for (int64_t j = lane; j < a.B; j += kWarp) {
+            flags |= is_finite(a.centers[j]) ? 0 : 2;
+            flags |= (a.log_prior[j] == a.log_prior[j] && a.log_prior[j] < T(INFINITY)) ? 0 : 4;
+          }
+          return flags;
+        },
+        [](int x, int y) { return x | y; });
+    if (w.leader()) {
+      IRDA_KERNEL_CHECK(!(bad & 1), "eta must be finite");
+      IRDA_KERNEL_CHECK(!(bad & 2), "centers must be finite");
+      IRDA_KERNEL_CHECK(!(bad & 4), "log_prior must be finite or -inf (a bin without prior), not NaN or +inf");
+      const T nv = a.noise_var[0];
+      IRDA_KERNEL_CHECK(nv > T(0) && is_finite(nv), "noise_var must be positive and finite");
+    }
+  }
+  if (w.leader()) {
+    const int64_t b = a.bin[i];
+    IRDA_KERNEL_CHECK(b >= 0 && b < a.B, "bin_index values must lie in [0, num_bins)");
+    IRDA_KERNEL_CHECK(is_finite(a.log_prior[b]),
+                      "log_prior of a sample's own bin must be finite: a bin without prior cannot hold a sample");
+    IRDA_KERNEL_CHECK(is_finite(a.pred[i]), "pred must be finite");
+    IRDA_KERNEL_CHECK(is_finite(a.target[i]), "target must be finite");
+    IRDA_KERNEL_CHECK(is_finite(a.shift[i]), "shift must be finite");
+    IRDA_KERNEL_CHECK(a.var[i] >= T(0) && is_finite(a.var[i]), "var must be non-negative and finite");
+  }
+}
+
 template <typename T>
 struct PaperForwardLane {
   OnlineLse<T> acc;
@@ -101,6 +137,7 @@ struct SurrogateForward {
     blk.warps([&](const auto& w) {
       const int64_t i = int64_t(blk.block_idx().x) * (blk.block_dim().x / kWarp) + w.index();
       if (i >= a.n) return;  // uniform over the warp
+      check_values(a, w, i);
       const int64_t b = a.bin[i], B = a.B, K = a.K, G = K * B;
       const T u = T(0.5) / a.noise_var[0];
       const T y = a.target[i];
@@ -180,6 +217,7 @@ struct SurrogateBackward {
     blk.warps([&](const auto& w) {
       const int64_t i = int64_t(blk.block_idx().x) * (blk.block_dim().x / kWarp) + w.index();
       if (i >= a.n) return;  // uniform over the warp
+      check_values(a, w, i);
       const int64_t b = a.bin[i], B = a.B, K = a.K, G = K * B;
       const T u = T(0.5) / a.noise_var[0];
       const T y = a.target[i];
@@ -265,10 +303,8 @@ struct Prepared {
   int64_t n, K, B;
 };
 
-// The CPU kernel's shape and dtype checks. Its value checks (finite own-bin prior,
-// var >= 0, positive noise_var) would need a device synchronisation and are made for
-// CUDA tensors neither here nor in the Python wrapper, which reads only the bin index
-// range and whether pred and var are finite: such input is not rejected on CUDA.
+// The CPU kernel's shape and dtype checks; its value checks are made by the kernels
+// (check_values).
 inline Prepared prepare(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& bin_index,
                         const at::Tensor& centers, const at::Tensor& eta, const at::Tensor& log_prior,
                         const at::Tensor& shift, const at::Tensor& var, const at::Tensor& noise_var,
