@@ -39,8 +39,9 @@ constexpr int kRowsPerThread = kTile / kTy;  // 8
 constexpr int kColsPerThread = kTile / kTx;  // 2
 constexpr int kMeanThreads = 256;
 
-// offset[b] = first position of bin b in the sorted bin indices (lower bound).
-// Out-of-range indices (rejected by the Python wrappers) fall outside every run.
+// offset[b] = first position of bin b in the sorted bin indices (lower bound). The
+// first thread checks the sorted extremes: an index outside [0, num_bins) would fall
+// outside every run and its sample would be dropped.
 struct BinOffsets {
   static constexpr int kThreads = 128;
   using Shared = NoShared;
@@ -51,6 +52,10 @@ struct BinOffsets {
   template <class Blk>
   IRDA_HOST_DEVICE void operator()(Blk& blk) const {
     blk.threads([&](const Thread& t) {
+      if (blk.block_idx().x == 0 && t.x == 0) {
+        IRDA_KERNEL_CHECK(sorted_bins[0] >= 0 && sorted_bins[n - 1] < num_bins,
+                          "bin_index values must lie in [0, num_bins)");
+      }
       const int64_t stride = int64_t(blk.grid_dim().x) * blk.block_dim().x;
       for (int64_t b = int64_t(blk.block_idx().x) * blk.block_dim().x + t.x; b <= num_bins; b += stride) {
         int64_t lo = 0, hi = n;

@@ -4,9 +4,8 @@
 //   1. MergeCov: every entry of the D x D covariance of every bin with batch_count > 0,
 //      reading the old count and mean,
 //   2. MergeMean: the new mean and count, after 1 has read the old ones.
-// Bins absent from the batch are never read or written. A negative batch_count
-// (rejected by the CPU kernel) would need a host synchronisation to detect here;
-// such a bin is treated as absent.
+// Bins absent from the batch are never read or written. A negative batch_count is
+// rejected on the device, as the CPU kernel rejects it.
 #pragma once
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -41,7 +40,10 @@ struct MergeCov {
   IRDA_HOST_DEVICE void operator()(Blk& blk) const {
     for (int64_t b = blk.block_idx().y; b < B; b += blk.grid_dim().y) {
       const int64_t nb = batch_count[b];
-      if (nb <= 0) continue;  // absent bin: untouched (uniform over the block)
+      blk.threads([&](const Thread& t) {
+        if (t.x == 0) IRDA_KERNEL_CHECK(nb >= 0, "batch_count must be non-negative");
+      });
+      if (nb == 0) continue;  // absent bin: untouched (uniform over the block)
       blk.threads([&](const Thread& t) {
         const MergeCoef c = merge_coefficients(count[b], nb, momentum);
         const T keep = static_cast<T>(c.keep), sample_w = static_cast<T>(c.sample_w);
@@ -76,7 +78,10 @@ struct MergeMean {
   IRDA_HOST_DEVICE void operator()(Blk& blk) const {
     for (int64_t b = blk.block_idx().x; b < B; b += blk.grid_dim().x) {
       const int64_t nb = batch_count[b];
-      if (nb <= 0) continue;
+      blk.threads([&](const Thread& t) {
+        if (t.x == 0) IRDA_KERNEL_CHECK(nb >= 0, "batch_count must be non-negative");
+      });
+      if (nb == 0) continue;
       blk.threads([&](const Thread& t) {
         const MergeCoef c = merge_coefficients(count[b], nb, momentum);
         for (int64_t d = t.x; d < D; d += blk.block_dim().x) {
