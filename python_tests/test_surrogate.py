@@ -214,3 +214,46 @@ def test_cluster_shares_above_one_match_reference(mode):
     got = irda_ext.irda_surrogate(*args, mode=mode, reduction="none")
     want = ref.irda_surrogate(*args, mode=mode, reduction="none")
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def _logits_near_1e6(device):
+    """float32 inputs whose logits reach 1e5-1e6: targets near 1000, predictions near 0,
+    u = 1 / (2 sigma^2) = 0.5, three bins 1000 apart; one term dominates each row."""
+    g = torch.Generator().manual_seed(0)
+    n = 16
+    args = [torch.randn(n, generator=g, dtype=torch.float64) * 10,  # pred
+            1000 + torch.rand(n, generator=g, dtype=torch.float64),  # target
+            torch.zeros(n, dtype=torch.int64),  # every sample in bin 0
+            torch.tensor([1000.5, 2000.5, 3000.5], dtype=torch.float64),  # centers
+            torch.tensor([[0.3, 0.6, 0.5], [0.7, 0.4, 0.5]], dtype=torch.float64),  # eta
+            torch.log(torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)),  # log_prior
+            torch.randn(n, generator=g, dtype=torch.float64),  # shift
+            torch.rand(n, generator=g, dtype=torch.float64) * 0.01,  # var
+            0.5, 0.75, torch.tensor(1.0, dtype=torch.float64)]
+    args = [a.float().to(device) if isinstance(a, torch.Tensor) and a.is_floating_point() else
+            a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+    for j in (0, 6, 7, 10):
+        args[j].requires_grad_()
+    return args
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("mode", MODES)
+def test_float32_logits_near_1e6(device, mode):
+    """Backward recomputes every logit bit for bit as forward computed it (no fused
+    multiply-add in one and not in the other; on CUDA --fmad=false): the dominant term's
+    weight exp(logit - lse) is then exactly 1, and the float32 gradients are those of the
+    float64 reference to float32 precision. A logit rounded differently by one ulp (0.008
+    at 1e5) would move them by 1%; an own-bin shift term R1 left nonzero by a fused
+    multiply-add would give d/dshift about 1e-5 in paper mode instead of 0."""
+    args = _logits_near_1e6(device)
+    args64 = [a.detach().double().cpu().requires_grad_(a.requires_grad)
+              if isinstance(a, torch.Tensor) and a.is_floating_point() else
+              a.cpu() if isinstance(a, torch.Tensor) else a for a in args]
+    got = irda_ext.irda_surrogate(*args, mode=mode, reduction="none")
+    want = ref.irda_surrogate(*args64, mode=mode, reduction="none")
+    assert want.abs().min() > 1e4  # the regime this test is about
+    torch.testing.assert_close(got.double().cpu(), want, rtol=1e-6, atol=0)
+    wrt = lambda a: [a[0], a[6], a[7], a[10]]  # noqa: E731
+    for g, w in zip(torch.autograd.grad(got.sum(), wrt(args)), torch.autograd.grad(want.sum(), wrt(args64))):
+        torch.testing.assert_close(g.double().cpu(), w, rtol=1e-5, atol=1e-6 + 1e-5 * w.abs().max().item())
