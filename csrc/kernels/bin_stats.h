@@ -5,7 +5,9 @@
 // The batch is grouped by bin segment-wise: a stable device sort of the bin indices
 // gives each bin's samples as a contiguous run order[offset[b] .. offset[b + 1])
 // (offsets by binary search, no host synchronisation). Then
-//   1. BinMean: the batch mean m_b of every bin (two-pass centring),
+//   1. BinMean: the batch mean m_b of every bin (two-pass centring), summed and kept
+//      in float64 as on the CPU: the centred samples and m_b - mu_old are rounded to
+//      the accumulation type once,
 //   2. BinCov: for every bin, 64 x 64 tiles of its D x D matrix; a block stages the
 //      bin's centred samples in shared memory, accumulates sum (z - m_b)(z - m_b)^T in
 //      registers and applies the merge of merge_math.h in one read-modify-write of its
@@ -73,8 +75,9 @@ struct BinOffsets {
   }
 };
 
-// bmean[b] = batch mean of bin b, for bins present. With count_out (plain moments)
-// the counts are written too and absent bins get a zero mean.
+// bmean[b] = batch mean of bin b in float64, for bins present. With count_out (plain
+// moments) the counts and the mean in the accumulation type (mean_out) are written
+// too, and absent bins get a zero mean.
 template <typename scalar_t, typename acc_t>
 struct BinMean {
   static constexpr int kThreads = kMeanThreads;
@@ -83,8 +86,9 @@ struct BinMean {
   const int64_t* order;
   const int64_t* offset;
   int64_t D, num_bins;
-  acc_t* bmean;
+  double* bmean;
   int64_t* count_out;
+  acc_t* mean_out;
 
   template <class Blk>
   IRDA_HOST_DEVICE void operator()(Blk& blk) const {
@@ -95,12 +99,14 @@ struct BinMean {
         if (count_out != nullptr && blk.block_idx().x == 0 && t.x == 0) count_out[b] = nb;
         if (d >= D) continue;
         if (nb == 0) {
-          if (count_out != nullptr) bmean[b * D + d] = acc_t(0);
+          if (mean_out != nullptr) mean_out[b * D + d] = acc_t(0);
           continue;
         }
-        acc_t s = acc_t(0);
-        for (int64_t r = 0; r < nb; ++r) s += static_cast<acc_t>(z[order[lo + r] * D + d]);
-        bmean[b * D + d] = s / static_cast<acc_t>(nb);
+        double s = 0.0;
+        for (int64_t r = 0; r < nb; ++r) s += static_cast<double>(z[order[lo + r] * D + d]);
+        const double m = s / static_cast<double>(nb);
+        bmean[b * D + d] = m;
+        if (mean_out != nullptr) mean_out[b * D + d] = static_cast<acc_t>(m);
       }
     });
   }
@@ -125,12 +131,15 @@ struct BinCov {
   const scalar_t* z;
   const int64_t* order;
   const int64_t* offset;
-  const acc_t* bmean;
+  const double* bmean;
   const int64_t* count;
   const acc_t* mean_old;
   acc_t* cov;
   int64_t D, num_bins;
   double momentum;
+
+  // m_b - mu_old, in float64 and rounded once
+  static IRDA_HOST_DEVICE acc_t delta(double m, acc_t mu_old) { return static_cast<acc_t>(m - double(mu_old)); }
 
   template <class Blk>
   IRDA_HOST_DEVICE void operator()(Blk& blk) const {
@@ -142,7 +151,7 @@ struct BinCov {
     for (int64_t b = blk.block_idx().y; b < num_bins; b += blk.grid_dim().y) {
       const int64_t lo = offset[b], nb = offset[b + 1] - lo;
       if (!kMoments && nb == 0) continue;  // absent bin: untouched (uniform over the block)
-      const acc_t* m = bmean + b * D;
+      const double* m = bmean + b * D;
       blk.threads([&](const Thread& t) {
         IRDA_UNROLL
         for (int i = 0; i < kRowsPerThread; ++i)
@@ -157,8 +166,8 @@ struct BinCov {
             acc_t vr = acc_t(0), vc = acc_t(0);
             if (s < nb) {
               const scalar_t* zi = z + order[lo + s] * D;
-              if (r0 + c < D) vr = static_cast<acc_t>(zi[r0 + c]) - m[r0 + c];
-              if (c0 + c < D) vc = static_cast<acc_t>(zi[c0 + c]) - m[c0 + c];
+              if (r0 + c < D) vr = static_cast<acc_t>(static_cast<double>(zi[r0 + c]) - m[r0 + c]);
+              if (c0 + c < D) vc = static_cast<acc_t>(static_cast<double>(zi[c0 + c]) - m[c0 + c]);
             }
             blk.store(t, sm.rows[r][c], vr);
             blk.store(t, sm.cols[r][c], vc);
@@ -191,13 +200,13 @@ struct BinCov {
         IRDA_UNROLL
         for (int j = 0; j < kColsPerThread; ++j) {
           const int64_t c = c0 + t.x + kTx * j;
-          delta_c[j] = (!kMoments && delta_w != acc_t(0) && c < D) ? m[c] - mean_old[b * D + c] : acc_t(0);
+          delta_c[j] = (!kMoments && delta_w != acc_t(0) && c < D) ? delta(m[c], mean_old[b * D + c]) : acc_t(0);
         }
         IRDA_UNROLL
         for (int i = 0; i < kRowsPerThread; ++i) {
           const int64_t r = r0 + t.y + kTy * i;
           if (r >= D) continue;
-          const acc_t delta_r = (!kMoments && delta_w != acc_t(0)) ? m[r] - mean_old[b * D + r] : acc_t(0);
+          const acc_t delta_r = (!kMoments && delta_w != acc_t(0)) ? delta(m[r], mean_old[b * D + r]) : acc_t(0);
           acc_t* row = cov + (b * D + r) * D;
           IRDA_UNROLL
           for (int j = 0; j < kColsPerThread; ++j) {
@@ -222,7 +231,7 @@ struct BinMeanMerge {
   static constexpr int kThreads = kMeanThreads;
   using Shared = NoShared;
   const int64_t* offset;
-  const acc_t* bmean;
+  const double* bmean;
   int64_t* count;
   acc_t* mean;
   int64_t D, num_bins;
@@ -236,8 +245,7 @@ struct BinMeanMerge {
       blk.threads([&](const Thread& t) {
         const MergeCoef coef = merge_coefficients(count[b], nb, momentum);
         for (int64_t d = t.x; d < D; d += blk.block_dim().x) {
-          mean[b * D + d] = static_cast<acc_t>(
-              merged_mean(coef, static_cast<double>(mean[b * D + d]), static_cast<double>(bmean[b * D + d])));
+          mean[b * D + d] = static_cast<acc_t>(merged_mean(coef, static_cast<double>(mean[b * D + d]), bmean[b * D + d]));
         }
       });
       blk.sync();
@@ -302,11 +310,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_moments(const Exec& ex, const
     const scalar_t* zp = zc.data_ptr<scalar_t>();
     const int64_t* order = bk.order.data_ptr<int64_t>();
     const int64_t* offset = bk.offset.data_ptr<int64_t>();
-    acc_t* mp = mean.data_ptr<acc_t>();
+    at::Tensor bmean = at::empty({num_bins, D}, z.options().dtype(at::kDouble));
+    double* bm = bmean.data_ptr<double>();
     ex.launch("bin_mean", mean_grid(D, num_bins), Dim3{kMeanThreads},
-              BinMean<scalar_t, acc_t>{zp, order, offset, D, num_bins, mp, count.data_ptr<int64_t>()});
+              BinMean<scalar_t, acc_t>{zp, order, offset, D, num_bins, bm, count.data_ptr<int64_t>(),
+                                       mean.data_ptr<acc_t>()});
     ex.launch("bin_cov", cov_grid(D, num_bins), Dim3{kTx, kTy},
-              BinCov<scalar_t, acc_t, true>{zp, order, offset, mp, nullptr, nullptr, scatter.data_ptr<acc_t>(), D,
+              BinCov<scalar_t, acc_t, true>{zp, order, offset, bm, nullptr, nullptr, scatter.data_ptr<acc_t>(), D,
                                             num_bins, -1.0});
   });
   return {count, mean, scatter};
@@ -335,11 +345,11 @@ void bin_stats_update(const Exec& ex, at::Tensor& count, at::Tensor& mean, at::T
     const scalar_t* zp = zc.data_ptr<scalar_t>();
     const int64_t* order = bk.order.data_ptr<int64_t>();
     const int64_t* offset = bk.offset.data_ptr<int64_t>();
-    // Batch means of the present bins (rows of absent bins stay unwritten and unread).
-    at::Tensor bmean = at::empty({B, D}, mean.options());
-    acc_t* bm = bmean.data_ptr<acc_t>();
+    // Batch means of the present bins in float64 (rows of absent bins stay unwritten and unread).
+    at::Tensor bmean = at::empty({B, D}, mean.options().dtype(at::kDouble));
+    double* bm = bmean.data_ptr<double>();
     ex.launch("bin_mean", mean_grid(D, B), Dim3{kMeanThreads},
-              BinMean<scalar_t, acc_t>{zp, order, offset, D, B, bm, nullptr});
+              BinMean<scalar_t, acc_t>{zp, order, offset, D, B, bm, nullptr, nullptr});
     ex.launch("bin_cov", cov_grid(D, B), Dim3{kTx, kTy},
               BinCov<scalar_t, acc_t, false>{zp, order, offset, bm, count.data_ptr<int64_t>(), mean.data_ptr<acc_t>(),
                                              cov.data_ptr<acc_t>(), D, B, rho});

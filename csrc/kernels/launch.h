@@ -31,8 +31,8 @@
 
 namespace irda {
 
-// #pragma unroll for nvcc; g++ unrolls constant trip counts on its own.
-#if defined(__CUDACC__)
+// #pragma unroll in device code; host compilers unroll constant trip counts on their own.
+#if defined(__CUDA_ARCH__)
 #define IRDA_UNROLL _Pragma("unroll")
 #else
 #define IRDA_UNROLL
