@@ -8,10 +8,10 @@
 //   1. BinMean: the batch mean m_b of every bin (two-pass centring), summed and kept
 //      in float64 as on the CPU: the centred samples and m_b - mu_old are rounded to
 //      the accumulation type once,
-//   2. BinCov: for every bin, 64 x 64 tiles of its D x D matrix; a block stages the
-//      bin's centred samples in shared memory, accumulates sum (z - m_b)(z - m_b)^T in
-//      registers and applies the merge of merge_math.h in one read-modify-write of its
-//      tile of cov,
+//   2. BinCov: for every bin, the upper triangle of tiles of its D x D matrix; a block
+//      stages the bin's centred samples in shared memory, accumulates
+//      sum (z - m_b)(z - m_b)^T in registers and applies the merge of merge_math.h in
+//      one read-modify-write of its tile of cov, mirrored to the lower triangle,
 //   3. BinMeanMerge: the new mean and count, after 2 has read the old ones.
 // Blocks of bins absent from the batch return at once: their statistics are never
 // read or written. half / bfloat16 features are read as they are and accumulated in
@@ -33,13 +33,11 @@
 namespace irda {
 namespace bin_stats {
 
-constexpr int kTile = 64;   // output tile of a D x D matrix
 constexpr int kChunk = 16;  // samples staged in shared memory at a time
-constexpr int kTx = 32;     // threads along a tile row (one warp: coalesced)
-constexpr int kTy = 8;
-constexpr int kRowsPerThread = kTile / kTy;  // 8
-constexpr int kColsPerThread = kTile / kTx;  // 2
 constexpr int kMeanThreads = 256;
+// The D x D matrices are cut into tiles of 64, or of 16 up to D = kSmallD, where tiles
+// of 64 would give a bin (a dominant one with most of the batch) 1 to 3 blocks.
+constexpr int kSmallD = 128;
 
 // offset[b] = first position of bin b in the sorted bin indices (lower bound). The
 // first thread checks the sorted extremes: an index outside [0, num_bins) would fall
@@ -112,21 +110,49 @@ struct BinMean {
   }
 };
 
-// One 64 x 64 tile of every bin's D x D matrix per block (blockIdx.x = tile,
-// blockIdx.y = bin). kMoments: out = scatter (zeros for absent bins). Otherwise the
-// merge: cov = keep * cov + sample_w * scatter + delta_w * delta delta^T,
-// delta = m_b - mu_old, reading count and mean before BinMeanMerge updates them.
-// The tile (r, c) and its transpose (c, r) sum the same products in the same order,
-// so the result is exactly symmetric.
-template <typename scalar_t, typename acc_t, bool kMoments>
+// The thread layout of a kTile x kTile output tile: 256 threads, kTx along a row
+// (coalesced), each owning kTile / kTy rows and kTile / kTx columns.
+template <int kTile>
+struct TileShape {
+  static constexpr int kTx = kTile < 32 ? kTile : 32;
+  static constexpr int kTy = 256 / kTx;
+  static constexpr int kRows = kTile / kTy;  // per thread
+  static constexpr int kCols = kTile / kTx;
+  static_assert(kRows >= 1 && kCols >= 1 && kTile % kTy == 0, "a tile of at least 16");
+};
+
+// The tile pair (R, C), R <= C, of block x of the upper triangle of tiles x tiles.
+IRDA_HOST_DEVICE void triangle_tile(int64_t x, int64_t tiles, int64_t* R, int64_t* C) {
+  int64_t r = 0;
+  while (x >= tiles - r) {
+    x -= tiles - r;
+    ++r;
+  }
+  *R = r;
+  *C = r + x;
+}
+
+// One kTile x kTile tile of the upper triangle of every bin's D x D matrix per block
+// (blockIdx.x = tile pair (R, C), R <= C; blockIdx.y = bin); an off-diagonal tile is
+// written at (R, C) and, transposed through shared memory (coalesced), at (C, R), so
+// the result is exactly symmetric and half the products are computed. kMoments:
+// out = scatter (zeros for absent bins). Otherwise the merge:
+// cov = keep * cov + sample_w * scatter + delta_w * delta delta^T, delta = m_b - mu_old,
+// reading count and mean before BinMeanMerge updates them (and only the (R, C) half of
+// the old cov, which is symmetric).
+template <typename scalar_t, typename acc_t, bool kMoments, int kTile>
 struct BinCov {
-  static constexpr int kThreads = kTx * kTy;
-  struct Shared {
-    acc_t rows[kChunk][kTile];  // centred samples on the tile's row dimensions
-    acc_t cols[kChunk][kTile];  // ... and on its column dimensions
+  using Shape = TileShape<kTile>;
+  static constexpr int kThreads = Shape::kTx * Shape::kTy;
+  union Shared {
+    struct {
+      acc_t rows[kChunk][kTile];  // centred samples on the tile's row dimensions
+      acc_t cols[kChunk][kTile];  // ... and on its column dimensions
+    } stage;
+    acc_t tile[kTile][kTile + 1];  // the finished tile, for its transposed copy (+1: no bank conflicts)
   };
   struct Acc {
-    acc_t v[kRowsPerThread][kColsPerThread];
+    acc_t v[Shape::kRows][Shape::kCols];
   };
   const scalar_t* z;
   const int64_t* order;
@@ -143,9 +169,11 @@ struct BinCov {
 
   template <class Blk>
   IRDA_HOST_DEVICE void operator()(Blk& blk) const {
+    constexpr int kTx = Shape::kTx, kTy = Shape::kTy, kRows = Shape::kRows, kCols = Shape::kCols;
     Shared& sm = blk.shared();
-    const int64_t tiles = ceil_div(D, kTile);
-    const int64_t r0 = (blk.block_idx().x / tiles) * kTile, c0 = (blk.block_idx().x % tiles) * kTile;
+    int64_t R, C;
+    triangle_tile(blk.block_idx().x, ceil_div(D, kTile), &R, &C);
+    const int64_t r0 = R * kTile, c0 = C * kTile;
     typename Blk::template PerThread<Acc> acc(blk);
 
     for (int64_t b = blk.block_idx().y; b < num_bins; b += blk.grid_dim().y) {
@@ -154,9 +182,9 @@ struct BinCov {
       const double* m = bmean + b * D;
       blk.threads([&](const Thread& t) {
         IRDA_UNROLL
-        for (int i = 0; i < kRowsPerThread; ++i)
+        for (int i = 0; i < kRows; ++i)
           IRDA_UNROLL
-          for (int j = 0; j < kColsPerThread; ++j) acc[t].v[i][j] = acc_t(0);
+          for (int j = 0; j < kCols; ++j) acc[t].v[i][j] = acc_t(0);
       });
       for (int64_t s0 = 0; s0 < nb; s0 += kChunk) {
         blk.threads([&](const Thread& t) {
@@ -169,22 +197,22 @@ struct BinCov {
               if (r0 + c < D) vr = static_cast<acc_t>(static_cast<double>(zi[r0 + c]) - m[r0 + c]);
               if (c0 + c < D) vc = static_cast<acc_t>(static_cast<double>(zi[c0 + c]) - m[c0 + c]);
             }
-            blk.store(t, sm.rows[r][c], vr);
-            blk.store(t, sm.cols[r][c], vc);
+            blk.store(t, sm.stage.rows[r][c], vr);
+            blk.store(t, sm.stage.cols[r][c], vc);
           }
         });
         blk.sync();
         blk.threads([&](const Thread& t) {
           const int steps = static_cast<int>(nb - s0 < kChunk ? nb - s0 : kChunk);
           for (int k = 0; k < steps; ++k) {
-            acc_t cv[kColsPerThread];
+            acc_t cv[kCols];
             IRDA_UNROLL
-            for (int j = 0; j < kColsPerThread; ++j) cv[j] = blk.load(t, sm.cols[k][t.x + kTx * j]);
+            for (int j = 0; j < kCols; ++j) cv[j] = blk.load(t, sm.stage.cols[k][t.x + kTx * j]);
             IRDA_UNROLL
-            for (int i = 0; i < kRowsPerThread; ++i) {
-              const acc_t rv = blk.load(t, sm.rows[k][t.y + kTy * i]);
+            for (int i = 0; i < kRows; ++i) {
+              const acc_t rv = blk.load(t, sm.stage.rows[k][t.y + kTy * i]);
               IRDA_UNROLL
-              for (int j = 0; j < kColsPerThread; ++j) acc[t].v[i][j] += rv * cv[j];
+              for (int j = 0; j < kCols; ++j) acc[t].v[i][j] += rv * cv[j];
             }
           }
         });
@@ -195,31 +223,50 @@ struct BinCov {
       const acc_t keep = static_cast<acc_t>(coef.keep);
       const acc_t sample_w = static_cast<acc_t>(coef.sample_w);
       const acc_t delta_w = static_cast<acc_t>(coef.delta_w);
+      const bool mirror = R != C;
       blk.threads([&](const Thread& t) {
-        acc_t delta_c[kColsPerThread];
+        acc_t delta_c[kCols];
         IRDA_UNROLL
-        for (int j = 0; j < kColsPerThread; ++j) {
+        for (int j = 0; j < kCols; ++j) {
           const int64_t c = c0 + t.x + kTx * j;
           delta_c[j] = (!kMoments && delta_w != acc_t(0) && c < D) ? delta(m[c], mean_old[b * D + c]) : acc_t(0);
         }
         IRDA_UNROLL
-        for (int i = 0; i < kRowsPerThread; ++i) {
+        for (int i = 0; i < kRows; ++i) {
           const int64_t r = r0 + t.y + kTy * i;
           if (r >= D) continue;
           const acc_t delta_r = (!kMoments && delta_w != acc_t(0)) ? delta(m[r], mean_old[b * D + r]) : acc_t(0);
           acc_t* row = cov + (b * D + r) * D;
           IRDA_UNROLL
-          for (int j = 0; j < kColsPerThread; ++j) {
+          for (int j = 0; j < kCols; ++j) {
             const int64_t c = c0 + t.x + kTx * j;
             if (c >= D) continue;
-            if (kMoments) {
-              row[c] = acc[t].v[i][j];
-            } else {  // keep == 0: the old cov is never read
-              row[c] = merged_cov_entry(keep, sample_w, delta_w, acc[t].v[i][j], delta_r, delta_c[j], row[c]);
-            }
+            // keep == 0: the old cov is never read
+            const acc_t v = kMoments ? acc[t].v[i][j]
+                                     : merged_cov_entry(keep, sample_w, delta_w, acc[t].v[i][j], delta_r, delta_c[j],
+                                                        row[c]);
+            row[c] = v;
+            if (mirror) blk.store(t, sm.tile[t.x + kTx * j][t.y + kTy * i], v);
           }
         }
       });
+      if (!mirror) continue;  // uniform over the block
+      blk.sync();
+      // the transposed tile: row c0 + y of the (C, R) tile is column c0 + y of (R, C)
+      blk.threads([&](const Thread& t) {
+        IRDA_UNROLL
+        for (int i = 0; i < kRows; ++i) {
+          const int64_t c = c0 + t.y + kTy * i;
+          if (c >= D) continue;
+          acc_t* row = cov + (b * D + c) * D;
+          IRDA_UNROLL
+          for (int j = 0; j < kCols; ++j) {
+            const int64_t r = r0 + t.x + kTx * j;
+            if (r < D) row[r] = blk.load(t, sm.tile[t.y + kTy * i][t.x + kTx * j]);
+          }
+        }
+      });
+      blk.sync();  // the next bin stages into the same shared memory
     }
   }
 };
@@ -276,10 +323,23 @@ Buckets bucket_by_bin(const Exec& ex, const at::Tensor& bin_index, int64_t num_b
   return bk;
 }
 
-inline Dim3 cov_grid(int64_t D, int64_t num_bins) {
+template <int kTile>
+Dim3 cov_grid(int64_t D, int64_t num_bins) {
   const int64_t tiles = ceil_div(D, kTile);
-  TORCH_CHECK(tiles * tiles <= INT32_MAX, "feature dimension ", D, " is too large for the CUDA kernel");
-  return Dim3{unsigned(tiles * tiles), unsigned(std::min(num_bins, kMaxGridY))};
+  TORCH_CHECK(tiles * (tiles + 1) / 2 <= INT32_MAX, "feature dimension ", D, " is too large for the CUDA kernel");
+  return Dim3{unsigned(tiles * (tiles + 1) / 2), unsigned(std::min(num_bins, kMaxGridY))};
+}
+
+// Launches BinCov with the tile size for D.
+template <typename scalar_t, typename acc_t, bool kMoments, class Exec, class... Args>
+void launch_cov(const Exec& ex, int64_t D, int64_t num_bins, Args... args) {
+  if (D <= kSmallD) {
+    using K = BinCov<scalar_t, acc_t, kMoments, 16>;
+    ex.launch("bin_cov<16>", cov_grid<16>(D, num_bins), Dim3{K::Shape::kTx, K::Shape::kTy}, K{args...});
+  } else {
+    using K = BinCov<scalar_t, acc_t, kMoments, 64>;
+    ex.launch("bin_cov<64>", cov_grid<64>(D, num_bins), Dim3{K::Shape::kTx, K::Shape::kTy}, K{args...});
+  }
 }
 
 inline Dim3 mean_grid(int64_t D, int64_t num_bins) {
@@ -315,9 +375,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_moments(const Exec& ex, const
     ex.launch("bin_mean", mean_grid(D, num_bins), Dim3{kMeanThreads},
               BinMean<scalar_t, acc_t>{zp, order, offset, D, num_bins, bm, count.data_ptr<int64_t>(),
                                        mean.data_ptr<acc_t>()});
-    ex.launch("bin_cov", cov_grid(D, num_bins), Dim3{kTx, kTy},
-              BinCov<scalar_t, acc_t, true>{zp, order, offset, bm, nullptr, nullptr, scatter.data_ptr<acc_t>(), D,
-                                            num_bins, -1.0});
+    launch_cov<scalar_t, acc_t, true>(ex, D, num_bins, zp, order, offset, static_cast<const double*>(bm),
+                                      static_cast<const int64_t*>(nullptr), static_cast<const acc_t*>(nullptr),
+                                      scatter.data_ptr<acc_t>(), D, num_bins, -1.0);
   });
   return {count, mean, scatter};
 }
@@ -350,9 +410,10 @@ void bin_stats_update(const Exec& ex, at::Tensor& count, at::Tensor& mean, at::T
     double* bm = bmean.data_ptr<double>();
     ex.launch("bin_mean", mean_grid(D, B), Dim3{kMeanThreads},
               BinMean<scalar_t, acc_t>{zp, order, offset, D, B, bm, nullptr, nullptr});
-    ex.launch("bin_cov", cov_grid(D, B), Dim3{kTx, kTy},
-              BinCov<scalar_t, acc_t, false>{zp, order, offset, bm, count.data_ptr<int64_t>(), mean.data_ptr<acc_t>(),
-                                             cov.data_ptr<acc_t>(), D, B, rho});
+    launch_cov<scalar_t, acc_t, false>(ex, D, B, zp, order, offset, static_cast<const double*>(bm),
+                                       static_cast<const int64_t*>(count.data_ptr<int64_t>()),
+                                       static_cast<const acc_t*>(mean.data_ptr<acc_t>()), cov.data_ptr<acc_t>(), D, B,
+                                       rho);
     ex.launch("bin_mean_merge", Dim3{unsigned(std::min(B, kMaxGridY))}, Dim3{kMeanThreads},
               BinMeanMerge<acc_t>{offset, bm, count.data_ptr<int64_t>(), mean.data_ptr<acc_t>(), D, B, rho});
   });

@@ -22,6 +22,7 @@ namespace irda {
 namespace surrogate {
 
 constexpr int kWarpsPerBlock = 2;  // small blocks spread n = 256 samples over the SMs
+constexpr int kThreads = kWarpsPerBlock * kWarp;
 
 template <typename T>
 struct SurrogateArgs {
@@ -56,24 +57,40 @@ IRDA_HOST_DEVICE OnlineLse<T> merge_lse(OnlineLse<T> x, const OnlineLse<T>& y) {
   return x;
 }
 
+// A lane's walk over the (cluster, bin) grid j = kc * B + bc = lane, lane + 32, ...
+// < K * B in 32-bit steps, with no division in the loop (the host checks K * B + 32
+// fits in an int).
+struct GridWalk {
+  int kc, bc, j;
+  IRDA_HOST_DEVICE GridWalk(int lane, int B) : kc(lane / B), bc(lane % B), j(lane) {}
+  IRDA_HOST_DEVICE void next(int B) {
+    j += kWarp;
+    bc += kWarp;
+    while (bc >= B) {
+      bc -= B;
+      ++kc;
+    }
+  }
+};
+
 // A competitor bin takes part if its prior is positive; the sample's own bin always does.
 template <typename T>
-IRDA_HOST_DEVICE bool competes(int64_t bc, int64_t b, T lp) {
+IRDA_HOST_DEVICE bool competes(int bc, int b, T lp) {
   return bc == b || is_finite(lp);
 }
 
 // The augmented prediction's variance in exact mode (SPEC 6.2): the spread of eta
 // between the own bin's clusters and every valid competitor.
 template <typename T, class Warp>
-IRDA_HOST_DEVICE bool sample_variance(const SurrogateArgs<T>& a, const Warp& w, int64_t i, int64_t b, T u, T* s2) {
+IRDA_HOST_DEVICE bool sample_variance(const SurrogateArgs<T>& a, const Warp& w, int64_t i, int b, T u, T* s2) {
   T own_max = -INFINITY;
   for (int64_t k = 0; k < a.K; ++k) own_max = max_of(own_max, a.eta[k * a.B + b]);
   // min of eta over bins with a finite log prior (valid_eta_min on the CPU)
   const T lo = w.lane_reduce(
       [&](int lane) {
         T m = INFINITY;
-        for (int64_t j = lane; j < a.K * a.B; j += kWarp) {
-          if (is_finite(a.log_prior[j % a.B])) m = min_of(m, a.eta[j]);
+        for (GridWalk g(lane, int(a.B)); g.kc < a.K; g.next(int(a.B))) {
+          if (is_finite(a.log_prior[g.bc])) m = min_of(m, a.eta[g.j]);
         }
         return m;
       },
@@ -123,12 +140,13 @@ struct PaperForwardLane {
   T own;
 };
 
-template <typename T>
+// Forward: one LSE per (sample, numerator cluster) in exact mode, one per sample in
+// paper mode (kExact picks the mode at compile time).
+template <typename T, bool kExact>
 struct SurrogateForward {
-  static constexpr int kThreads = kWarpsPerBlock * kWarp;
+  static constexpr int kThreads = surrogate::kThreads;
   using Shared = NoShared;
   SurrogateArgs<T> a;
-  bool exact;
   T* loss;
   T* lse;
 
@@ -138,30 +156,29 @@ struct SurrogateForward {
       const int64_t i = int64_t(blk.block_idx().x) * (blk.block_dim().x / kWarp) + w.index();
       if (i >= a.n) return;  // uniform over the warp
       check_values(a, w, i);
-      const int64_t b = a.bin[i], B = a.B, K = a.K, G = K * B;
+      const int b = int(a.bin[i]), B = int(a.B), K = int(a.K);
       const T u = T(0.5) / a.noise_var[0];
       const T y = a.target[i];
-      if (exact) {
+      if constexpr (kExact) {
         T s2;
         sample_variance(a, w, i, b, u, &s2);
         const T m = a.pred[i] + a.alpha * a.shift[i];
         const T lp_own = a.log_prior[b];
         T total = T(0);
-        for (int64_t k = 0; k < K; ++k) {
+        for (int k = 0; k < K; ++k) {
           const T eta_own = a.eta[k * B + b];
           const OnlineLse<T> acc = w.lane_reduce(
               [&](int lane) {
                 OnlineLse<T> part;
-                for (int64_t j = lane; j < G; j += kWarp) {
-                  const int64_t bc = j % B;
-                  const T lp = a.log_prior[bc];
-                  if (!competes(bc, b, lp)) continue;
-                  const T t = bc == b ? y : a.centers[bc];
-                  part.add(exact_term<T>(eta_own, a.eta[j], y, t, lp - lp_own, m, s2, u).F);
+                for (GridWalk g(lane, B); g.kc < K; g.next(B)) {
+                  const T lp = a.log_prior[g.bc];
+                  if (!competes(g.bc, b, lp)) continue;
+                  const T t = g.bc == b ? y : a.centers[g.bc];
+                  part.add(exact_term<T>(eta_own, a.eta[g.j], y, t, lp - lp_own, m, s2, u).F);
                 }
                 return part;
               },
-              [](const OnlineLse<T>& x, const OnlineLse<T>& y) { return merge_lse(x, y); });
+              [](const OnlineLse<T>& x, const OnlineLse<T>& o) { return merge_lse(x, o); });
           const T value = acc.value();
           if (w.leader()) lse[i * K + k] = value;
           total += value;
@@ -172,15 +189,14 @@ struct SurrogateForward {
         const PaperForwardLane<T> r = w.lane_reduce(
             [&](int lane) {
               PaperForwardLane<T> part{OnlineLse<T>(), T(0)};
-              for (int64_t j = lane; j < G; j += kWarp) {
-                const int64_t kc = j / B, bc = j - kc * B;
-                const T lp = a.log_prior[bc];
-                if (!competes(bc, b, lp)) continue;
-                const T t = bc == b ? y : a.centers[bc];
+              for (GridWalk g(lane, B); g.kc < K; g.next(B)) {
+                const T lp = a.log_prior[g.bc];
+                if (!competes(g.bc, b, lp)) continue;
+                const T t = g.bc == b ? y : a.centers[g.bc];
                 const T z =
-                    paper_term<T>(a.eta[kc * B + b], a.eta[j], y, t, lp, p, shift, var, a.alpha, a.beta, u).Z;
+                    paper_term<T>(a.eta[g.kc * B + b], a.eta[g.j], y, t, lp, p, shift, var, a.alpha, a.beta, u).Z;
                 part.acc.add(z);
-                if (bc == b) part.own += z;
+                if (g.bc == b) part.own += z;
               }
               return part;
             },
@@ -199,12 +215,11 @@ struct SurrogateForward {
   }
 };
 
-template <typename T>
+template <typename T, bool kExact>
 struct SurrogateBackward {
-  static constexpr int kThreads = kWarpsPerBlock * kWarp;
+  static constexpr int kThreads = surrogate::kThreads;
   using Shared = NoShared;
   SurrogateArgs<T> a;
-  bool exact;
   const T* grad;
   const T* lse;
   T* g_pred;
@@ -218,10 +233,10 @@ struct SurrogateBackward {
       const int64_t i = int64_t(blk.block_idx().x) * (blk.block_dim().x / kWarp) + w.index();
       if (i >= a.n) return;  // uniform over the warp
       check_values(a, w, i);
-      const int64_t b = a.bin[i], B = a.B, K = a.K, G = K * B;
+      const int b = int(a.bin[i]), B = int(a.B), K = int(a.K);
       const T u = T(0.5) / a.noise_var[0];
       const T y = a.target[i];
-      if (exact) {
+      if constexpr (kExact) {
         T s2;
         const bool capped = sample_variance(a, w, i, b, u, &s2);
         const T m = a.pred[i] + a.alpha * a.shift[i];
@@ -229,15 +244,14 @@ struct SurrogateBackward {
         const Sums<T, 3> g = w.lane_reduce(
             [&](int lane) {
               Sums<T, 3> part{{T(0), T(0), T(0)}};  // d/dm, d/ds2, d/du
-              for (int64_t k = 0; k < K; ++k) {
+              for (int k = 0; k < K; ++k) {
                 const T eta_own = a.eta[k * B + b];
                 const T lse_k = lse[i * K + k];
-                for (int64_t j = lane; j < G; j += kWarp) {
-                  const int64_t bc = j % B;
-                  const T lp = a.log_prior[bc];
-                  if (!competes(bc, b, lp)) continue;
-                  const T t = bc == b ? y : a.centers[bc];
-                  const ExactTerm<T> e = exact_term<T>(eta_own, a.eta[j], y, t, lp - lp_own, m, s2, u);
+                for (GridWalk gw(lane, B); gw.kc < K; gw.next(B)) {
+                  const T lp = a.log_prior[gw.bc];
+                  if (!competes(gw.bc, b, lp)) continue;
+                  const T t = gw.bc == b ? y : a.centers[gw.bc];
+                  const ExactTerm<T> e = exact_term<T>(eta_own, a.eta[gw.j], y, t, lp - lp_own, m, s2, u);
                   const T p = std::exp(e.F - lse_k);
                   part.v[0] += p * e.dF_dm;
                   part.v[1] += p * e.dF_ds2;
@@ -246,7 +260,7 @@ struct SurrogateBackward {
               }
               return part;
             },
-            [](const Sums<T, 3>& x, const Sums<T, 3>& y) { return add_sums(x, y); });
+            [](const Sums<T, 3>& x, const Sums<T, 3>& o) { return add_sums(x, o); });
         if (w.leader()) {
           const T scale = grad[i] / T(K);
           const T gm = g.v[0] * scale, gs2 = g.v[1] * scale;
@@ -266,26 +280,25 @@ struct SurrogateBackward {
         const Sums<T, 6> g = w.lane_reduce(
             [&](int lane) {
               Sums<T, 6> part{{T(0), T(0), T(0), T(0), T(0), T(0)}};
-              for (int64_t j = lane; j < G; j += kWarp) {
-                const int64_t kc = j / B, bc = j - kc * B;
-                const T lp = a.log_prior[bc];
-                if (!competes(bc, b, lp)) continue;
-                const T t = bc == b ? y : a.centers[bc];
+              for (GridWalk gw(lane, B); gw.kc < K; gw.next(B)) {
+                const T lp = a.log_prior[gw.bc];
+                if (!competes(gw.bc, b, lp)) continue;
+                const T t = gw.bc == b ? y : a.centers[gw.bc];
                 const PaperTerm<T> z =
-                    paper_term<T>(a.eta[kc * B + b], a.eta[j], y, t, lp, p, shift, var, a.alpha, a.beta, u);
+                    paper_term<T>(a.eta[gw.kc * B + b], a.eta[gw.j], y, t, lp, p, shift, var, a.alpha, a.beta, u);
                 const T wz = std::exp(z.Z - lse_i);
                 part.v[0] += wz * z.dZ_dp;
                 part.v[1] += wz * z.dZ_dshift;
                 part.v[2] += wz * z.dZ_dvar;
                 part.v[3] += wz * z.dZ_du;
-                if (bc == b) {  // its shift and var terms vanish (R1 = R2 = 0)
+                if (gw.bc == b) {  // its shift and var terms vanish (R1 = R2 = 0)
                   part.v[4] += z.dZ_dp;
                   part.v[5] += z.dZ_du;
                 }
               }
               return part;
             },
-            [](const Sums<T, 6>& x, const Sums<T, 6>& y) { return add_sums(x, y); });
+            [](const Sums<T, 6>& x, const Sums<T, 6>& o) { return add_sums(x, o); });
         if (w.leader()) {
           const T gl = grad[i];
           g_pred[i] = gl * (g.v[0] - g.v[4] / T(K));
@@ -310,6 +323,8 @@ inline Prepared prepare(const at::Tensor& pred, const at::Tensor& target, const 
                         const at::Tensor& shift, const at::Tensor& var, const at::Tensor& noise_var,
                         c10::string_view mode) {
   check_surrogate_inputs(pred, target, bin_index, centers, eta, log_prior, shift, var, noise_var, mode);
+  TORCH_CHECK_VALUE(eta.size(0) * centers.size(0) <= INT32_MAX - kWarp, "a grid of K * B = ",
+                    eta.size(0) * centers.size(0), " competitors is too large for the CUDA kernels");
   return Prepared{pred.contiguous(),      target.contiguous(),    bin_index.contiguous(), centers.contiguous(),
                   eta.contiguous(),       log_prior.contiguous(), shift.contiguous(),     var.contiguous(),
                   noise_var.contiguous(), pred.size(0),           eta.size(0),            centers.size(0)};
@@ -350,9 +365,15 @@ std::tuple<at::Tensor, at::Tensor> forward(const Exec& ex, const at::Tensor& pre
   at::Tensor lse = at::empty({p.n, L}, pred.options());
   if (p.n == 0) return {loss, lse};
   AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "irda_surrogate", [&] {
-    ex.launch("surrogate_forward", sample_grid(p.n), Dim3{kWarpsPerBlock * kWarp},
-              SurrogateForward<scalar_t>{make_args<scalar_t>(p, alpha, beta), exact, loss.data_ptr<scalar_t>(),
-                                         lse.data_ptr<scalar_t>()});
+    const SurrogateArgs<scalar_t> args = make_args<scalar_t>(p, alpha, beta);
+    scalar_t *lp = loss.data_ptr<scalar_t>(), *sp = lse.data_ptr<scalar_t>();
+    if (exact) {
+      ex.launch("surrogate_forward<exact>", sample_grid(p.n), Dim3{kThreads},
+                SurrogateForward<scalar_t, true>{args, lp, sp});
+    } else {
+      ex.launch("surrogate_forward<paper>", sample_grid(p.n), Dim3{kThreads},
+                SurrogateForward<scalar_t, false>{args, lp, sp});
+    }
   });
   return {loss, lse};
 }
@@ -380,11 +401,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   at::Tensor g_nv = at::empty({p.n}, pred.options());
   if (p.n == 0) return {g_pred, g_shift, g_var, g_nv};
   AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "irda_surrogate_backward", [&] {
-    ex.launch("surrogate_backward", sample_grid(p.n), Dim3{kWarpsPerBlock * kWarp},
-              SurrogateBackward<scalar_t>{make_args<scalar_t>(p, alpha, beta), exact, g.data_ptr<scalar_t>(),
-                                          lse_c.data_ptr<scalar_t>(), g_pred.data_ptr<scalar_t>(),
-                                          g_shift.data_ptr<scalar_t>(), g_var.data_ptr<scalar_t>(),
-                                          g_nv.data_ptr<scalar_t>()});
+    const SurrogateArgs<scalar_t> args = make_args<scalar_t>(p, alpha, beta);
+    const scalar_t *gp = g.data_ptr<scalar_t>(), *lp = lse_c.data_ptr<scalar_t>();
+    scalar_t *o_pred = g_pred.data_ptr<scalar_t>(), *o_shift = g_shift.data_ptr<scalar_t>();
+    scalar_t *o_var = g_var.data_ptr<scalar_t>(), *o_nv = g_nv.data_ptr<scalar_t>();
+    if (exact) {
+      ex.launch("surrogate_backward<exact>", sample_grid(p.n), Dim3{kThreads},
+                SurrogateBackward<scalar_t, true>{args, gp, lp, o_pred, o_shift, o_var, o_nv});
+    } else {
+      ex.launch("surrogate_backward<paper>", sample_grid(p.n), Dim3{kThreads},
+                SurrogateBackward<scalar_t, false>{args, gp, lp, o_pred, o_shift, o_var, o_nv});
+    }
   });
   return {g_pred, g_shift, g_var, g_nv};
 }

@@ -3,10 +3,11 @@
 // csrc/cpu/wfds_smooth.cpp:
 //   out[b, e] = sum_{|b'-b| <= h} S[b, b'] in[b', e]   (b' ascending, zero weights skipped)
 // for in = mean [B, D] and cov [B, D*D]. Memory-bound: each thread owns one element e
-// and walks down the bins keeping the 2h + 1 rows of its band in registers, so every
-// statistic is read once and every output written once. Bandwidths above
-// kMaxWindowHalf (wider than the paper's kernels) read their band straight from
-// global memory instead.
+// and walks down a run of bins keeping the 2h + 1 rows of its band in registers, so
+// every statistic is read about once and every output written once. The grid covers
+// the elements (x) and runs of at least kMinRun bins (y): enough blocks to fill a GPU
+// for a mean of D = 64 too. Bandwidths above kMaxWindowHalf (wider than the paper's
+// kernels) read their band straight from global memory instead.
 #pragma once
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -23,6 +24,19 @@ namespace wfds {
 
 constexpr int kThreads = 256;
 constexpr int kMaxWindowHalf = 4;  // kernel sizes up to 9 use the register window
+constexpr int64_t kMinRun = 16;    // bins per thread at least: the window's 2h extra reads stay small
+constexpr int64_t kTargetBlocks = 1024;
+
+// The bins [first, last) of the run of blockIdx.y.
+struct Run {
+  int64_t first, last;
+};
+
+IRDA_HOST_DEVICE Run run_of(unsigned y, unsigned runs, int64_t B) {
+  const int64_t len = ceil_div(B, runs);
+  const int64_t first = int64_t(y) * len;
+  return Run{first, first + len < B ? first + len : B};
+}
 
 template <typename T, int H>
 struct BandedWindow {
@@ -38,14 +52,15 @@ struct BandedWindow {
     constexpr int W = 2 * H + 1;
     blk.threads([&](const Thread& t) {
       const int64_t stride = int64_t(blk.grid_dim().x) * blk.block_dim().x;
+      const Run run = run_of(blk.block_idx().y, blk.grid_dim().y, B);
       for (int64_t e = int64_t(blk.block_idx().x) * blk.block_dim().x + t.x; e < E; e += stride) {
         T win[W];  // win[j] = in[b - H + j, e], zero outside [0, B)
         IRDA_UNROLL
         for (int j = 0; j < W; ++j) {
-          const int64_t bp = j - H;
+          const int64_t bp = run.first + j - H;
           win[j] = (bp >= 0 && bp < B) ? in[bp * E + e] : T(0);
         }
-        for (int64_t b = 0; b < B; ++b) {
+        for (int64_t b = run.first; b < run.last; ++b) {
           T o = T(0);
           IRDA_UNROLL
           for (int j = 0; j < W; ++j) {
@@ -79,8 +94,9 @@ struct BandedDirect {
   IRDA_HOST_DEVICE void operator()(Blk& blk) const {
     blk.threads([&](const Thread& t) {
       const int64_t stride = int64_t(blk.grid_dim().x) * blk.block_dim().x;
+      const Run run = run_of(blk.block_idx().y, blk.grid_dim().y, B);
       for (int64_t e = int64_t(blk.block_idx().x) * blk.block_dim().x + t.x; e < E; e += stride) {
-        for (int64_t b = 0; b < B; ++b) {
+        for (int64_t b = run.first; b < run.last; ++b) {
           const int64_t lo = b - h < 0 ? 0 : b - h, hi = b + h > B - 1 ? B - 1 : b + h;
           T o = T(0);
           for (int64_t bp = lo; bp <= hi; ++bp) {
@@ -98,7 +114,10 @@ struct BandedDirect {
 template <typename T, class Exec>
 void banded_apply(const Exec& ex, const T* S, const T* in, T* out, int64_t B, int64_t E, int64_t h) {
   if (E == 0) return;
-  const Dim3 grid{static_cast<unsigned>(std::min<int64_t>(ceil_div(E, kThreads), 1 << 20))};
+  const int64_t blocks_x = std::min<int64_t>(ceil_div(E, kThreads), 1 << 20);
+  const int64_t runs = std::max<int64_t>(1, std::min(ceil_div(kTargetBlocks, blocks_x), B / kMinRun));
+  // as many runs as non-empty ones: ceil_div(B, runs) bins each
+  const Dim3 grid{static_cast<unsigned>(blocks_x), static_cast<unsigned>(ceil_div(B, ceil_div(B, runs)))};
   const Dim3 block{kThreads};
   switch (h) {
     case 0:
