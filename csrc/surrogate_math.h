@@ -7,40 +7,12 @@
 #include <cmath>
 #include <cstdint>
 
-#include "merge_math.h"  // IRDA_HOST_DEVICE
+#include "host_device.h"
 
 namespace irda {
 
 // Relative margin of the cap on s^2 in exact mode: 1 - 2 a s^2 >= 1e-3.
 constexpr double kCapMargin = 1e-3;
-
-// isfinite, fmin and fmax for host and device code alike.
-template <typename T>
-IRDA_HOST_DEVICE bool is_finite(T x) {
-#if defined(__CUDA_ARCH__)
-  return isfinite(x);
-#else
-  return std::isfinite(x);
-#endif
-}
-
-template <typename T>
-IRDA_HOST_DEVICE T min_of(T x, T y) {
-#if defined(__CUDA_ARCH__)
-  return fmin(x, y);
-#else
-  return std::fmin(x, y);
-#endif
-}
-
-template <typename T>
-IRDA_HOST_DEVICE T max_of(T x, T y) {
-#if defined(__CUDA_ARCH__)
-  return fmax(x, y);
-#else
-  return std::fmax(x, y);
-#endif
-}
 
 // A running log-sum-exp: (max, sum of exp(x - max)). add() takes one term,
 // merge() another partial state (an empty state has max -inf), value() is the

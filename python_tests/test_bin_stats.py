@@ -1,7 +1,7 @@
 """bin_moments and BinStats against irda_ext.reference (SPEC 2)."""
 import pytest
 import torch
-from testing import devices, features, known_emulated_failure
+from testing import devices, features
 
 import irda_ext
 from irda_ext import reference as ref
@@ -243,12 +243,10 @@ BAD_VALUES = {
 
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("case", BAD_VALUES)
-def test_bad_values_raise(device, case, request):
+def test_bad_values_raise(device, case):
     """Each value the CPU kernels reject, rejected by the CUDA kernels' code too (emulated)."""
     if device == "cuda":
         pytest.skip("a device-side assertion on a GPU: test_cuda_precision.py checks it in a subprocess")
-    if case in ("update_nan_features", "moments_inf_features"):
-        known_emulated_failure(request, "fix 6: the CUDA kernels leave the NaN check to a host read in Python")
     call, message = BAD_VALUES[case]
     stats = irda_ext.BinStats(4, 3, device=device)
     z, b = features(5, 3, 4, device, dtype=torch.float32)

@@ -27,6 +27,7 @@
 #include <tuple>
 
 #include "../checks.h"
+#include "../host_device.h"
 #include "../merge_math.h"
 #include "launch.h"
 
@@ -73,7 +74,8 @@ struct BinOffsets {
   }
 };
 
-// bmean[b] = batch mean of bin b in float64, for bins present. With count_out (plain
+// bmean[b] = batch mean of bin b in float64, for bins present; every feature is checked
+// to be finite on the way (each is read here once). With count_out (plain
 // moments) the counts and the mean in the accumulation type (mean_out) are written
 // too, and absent bins get a zero mean.
 template <typename scalar_t, typename acc_t>
@@ -101,7 +103,11 @@ struct BinMean {
           continue;
         }
         double s = 0.0;
-        for (int64_t r = 0; r < nb; ++r) s += static_cast<double>(z[order[lo + r] * D + d]);
+        for (int64_t r = 0; r < nb; ++r) {
+          const double v = static_cast<double>(z[order[lo + r] * D + d]);
+          IRDA_KERNEL_CHECK(is_finite(v), "z contains NaN or infinite features");
+          s += v;
+        }
         const double m = s / static_cast<double>(nb);
         bmean[b * D + d] = m;
         if (mean_out != nullptr) mean_out[b * D + d] = static_cast<acc_t>(m);

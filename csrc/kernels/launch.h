@@ -27,7 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "../merge_math.h"  // IRDA_HOST_DEVICE
+#include "../host_device.h"
 
 namespace irda {
 
