@@ -296,3 +296,16 @@ def test_float32_statistics_accumulate_the_mean_in_float64(device, momentum):
         truth[1000:], b[1000:].cpu(), momentum)
     assert (stats.mean[0].double().cpu() - want[1][0]).abs().max() <= 1e-3
     torch.testing.assert_close(stats.cov[0].double().cpu(), want[2][0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_update_of_statistics_without_bins_raises_before_any_launch(device):
+    """B = 0 with samples: the CPU's ValueError, raised on the host on every device; on CUDA
+    the bin kernels were launched with an empty grid ("invalid configuration argument")."""
+    count = torch.zeros(0, dtype=torch.int64, device=device)
+    mean, cov = torch.zeros(0, 3, device=device), torch.zeros(0, 3, 3, device=device)
+    z, b = features(4, 3, 1, device, dtype=torch.float32)
+    torch.ops.irda_ext_emulated.launch_log(True)
+    with pytest.raises(ValueError, match=r"\[0, 0\)"):
+        torch.ops.irda_ext.bin_stats_update_(count, mean, cov, z, b, None)
+    assert torch.ops.irda_ext_emulated.launch_log(True) == []

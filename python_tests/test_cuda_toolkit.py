@@ -230,3 +230,10 @@ def test_setup_py_compiles_cuda_without_fused_multiply_add(tmp_path):
     assert done.returncode == 0, done.stderr
     flags = eval(done.stdout.strip().splitlines()[-1])  # {'cxx': [...], 'nvcc': [...]}
     assert "--fmad=false" in flags["nvcc"] and "-ffp-contract=off" in flags["cxx"]
+
+
+def test_cmake_cuda_build_has_the_default_arch_list_of_setup_py():
+    """A CMake CUDA build without TORCH_CUDA_ARCH_LIST compiles what setup.py does, PTX included."""
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert f'set(TORCH_CUDA_ARCH_LIST "{cuda_toolkit.DEFAULT_ARCH_LIST}")' in text
+    assert cuda_toolkit.DEFAULT_ARCH_LIST.endswith("+PTX")

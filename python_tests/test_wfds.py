@@ -158,3 +158,16 @@ def test_bad_input(device):
         irda_ext.wfds_smooth(eye(3), zeros(3, 2), zeros(3, 2, 2), -1)
     with pytest.raises(ValueError, match="bandwidth"):  # the raw op too
         torch.ops.irda_ext.wfds_smooth(eye(3), zeros(3, 2), zeros(3, 2, 2), -1)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("bandwidth", [2**62, 2**63 - 1])
+def test_huge_bandwidth_is_the_whole_matrix(device, bandwidth):
+    """A bandwidth beyond B - 1 is clamped to it before any index arithmetic (b + h and
+    (2h + 1) * row overflowed int64 in the CPU kernel)."""
+    g = torch.Generator().manual_seed(0)
+    S = torch.rand(6, 6, generator=g, dtype=torch.float64).to(device)
+    mean = torch.randn(6, 3, generator=g, dtype=torch.float64).to(device)
+    cov = torch.randn(6, 3, 3, generator=g, dtype=torch.float64).to(device)
+    for got, want in zip(torch.ops.irda_ext.wfds_smooth(S, mean, cov, bandwidth), ref.wfds_smooth(S, mean, cov, 5)):
+        torch.testing.assert_close(got, want)

@@ -40,10 +40,12 @@ std::tuple<at::Tensor, at::Tensor> wfds_smooth_cpu(const at::Tensor& weights, co
   at::Tensor mean_s = at::empty_like(m);
   at::Tensor cov_s = at::empty_like(c);
   if (B == 0 || D == 0) return {mean_s, cov_s};
+  // A band wider than the matrix is the whole matrix (and b + h, (2h + 1) * row cannot overflow).
+  const int64_t h = std::min(bandwidth, B - 1);
   AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "wfds_smooth_cpu", [&] {
     const scalar_t* s = S.data_ptr<scalar_t>();
-    banded_apply<scalar_t>(s, m.data_ptr<scalar_t>(), mean_s.data_ptr<scalar_t>(), B, 1, D, bandwidth);
-    banded_apply<scalar_t>(s, c.data_ptr<scalar_t>(), cov_s.data_ptr<scalar_t>(), B, D, D, bandwidth);
+    banded_apply<scalar_t>(s, m.data_ptr<scalar_t>(), mean_s.data_ptr<scalar_t>(), B, 1, D, h);
+    banded_apply<scalar_t>(s, c.data_ptr<scalar_t>(), cov_s.data_ptr<scalar_t>(), B, D, D, h);
   });
   return {mean_s, cov_s};
 }

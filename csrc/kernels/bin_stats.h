@@ -399,6 +399,9 @@ void bin_stats_update(const Exec& ex, at::Tensor& count, at::Tensor& mean, at::T
   const double rho = checked_momentum(momentum);
   const int64_t D = mean.size(1), B = mean.size(0);
   if (z.size(0) == 0 || D == 0) return;
+  // checked on the host: no bin index can be valid, and an empty grid would not launch
+  TORCH_CHECK_VALUE(B >= 1, "bin_index values must lie in [0, 0): the statistics have no bins, got mean of shape ",
+                    shape_str(mean));
   // The statistics' dtype is the accumulation type: float32 statistics read half /
   // bfloat16 / float32 features as they are; other combinations are converted first,
   // as the CPU kernel does.
