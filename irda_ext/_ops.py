@@ -146,6 +146,17 @@ def _irda_surrogate_backward(namespace_ops, ctx, grad_loss, grad_lse):
     return g_pred, None, None, None, None, None, g_shift, g_var, None, None, g_noise, None
 
 
+def _irda_surrogate_backward_setup(ctx, inputs, output):
+    pass
+
+
+def _irda_surrogate_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "the fused irda_ext.irda_surrogate is differentiable once: its backward has no derivative. For "
+        "second derivatives (a look-ahead step, a gradient penalty) use irda_ext.reference.irda_surrogate, the "
+        "dense PyTorch version, which is twice differentiable (IRDALoss.head_loss(lookahead=True) uses it)")
+
+
 for _namespace in NAMESPACES:
     _namespace_ops = getattr(torch.ops, _namespace)
     torch.library.register_autograd(f"{_namespace}::wfds_smooth",
@@ -154,6 +165,9 @@ for _namespace in NAMESPACES:
     torch.library.register_autograd(f"{_namespace}::irda_surrogate",
                                     functools.partial(_irda_surrogate_backward, _namespace_ops),
                                     setup_context=_irda_surrogate_setup)
+    # A second derivative through the fused op raises, instead of silently giving zeros.
+    torch.library.register_autograd(f"{_namespace}::irda_surrogate_backward", _irda_surrogate_double_backward,
+                                    setup_context=_irda_surrogate_backward_setup)
 
 OP_NAMES = ("bin_moments", "bin_stats_update_", "merge_bin_moments_", "wfds_smooth", "irda_surrogate",
             "irda_surrogate_backward")

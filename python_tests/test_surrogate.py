@@ -257,3 +257,31 @@ def test_float32_logits_near_1e6(device, mode):
     wrt = lambda a: [a[0], a[6], a[7], a[10]]  # noqa: E731
     for g, w in zip(torch.autograd.grad(got.sum(), wrt(args)), torch.autograd.grad(want.sum(), wrt(args64))):
         torch.testing.assert_close(g.double().cpu(), w, rtol=1e-5, atol=1e-6 + 1e-5 * w.abs().max().item())
+
+
+@pytest.mark.parametrize("device", devices())
+def test_second_derivative_names_the_twice_differentiable_reference(device):
+    """The fused backward has no derivative: a second derivative raises (it silently gave
+    zeros), naming irda_ext.reference.irda_surrogate; the first derivative with
+    create_graph=True still works."""
+    args = surrogate_inputs(6, 2, 7, device, requires_grad=True)
+    g, = torch.autograd.grad(irda_ext.irda_surrogate(*args), args[0], create_graph=True)
+    assert g.requires_grad
+    with pytest.raises(RuntimeError, match="irda_ext.reference.irda_surrogate"):
+        torch.autograd.grad(g.sum(), args[0])
+    g_ref, = torch.autograd.grad(ref.irda_surrogate(*args), args[0], create_graph=True)
+    torch.testing.assert_close(g, g_ref)
+    torch.autograd.grad(g_ref.sum(), args[0])  # the reference is twice differentiable
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_raise_type_error(device, dtype):
+    """float16/bfloat16 inputs: a TypeError naming the accepted dtypes (not NotImplementedError)."""
+    args = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            for a in surrogate_inputs(5, 2, 6, device)]
+    with pytest.raises(TypeError, match="float32 or float64"):
+        irda_ext.irda_surrogate(*args)
+    S, mean, cov = torch.eye(3, device=device), torch.zeros(3, 2, device=device), torch.zeros(3, 2, 2, device=device)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        irda_ext.wfds_smooth(S.to(dtype), mean.to(dtype), cov.to(dtype), 1)
