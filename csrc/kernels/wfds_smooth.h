@@ -17,6 +17,7 @@
 #include <tuple>
 
 #include "../checks.h"
+#include "../wfds_math.h"
 #include "launch.h"
 
 namespace irda {
@@ -97,9 +98,9 @@ struct BandedDirect {
       const Run run = run_of(blk.block_idx().y, blk.grid_dim().y, B);
       for (int64_t e = int64_t(blk.block_idx().x) * blk.block_dim().x + t.x; e < E; e += stride) {
         for (int64_t b = run.first; b < run.last; ++b) {
-          const int64_t lo = b - h < 0 ? 0 : b - h, hi = b + h > B - 1 ? B - 1 : b + h;
+          const Band band = band_of(b, h, B);
           T o = T(0);
-          for (int64_t bp = lo; bp <= hi; ++bp) {
+          for (int64_t bp = band.lo; bp <= band.hi; ++bp) {
             const T w = S[b * B + bp];
             if (w == T(0)) continue;
             o += w * in[bp * E + e];
@@ -145,8 +146,7 @@ std::tuple<at::Tensor, at::Tensor> wfds_smooth(const Exec& ex, const at::Tensor&
   at::Tensor mean_s = at::empty_like(m);
   at::Tensor cov_s = at::empty_like(c);
   if (B == 0 || D == 0) return {mean_s, cov_s};
-  // A band wider than the matrix is the whole matrix.
-  const int64_t h = std::min(bandwidth, B - 1);
+  const int64_t h = clamped_bandwidth(bandwidth, B);
   AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "wfds_smooth", [&] {
     const scalar_t* s = S.data_ptr<scalar_t>();
     banded_apply<scalar_t>(ex, s, m.data_ptr<scalar_t>(), mean_s.data_ptr<scalar_t>(), B, D, h);
