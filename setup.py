@@ -44,7 +44,9 @@ def _extension():
         want_cuda, reason = cuda_toolkit.should_build_cuda(os.environ, torch.version.cuda, torch.cuda.is_available())
     except cuda_toolkit.ToolkitError as err:
         sys.exit(f"irda_ext: {err}")
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    # csrc/emulated: the CUDA kernels' code run on the CPU for tests, part of every build
+    sources = ["csrc/ops.cpp"] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))) + sorted(
+        glob.glob(os.path.join("csrc", "emulated", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     debug = os.environ.get("DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
@@ -78,7 +80,11 @@ def _extension():
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", cuda_toolkit.DEFAULT_ARCH_LIST)
     _say(f"building the CPU and CUDA kernels ({reason}; toolkit {toolkit.root} from {toolkit.found_by}; "
          f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})")
-    nvcc_flags = opt + ["--expt-relaxed-constexpr"]
+    # --fmad=false: as -ffp-contract=off on the CPU, no fused multiply-adds, so the surrogate's
+    # backward recomputes each logit bit for bit as forward did, and the own-bin terms that
+    # cancel exactly (R1 = R2 = 0 in paper mode) do; nvcc would contract a*b+c differently in
+    # the two kernels. The other kernels are bandwidth-bound: they lose nothing by it.
+    nvcc_flags = opt + ["--expt-relaxed-constexpr", "--fmad=false"]
     return CUDAExtension(
         "irda_ext._C",
         sources + cuda_sources,

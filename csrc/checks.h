@@ -99,6 +99,8 @@ inline void check_smooth_inputs(const at::Tensor& weights, const at::Tensor& mea
                                 int64_t bandwidth) {
   check_dim(mean, 2, "mean", "[B, D]");
   check_float(mean, "mean");
+  TORCH_CHECK_TYPE(mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble,
+                   "wfds_smooth takes float32 or float64 statistics (weights, mean, cov), got ", mean.scalar_type());
   const int64_t B = mean.size(0), D = mean.size(1);
   TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(0) == B && weights.size(1) == B, "weights must have shape [",
                     B, ", ", B, "], got ", shape_str(weights));
@@ -119,6 +121,9 @@ inline void check_surrogate_inputs(const at::Tensor& pred, const at::Tensor& tar
                     std::string(mode), "\"");
   check_dim(pred, 1, "pred", "[n]");
   check_float(pred, "pred");
+  TORCH_CHECK_TYPE(pred.scalar_type() == at::kFloat || pred.scalar_type() == at::kDouble,
+                   "irda_surrogate takes float32 or float64 inputs (pred and the rest; cast half or bfloat16 "
+                   "predictions to float32), got ", pred.scalar_type());
   const int64_t n = pred.size(0);
   check_dim(centers, 1, "centers", "[B]");
   const int64_t B = centers.size(0);

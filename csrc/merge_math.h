@@ -8,11 +8,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define IRDA_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define IRDA_HOST_DEVICE inline
-#endif
+#include "host_device.h"
 
 namespace irda {
 

@@ -1,7 +1,9 @@
 // Operator schemas of irda_ext, defined once. Backends register kernels in
 // csrc/cpu/*.cpp (TORCH_LIBRARY_IMPL(irda_ext, CPU, m)) and csrc/cuda/*.cu
 // (TORCH_LIBRARY_IMPL(irda_ext, CUDA, m)); fake kernels and autograd are
-// attached from Python (irda_ext/_ops.py).
+// attached from Python (irda_ext/_ops.py). The same schemas form the namespace
+// irda_ext_emulated: the CUDA kernels run on CPU tensors by the emulated launch
+// (csrc/emulated/), a debug backend for tests on machines without a GPU.
 #include <torch/library.h>
 
 #ifdef IRDA_PYTHON_MODULE  // set by setup.py; the CMake build for C++ users has no Python
@@ -16,7 +18,9 @@ PyObject* PyInit__C(void) {
 }
 #endif
 
-TORCH_LIBRARY(irda_ext, m) {
+namespace {
+
+void define_schemas(torch::Library& m) {
   // SPEC 2. Dense per-bin moments of one batch: count[B] (int64), mean[B, D]
   // and scatter[B, D, D] centred on the batch mean of each bin; zeros for
   // empty bins. Accumulated in float32 for half/bfloat16 features.
@@ -43,3 +47,9 @@ TORCH_LIBRARY(irda_ext, m) {
   // contributions to d/dnoise_var[n] (summed by the caller, deterministically).
   m.def("irda_surrogate_backward(Tensor grad_loss, Tensor pred, Tensor target, Tensor bin_index, Tensor centers, Tensor eta, Tensor log_prior, Tensor shift, Tensor var, float alpha, float beta, Tensor noise_var, str mode, Tensor lse) -> (Tensor grad_pred, Tensor grad_shift, Tensor grad_var, Tensor grad_noise_var)");
 }
+
+}  // namespace
+
+TORCH_LIBRARY(irda_ext, m) { define_schemas(m); }
+
+TORCH_LIBRARY(irda_ext_emulated, m) { define_schemas(m); }

@@ -7,17 +7,55 @@
 #include <cmath>
 #include <cstdint>
 
-#include "merge_math.h"  // IRDA_HOST_DEVICE
+#include "host_device.h"
 
 namespace irda {
 
 // Relative margin of the cap on s^2 in exact mode: 1 - 2 a s^2 >= 1e-3.
 constexpr double kCapMargin = 1e-3;
 
+// A running log-sum-exp: (max, sum of exp(x - max)). add() takes one term,
+// merge() another partial state (an empty state has max -inf), value() is the
+// log-sum-exp. merge is symmetric: a xor butterfly of merges leaves every lane with
+// the same state.
 template <typename T>
-IRDA_HOST_DEVICE T neg_inf() {
-  return -INFINITY;
-}
+struct OnlineLse {
+  T mx = -INFINITY;
+  T sum = T(0);
+
+  IRDA_HOST_DEVICE void add(T x) {
+    if (x > mx) {
+      sum = sum * std::exp(mx - x) + T(1);
+      mx = x;
+    } else {
+      sum += std::exp(x - mx);
+    }
+  }
+
+  IRDA_HOST_DEVICE void merge(T other_mx, T other_sum) {
+    if (other_mx == -INFINITY) return;
+    if (mx == -INFINITY) {
+      mx = other_mx;
+      sum = other_sum;
+    } else if (other_mx > mx) {
+      sum = sum * std::exp(mx - other_mx) + other_sum;
+      mx = other_mx;
+    } else {
+      sum += other_sum * std::exp(other_mx - mx);
+    }
+  }
+
+  IRDA_HOST_DEVICE T value() const { return mx + std::log(sum); }
+};
+
+// The logarithm of exact_term: std::log by default; the CPU kernels pass their
+// polynomial log, which vectorises (cpu/simd.h).
+struct StdLog {
+  template <typename T>
+  IRDA_HOST_DEVICE static T log(T x) {
+    return std::log(x);
+  }
+};
 
 // One competitor (k', b') of numerator cluster k in exact mode, for a sample
 // whose own bin b has share eta_own = eta[k, b] and target y, against label
@@ -35,8 +73,12 @@ struct ExactTerm {
   T dF_du;   // d F / d u at fixed s2
 };
 
-template <typename T>
-IRDA_HOST_DEVICE ExactTerm<T> exact_term(T eta_own, T eta_comp, T y, T t, T lp, T m, T s2, T u) {
+// The CPU and CUDA kernels' forward and backward all evaluate F here, with the same
+// operations (and no fused multiply-adds: -ffp-contract=off, --fmad=false), so a
+// float32 logit of 1e6 rounds the same way in forward and backward and the dominant
+// term's exp(F - lse) stays exactly 1.
+template <typename T, class Log = StdLog>
+IRDA_INLINE ExactTerm<T> exact_term(T eta_own, T eta_comp, T y, T t, T lp, T m, T s2, T u) {
   const T delta = eta_own - eta_comp;
   const T C = T(2) * (eta_comp * t - eta_own * y);
   const T E = eta_own * y * y - eta_comp * t * t;
@@ -47,7 +89,7 @@ IRDA_HOST_DEVICE ExactTerm<T> exact_term(T eta_own, T eta_comp, T y, T t, T lp, 
   const T inv_r = T(1) / r;
   const T N = a * m * m + c * m + T(0.5) * c * c * s2;
   ExactTerm<T> out;
-  out.F = T(-0.5) * std::log(r) + d + N * inv_r;
+  out.F = T(-0.5) * Log::log(r) + d + N * inv_r;
   out.dF_dm = (T(2) * a * m + c) * inv_r;
   out.dF_ds2 = (a + T(0.5) * c * c) * inv_r + T(2) * a * N * inv_r * inv_r;
   const T dF_da = (s2 + m * m) * inv_r + T(2) * s2 * N * inv_r * inv_r;
@@ -71,7 +113,7 @@ struct PaperTerm {
 };
 
 template <typename T>
-IRDA_HOST_DEVICE PaperTerm<T> paper_term(T e_own, T e_comp, T y, T t, T lp_comp, T p, T shift, T var,
+IRDA_INLINE PaperTerm<T> paper_term(T e_own, T e_comp, T y, T t, T lp_comp, T p, T shift, T var,
                                         T alpha, T beta, T u) {
   const T diff = t - p;
   const T lin = e_comp * t - e_own * y;

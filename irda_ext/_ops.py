@@ -5,8 +5,14 @@ kernels in ``csrc/cuda`` register themselves when ``irda_ext._C`` is imported. T
 fake (meta) kernels below give every op shapes without data, which makes
 ``torch.compile`` and ``torch.library.opcheck`` work; backward passes are
 themselves ops (``irda_surrogate_backward``) or compositions of ops.
+
+``torch.ops.irda_ext_emulated`` has the same ops, with the same fake kernels and
+autograd: the CUDA kernels' code run on CPU tensors by an emulated launch
+(``csrc/emulated``), a debug backend for the tests (``python_tests/testing.py``).
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -19,13 +25,25 @@ check_cuda_version()
 from . import _C  # noqa: E402,F401  (loads the library: registers schemas and kernels)
 
 ops = torch.ops.irda_ext
+NAMESPACES = ("irda_ext", "irda_ext_emulated")
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@torch.library.register_fake("irda_ext::bin_moments")
+def _fake(name):
+    """Registers a function as the fake kernel of op ``name`` in both namespaces."""
+
+    def register(fn):
+        for namespace in NAMESPACES:
+            torch.library.register_fake(f"{namespace}::{name}")(fn)
+        return fn
+
+    return register
+
+
+@_fake("bin_moments")
 def _bin_moments_fake(z, bin_index, num_bins):
     acc = _acc_dtype(z.dtype)
     d = z.shape[1]
@@ -36,17 +54,17 @@ def _bin_moments_fake(z, bin_index, num_bins):
     )
 
 
-@torch.library.register_fake("irda_ext::bin_stats_update_")
+@_fake("bin_stats_update_")
 def _bin_stats_update_fake(count, mean, cov, z, bin_index, momentum):
     return None
 
 
-@torch.library.register_fake("irda_ext::merge_bin_moments_")
+@_fake("merge_bin_moments_")
 def _merge_bin_moments_fake(count, mean, cov, batch_count, batch_mean, batch_scatter, momentum):
     return None
 
 
-@torch.library.register_fake("irda_ext::wfds_smooth")
+@_fake("wfds_smooth")
 def _wfds_smooth_fake(weights, mean, cov, bandwidth):
     return torch.empty_like(mean), torch.empty_like(cov)
 
@@ -75,7 +93,7 @@ def _wfds_smooth_setup(ctx, inputs, output):
     ctx.bandwidth = bandwidth
 
 
-def _wfds_smooth_backward(ctx, grad_mean, grad_cov):
+def _wfds_smooth_backward(namespace_ops, ctx, grad_mean, grad_cov):
     weights, mean, cov = ctx.saved_tensors
     h = ctx.bandwidth
     if grad_mean is None:
@@ -85,18 +103,15 @@ def _wfds_smooth_backward(ctx, grad_mean, grad_cov):
     d_weights = d_mean = d_cov = None
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
         # The transpose of a band matrix is a band matrix of the same width.
-        d_mean, d_cov = ops.wfds_smooth(weights.t().contiguous(), grad_mean, grad_cov, h)
+        d_mean, d_cov = namespace_ops.wfds_smooth(weights.t().contiguous(), grad_mean, grad_cov, h)
     if ctx.needs_input_grad[0]:
         d_weights = _banded_weight_grad(grad_mean, mean, grad_cov, cov, h)
     return d_weights, d_mean, d_cov, None
 
 
-torch.library.register_autograd(
-    "irda_ext::wfds_smooth", _wfds_smooth_backward, setup_context=_wfds_smooth_setup
-)
 
 
-@torch.library.register_fake("irda_ext::irda_surrogate")
+@_fake("irda_surrogate")
 def _irda_surrogate_fake(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta,
                          noise_var, mode):
     n = pred.shape[0]
@@ -104,7 +119,7 @@ def _irda_surrogate_fake(pred, target, bin_index, centers, eta, log_prior, shift
     return pred.new_empty((n,)), pred.new_empty((n, lse_width))
 
 
-@torch.library.register_fake("irda_ext::irda_surrogate_backward")
+@_fake("irda_surrogate_backward")
 def _irda_surrogate_backward_fake(grad_loss, pred, target, bin_index, centers, eta, log_prior, shift, var,
                                   alpha, beta, noise_var, mode, lse):
     n = pred.shape[0]
@@ -118,11 +133,11 @@ def _irda_surrogate_setup(ctx, inputs, output):
     ctx.alpha, ctx.beta, ctx.mode = alpha, beta, mode
 
 
-def _irda_surrogate_backward(ctx, grad_loss, grad_lse):
+def _irda_surrogate_backward(namespace_ops, ctx, grad_loss, grad_lse):
     pred, target, bin_index, centers, eta, log_prior, shift, var, noise_var, lse = ctx.saved_tensors
     if grad_loss is None:
         grad_loss = torch.zeros_like(pred)
-    g_pred, g_shift, g_var, g_noise = ops.irda_surrogate_backward(
+    g_pred, g_shift, g_var, g_noise = namespace_ops.irda_surrogate_backward(
         grad_loss, pred, target, bin_index, centers, eta, log_prior, shift, var,
         ctx.alpha, ctx.beta, noise_var, ctx.mode, lse,
     )
@@ -131,9 +146,28 @@ def _irda_surrogate_backward(ctx, grad_loss, grad_lse):
     return g_pred, None, None, None, None, None, g_shift, g_var, None, None, g_noise, None
 
 
-torch.library.register_autograd(
-    "irda_ext::irda_surrogate", _irda_surrogate_backward, setup_context=_irda_surrogate_setup
-)
+def _irda_surrogate_backward_setup(ctx, inputs, output):
+    pass
+
+
+def _irda_surrogate_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "the fused irda_ext.irda_surrogate is differentiable once: its backward has no derivative. For "
+        "second derivatives (a look-ahead step, a gradient penalty) use irda_ext.reference.irda_surrogate, the "
+        "dense PyTorch version, which is twice differentiable (IRDALoss.head_loss(lookahead=True) uses it)")
+
+
+for _namespace in NAMESPACES:
+    _namespace_ops = getattr(torch.ops, _namespace)
+    torch.library.register_autograd(f"{_namespace}::wfds_smooth",
+                                    functools.partial(_wfds_smooth_backward, _namespace_ops),
+                                    setup_context=_wfds_smooth_setup)
+    torch.library.register_autograd(f"{_namespace}::irda_surrogate",
+                                    functools.partial(_irda_surrogate_backward, _namespace_ops),
+                                    setup_context=_irda_surrogate_setup)
+    # A second derivative through the fused op raises, instead of silently giving zeros.
+    torch.library.register_autograd(f"{_namespace}::irda_surrogate_backward", _irda_surrogate_double_backward,
+                                    setup_context=_irda_surrogate_backward_setup)
 
 OP_NAMES = ("bin_moments", "bin_stats_update_", "merge_bin_moments_", "wfds_smooth", "irda_surrogate",
             "irda_surrogate_backward")

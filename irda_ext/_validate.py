@@ -5,8 +5,13 @@ One argument order throughout: the value first, then its name or what it must ma
 (``check_tensor(z, "z", dim=2)``, ``check_positive(sigma, "sigma")``).
 
 Shape and dtype checks cost nothing. Value checks of tensors (index range, NaN) read the
-data: the CPU kernels do them inline, so ``check_bin_index`` and ``check_finite`` run only
-for other devices, and never while ``torch.compile`` traces.
+data, which on a GPU would stop the host until the device catches up (a synchronisation
+per step). So ``check_bin_index``, ``check_finite`` and ``check_noise_var`` read values on
+the host only for CPU tensors in eager mode (raising ``ValueError``); for other devices, and
+while ``torch.compile`` traces, they queue ``torch._assert_async`` instead, which fails at
+the device (a device-side assertion on CUDA) and stays in a compiled graph. The kernels
+check their own inputs the same way (on the CPU inline, on CUDA on the device), so the
+wrappers of the ops skip the value checks the kernels make.
 """
 from __future__ import annotations
 
@@ -29,11 +34,14 @@ def check_tensor(value, name: str, *, dim: Optional[int] = None, floating: bool 
     return value
 
 
-def _reads_values(t: torch.Tensor) -> bool:
-    return t.device.type != "cpu" and not torch.compiler.is_compiling()
+def _on_host(t: torch.Tensor) -> bool:
+    """Whether reading ``t``'s values costs no device synchronisation and no graph break."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def check_bin_index(bin_index, n: int, num_bins: int, device) -> None:
+def check_bin_index(bin_index, n: int, num_bins: int, device, values: bool = True) -> None:
+    """``bin_index`` is ``[n]`` int64 on ``device`` with values in ``[0, num_bins)`` (the values
+    are left to the caller's kernel with ``values=False``)."""
     check_tensor(bin_index, "bin_index", floating=False)
     if bin_index.dtype != torch.int64:
         raise TypeError(f"bin_index must be int64, got {bin_index.dtype}")
@@ -41,15 +49,37 @@ def check_bin_index(bin_index, n: int, num_bins: int, device) -> None:
         raise ValueError(f"bin_index must have shape [{n}] (one bin per sample), got {tuple(bin_index.shape)}")
     if bin_index.device != device:
         raise ValueError(f"bin_index is on {bin_index.device}, expected {device}")
-    if _reads_values(bin_index) and n > 0:
+    if not values or n == 0:
+        return
+    if _on_host(bin_index):
         lo, hi = int(bin_index.min()), int(bin_index.max())
         if lo < 0 or hi >= num_bins:
             raise ValueError(f"bin_index values must be in [0, {num_bins}), got range [{lo}, {hi}]")
+    else:
+        torch._assert_async(((bin_index >= 0) & (bin_index < num_bins)).all(),
+                            f"bin_index values must be in [0, {num_bins})")
 
 
 def check_finite(t: torch.Tensor, name: str) -> None:
-    if _reads_values(t) and t.numel() > 0 and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
+    """``t`` has no NaN or infinite value."""
+    if _on_host(t):
+        if t.numel() > 0 and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or infinite values")
+    else:
+        torch._assert_async(torch.isfinite(t).all(), f"{name} contains NaN or infinite values")
+
+
+def check_in_range(t: torch.Tensor, low: float, high: float, name: str) -> None:
+    """``t``'s values lie in ``[low, high]`` (NaN does not), as :func:`check_finite` checks:
+    on the host for CPU tensors in eager mode, by ``torch._assert_async`` otherwise, which
+    survives ``torch.compile``."""
+    if _on_host(t):
+        bad = torch.isnan(t) | (t < low) | (t > high)
+        if bool(bad.any()):
+            raise ValueError(f"{int(bad.sum())} value(s) of {name} outside [{low}, {high}] "
+                             f"(e.g. {t[bad][0].item()})")
+    else:
+        torch._assert_async(((t >= low) & (t <= high)).all(), f"{name} has values outside [{low}, {high}] or NaN")
 
 
 def check_pred_target(pred, target) -> None:
@@ -113,6 +143,9 @@ def check_noise_var(noise_var, like: torch.Tensor) -> torch.Tensor:
         nv = torch.tensor(float(noise_var), dtype=like.dtype, device=like.device)
     else:
         raise TypeError(f"noise_var must be a float or a scalar tensor, got {type(noise_var).__name__}")
-    if not bool(nv.detach() > 0):
-        raise ValueError(f"noise_var must be > 0, got {float(nv)}")
+    if _on_host(nv):
+        if not bool(nv.detach() > 0):
+            raise ValueError(f"noise_var must be > 0, got {float(nv)}")
+    else:
+        torch._assert_async(nv.detach() > 0, "noise_var must be > 0")
     return nv

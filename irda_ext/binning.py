@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from ._validate import _on_host
+
 # A bin costs IRDA a [D, D] covariance and a row of two [B, B] matrices; past this many bins
 # the label grid alone (8 bytes a centre) passes a gigabyte, which is a units mistake
 # (--bin-width 1e-5), not a data set.
@@ -66,7 +68,7 @@ class Bins:
         if not clamp:
             bad = bad | (y64 < self.low) | (y64 > self.high)
         what = "NaN target(s)" if clamp else f"target(s) outside [{self.low}, {self.high}] or NaN"
-        if y64.device.type == "cpu" and not torch.compiler.is_compiling():
+        if _on_host(y64):
             if bool(bad.any()):
                 first = y64[bad][0].item()
                 hint = " (the predictions of a diverged model?)" if clamp else "; pass clamp=True to put targets " \

@@ -208,3 +208,32 @@ def test_setup_py_picks_the_toolkit_behind_a_wrapper(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"toolkit {real.resolve()} from the nvcc that the script {bin_dir / 'nvcc'} runs" in done.stderr
     assert "TORCH_CUDA_ARCH_LIST=8.0;9.0+PTX" in done.stderr
+
+
+def test_setup_py_compiles_cuda_without_fused_multiply_add(tmp_path):
+    """nvcc gets --fmad=false, as g++ gets -ffp-contract=off: the surrogate's backward must
+    round every logit as its forward did (test_surrogate.py::test_float32_logits_near_1e6)."""
+    if torch.version.cuda is None:
+        pytest.skip("a CPU-only torch cannot be asked to build CUDA kernels")
+    real = fake_toolkit(tmp_path / "cuda-13.0")
+    bin_dir = tmp_path / "bin"
+    wrapper(bin_dir, real / "bin" / "nvcc")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CUDA_HOME", "CUDA_PATH", "CPATH", "IRDA_CPU_ONLY", "TORCH_CUDA_ARCH_LIST")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{os.path.dirname(sys.executable)}{os.pathsep}/usr/bin:/bin"
+    env["FORCE_CUDA"] = "1"
+    show = ("import runpy, setuptools\n"
+            "setuptools.setup = lambda **kw: print(kw['ext_modules'][0].extra_compile_args)\n"
+            "runpy.run_path('setup.py')\n")
+    done = subprocess.run([sys.executable, "-c", show], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    flags = eval(done.stdout.strip().splitlines()[-1])  # {'cxx': [...], 'nvcc': [...]}
+    assert "--fmad=false" in flags["nvcc"] and "-ffp-contract=off" in flags["cxx"]
+
+
+def test_cmake_cuda_build_has_the_default_arch_list_of_setup_py():
+    """A CMake CUDA build without TORCH_CUDA_ARCH_LIST compiles what setup.py does, PTX included."""
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert f'set(TORCH_CUDA_ARCH_LIST "{cuda_toolkit.DEFAULT_ARCH_LIST}")' in text
+    assert cuda_toolkit.DEFAULT_ARCH_LIST.endswith("+PTX")

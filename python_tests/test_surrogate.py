@@ -129,27 +129,13 @@ def test_float32_close_to_float64():
         torch.testing.assert_close(b.double(), a, rtol=1e-4, atol=1e-4)
 
 
-def test_bad_input():
-    args = list(surrogate_inputs(5, 2, 6, dead_bins=(3,)))
+@pytest.mark.parametrize("device", devices())
+def test_bad_input(device):
+    args = list(surrogate_inputs(5, 2, 6, device, dead_bins=(3,)))
     with pytest.raises(ValueError, match="mode must be one of"):
         irda_ext.irda_surrogate(*args, mode="approx")
     with pytest.raises(ValueError, match="reduction"):
         irda_ext.irda_surrogate(*args, reduction="avg")
-    bad = list(args)
-    bad[2] = args[2].clone()
-    bad[2][0] = 6
-    with pytest.raises(ValueError, match=r"outside \[0, 6\)"):
-        irda_ext.irda_surrogate(*bad)
-    bad = list(args)
-    bad[2] = args[2].clone()
-    bad[2][0] = 3  # a bin without prior
-    with pytest.raises(ValueError, match="log_prior of bin 3"):
-        irda_ext.irda_surrogate(*bad)
-    bad = list(args)
-    bad[0] = args[0].clone()
-    bad[0][1] = float("nan")
-    with pytest.raises(ValueError, match="not finite"):
-        irda_ext.irda_surrogate(*bad)
     bad = list(args)
     bad[6] = args[6][:3]
     with pytest.raises(ValueError, match=r"shift must have shape \[5\]"):
@@ -159,17 +145,45 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"eta must have shape \[K, 6\]"):
         irda_ext.irda_surrogate(*bad)
     bad = list(args)
-    bad[7] = -args[7] - 1
-    with pytest.raises(ValueError, match="var must be non-negative"):
-        irda_ext.irda_surrogate(*bad)
-    bad = list(args)
-    bad[10] = torch.tensor(0.0, dtype=torch.float64)
-    with pytest.raises(ValueError, match="noise_var must be positive"):
-        irda_ext.irda_surrogate(*bad)
-    bad = list(args)
     bad[1] = args[1].float()
     with pytest.raises(TypeError, match="dtype"):
         irda_ext.irda_surrogate(*bad)
+
+
+NAN, INF = float("nan"), float("inf")
+# case: (argument, element, value, what the message says)
+BAD_VALUES = {
+    "bin_out_of_range": (2, 0, 6, r"bin_index.*(outside \[0, 6\)|\[0, num_bins\))"),
+    "bin_without_prior": (2, 0, 3, r"log_prior of .*bin"),
+    "nan_pred": (0, 1, NAN, r"pred.* must be finite"),
+    "negative_var": (7, 2, -1.0, r"var must be non-negative"),
+    "inf_var": (7, 2, INF, r"var must be non-negative and finite"),
+    "zero_noise_var": (10, (), 0.0, r"noise_var must be positive"),
+    "nan_target": (1, 3, NAN, r"target.* must be finite"),
+    "inf_target": (1, 0, -INF, r"target.* must be finite"),
+    "nan_shift": (6, 4, NAN, r"shift.* must be finite"),
+    "inf_eta": (4, (1, 2), INF, r"eta.* must be finite"),
+    "nan_centers": (3, 5, NAN, r"centers.* must be finite"),
+    "nan_log_prior": (5, 1, NAN, r"log_prior.* not NaN or \+inf"),
+}
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("case", BAD_VALUES)
+@pytest.mark.parametrize("mode", MODES)
+def test_bad_values_raise_naming_the_input(device, case, mode):
+    """Each value the CPU kernel rejects, rejected by the CUDA kernels' code too (emulated)."""
+    if device == "cuda":
+        pytest.skip("a device-side assertion on a GPU: test_cuda_precision.py checks it in a subprocess")
+    j, where, value, message = BAD_VALUES[case]
+    args = list(surrogate_inputs(5, 2, 6, device, dead_bins=(3,)))
+    args[j] = args[j].clone()
+    args[j][where] = value
+    with pytest.raises(ValueError, match=message):
+        irda_ext.irda_surrogate(*args, mode=mode)
+    loss, lse = torch.ops.irda_ext.irda_surrogate(*surrogate_inputs(5, 2, 6, device, dead_bins=(3,)), mode)
+    with pytest.raises(ValueError, match=message):  # the backward op checks too
+        torch.ops.irda_ext.irda_surrogate_backward(torch.ones_like(loss), *args, mode, lse)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -200,3 +214,74 @@ def test_cluster_shares_above_one_match_reference(mode):
     got = irda_ext.irda_surrogate(*args, mode=mode, reduction="none")
     want = ref.irda_surrogate(*args, mode=mode, reduction="none")
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def _logits_near_1e6(device):
+    """float32 inputs whose logits reach 1e5-1e6: targets near 1000, predictions near 0,
+    u = 1 / (2 sigma^2) = 0.5, three bins 1000 apart; one term dominates each row."""
+    g = torch.Generator().manual_seed(0)
+    n = 16
+    args = [torch.randn(n, generator=g, dtype=torch.float64) * 10,  # pred
+            1000 + torch.rand(n, generator=g, dtype=torch.float64),  # target
+            torch.zeros(n, dtype=torch.int64),  # every sample in bin 0
+            torch.tensor([1000.5, 2000.5, 3000.5], dtype=torch.float64),  # centers
+            torch.tensor([[0.3, 0.6, 0.5], [0.7, 0.4, 0.5]], dtype=torch.float64),  # eta
+            torch.log(torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)),  # log_prior
+            torch.randn(n, generator=g, dtype=torch.float64),  # shift
+            torch.rand(n, generator=g, dtype=torch.float64) * 0.01,  # var
+            0.5, 0.75, torch.tensor(1.0, dtype=torch.float64)]
+    args = [a.float().to(device) if isinstance(a, torch.Tensor) and a.is_floating_point() else
+            a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+    for j in (0, 6, 7, 10):
+        args[j].requires_grad_()
+    return args
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("mode", MODES)
+def test_float32_logits_near_1e6(device, mode):
+    """Backward recomputes every logit bit for bit as forward computed it (no fused
+    multiply-add in one and not in the other; on CUDA --fmad=false): the dominant term's
+    weight exp(logit - lse) is then exactly 1, and the float32 gradients are those of the
+    float64 reference to float32 precision. A logit rounded differently by one ulp (0.008
+    at 1e5) would move them by 1%; an own-bin shift term R1 left nonzero by a fused
+    multiply-add would give d/dshift about 1e-5 in paper mode instead of 0."""
+    args = _logits_near_1e6(device)
+    args64 = [a.detach().double().cpu().requires_grad_(a.requires_grad)
+              if isinstance(a, torch.Tensor) and a.is_floating_point() else
+              a.cpu() if isinstance(a, torch.Tensor) else a for a in args]
+    got = irda_ext.irda_surrogate(*args, mode=mode, reduction="none")
+    want = ref.irda_surrogate(*args64, mode=mode, reduction="none")
+    assert want.abs().min() > 1e4  # the regime this test is about
+    torch.testing.assert_close(got.double().cpu(), want, rtol=1e-6, atol=0)
+    wrt = lambda a: [a[0], a[6], a[7], a[10]]  # noqa: E731
+    for g, w in zip(torch.autograd.grad(got.sum(), wrt(args)), torch.autograd.grad(want.sum(), wrt(args64))):
+        torch.testing.assert_close(g.double().cpu(), w, rtol=1e-5, atol=1e-6 + 1e-5 * w.abs().max().item())
+
+
+@pytest.mark.parametrize("device", devices())
+def test_second_derivative_names_the_twice_differentiable_reference(device):
+    """The fused backward has no derivative: a second derivative raises (it silently gave
+    zeros), naming irda_ext.reference.irda_surrogate; the first derivative with
+    create_graph=True still works."""
+    args = surrogate_inputs(6, 2, 7, device, requires_grad=True)
+    g, = torch.autograd.grad(irda_ext.irda_surrogate(*args), args[0], create_graph=True)
+    assert g.requires_grad
+    with pytest.raises(RuntimeError, match="irda_ext.reference.irda_surrogate"):
+        torch.autograd.grad(g.sum(), args[0])
+    g_ref, = torch.autograd.grad(ref.irda_surrogate(*args), args[0], create_graph=True)
+    torch.testing.assert_close(g, g_ref)
+    torch.autograd.grad(g_ref.sum(), args[0])  # the reference is twice differentiable
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_raise_type_error(device, dtype):
+    """float16/bfloat16 inputs: a TypeError naming the accepted dtypes (not NotImplementedError)."""
+    args = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            for a in surrogate_inputs(5, 2, 6, device)]
+    with pytest.raises(TypeError, match="float32 or float64"):
+        irda_ext.irda_surrogate(*args)
+    S, mean, cov = torch.eye(3, device=device), torch.zeros(3, 2, device=device), torch.zeros(3, 2, 2, device=device)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        irda_ext.wfds_smooth(S.to(dtype), mean.to(dtype), cov.to(dtype), 1)

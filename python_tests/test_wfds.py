@@ -139,7 +139,8 @@ def test_bandwidth_is_inferred_and_outside_entries_ignored():
     assert not torch.allclose(got, S @ mean)
 
 
-def test_bad_input():
+@pytest.mark.parametrize("device", devices())
+def test_bad_input(device):
     with pytest.raises(ValueError, match="kernel must be one of"):
         irda_ext.wfds_weights(torch.eye(3), kernel="box")
     with pytest.raises(ValueError, match="odd"):
@@ -148,12 +149,29 @@ def test_bad_input():
         irda_ext.wfds_weights(torch.ones(3, 4))
     with pytest.raises(ValueError, match="non-negative"):
         irda_ext.wfds_weights(-torch.eye(3))
+    eye, zeros = (lambda n, **kw: torch.eye(n, device=device, **kw)), (lambda *s: torch.zeros(*s, device=device))
     with pytest.raises(ValueError, match=r"weights must have shape \[3, 3\]"):
-        irda_ext.wfds_smooth(torch.eye(4), torch.zeros(3, 2), torch.zeros(3, 2, 2), 1)
+        irda_ext.wfds_smooth(eye(4), zeros(3, 2), zeros(3, 2, 2), 1)
     with pytest.raises(TypeError, match="dtype"):
-        irda_ext.wfds_smooth(torch.eye(3, dtype=torch.float64), torch.zeros(3, 2), torch.zeros(3, 2, 2), 1)
+        irda_ext.wfds_smooth(eye(3, dtype=torch.float64), zeros(3, 2), zeros(3, 2, 2), 1)
     with pytest.raises(ValueError, match="bandwidth"):
-        irda_ext.wfds_smooth(torch.eye(3), torch.zeros(3, 2), torch.zeros(3, 2, 2), -1)
+        irda_ext.wfds_smooth(eye(3), zeros(3, 2), zeros(3, 2, 2), -1)
+    with pytest.raises(ValueError, match="bandwidth"):  # the raw op too
+        torch.ops.irda_ext.wfds_smooth(eye(3), zeros(3, 2), zeros(3, 2, 2), -1)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("bandwidth", [2**62, 2**63 - 1])
+def test_huge_bandwidth_is_the_whole_matrix(device, bandwidth):
+    """A bandwidth beyond B - 1 is clamped to it before any index arithmetic (b + h and
+    (2h + 1) * row overflowed int64 in the CPU kernel)."""
+    g = torch.Generator().manual_seed(0)
+    S = torch.rand(6, 6, generator=g, dtype=torch.float64).to(device)
+    mean = torch.randn(6, 3, generator=g, dtype=torch.float64).to(device)
+    cov = torch.randn(6, 3, 3, generator=g, dtype=torch.float64).to(device)
+    for got, want in zip(torch.ops.irda_ext.wfds_smooth(S, mean, cov, bandwidth), ref.wfds_smooth(S, mean, cov, 5)):
+        torch.testing.assert_close(got, want)
+
 
 
 def test_banded_restriction_equals_the_dense_one():

@@ -133,25 +133,20 @@ __attribute__((always_inline)) inline T row_logsumexp(const T* __restrict x, int
   return mx + std::log(sum);
 }
 
-// One competitor of the exact-mode grid (exact_term, SPEC 6.2): sets its log-term F,
-// 1 / r and the pieces the derivatives need. Forward and backward evaluate it with
-// the same operations, so a float32 logit of 1e6 rounds the same way in both and the
-// dominant term's exp(F - lse) stays exactly 1.
-#define IRDA_EXACT_TERM_BODY                                           \
-  const T ec = a.grid_eta[j];                                          \
-  /* t = own bin ? y : centre, as arithmetic gcc vectorises (exact) */ \
-  const T t = a.grid_t[j] * (a.grid_id[j] == jb ? T(0) : T(1)) +      \
-              (a.grid_id[j] == jb ? y : T(0));                         \
-  const T delta = eo - ec;                                             \
-  const T C = T(2) * (ec * t - eo * y);                                \
-  const T E = eo * y * y - ec * t * t;                                 \
-  const T av = u * delta;                                              \
-  const T c = u * C;                                                   \
-  const T d = u * E + (a.grid_lp[j] - lp_own);                         \
-  const T r = T(1) - T(2) * av * s2;                                   \
-  const T inv_r = T(1) / r;                                            \
-  const T N = av * m * m + c * m + T(0.5) * c * c * s2;                \
-  const T F = T(-0.5) * log_positive<T>(r) + d + N * inv_r;
+// exact_term's logarithm on the CPU: the polynomial log_positive, which vectorises.
+struct PolyLog {
+  template <typename T>
+  __attribute__((always_inline)) static T log(T x) {
+    return log_positive<T>(x);
+  }
+};
+
+// The target of competitor j of a sample of grid position jb: its own target y in its
+// own bin, else the bin's centre; as arithmetic gcc vectorises (exact).
+template <typename T>
+__attribute__((always_inline)) inline T competitor_target(const SurrogateArgs<T>& a, int64_t j, T jb, T y) {
+  return a.grid_t[j] * (a.grid_id[j] == jb ? T(0) : T(1)) + (a.grid_id[j] == jb ? y : T(0));
+}
 
 // Forward of sample i; Fs is scratch of K * V values.
 template <typename T>
@@ -168,8 +163,8 @@ __attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArg
   for (int64_t k = 0; k < K; ++k) {
     const T eo = a.eta[k * B + b];
     for (int64_t j = 0; j < KV; ++j) {
-      IRDA_EXACT_TERM_BODY
-      Fs[j] = F;
+      const T t = competitor_target(a, j, jb, y);
+      Fs[j] = exact_term<T, PolyLog>(eo, a.grid_eta[j], y, t, a.grid_lp[j] - lp_own, m, s2, u).F;
     }
     lse[k] = row_logsumexp(Fs, KV);
     total += lse[k];
@@ -199,15 +194,12 @@ __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateAr
     for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
       for (int64_t l = 0; l < kLanes; ++l) {
         const int64_t j = j0 + l;
-        IRDA_EXACT_TERM_BODY
-        const T p = exp_clamped<T>(F - lk);
-        const T dF_dm = (T(2) * av * m + c) * inv_r;
-        const T dF_ds2 = (av + T(0.5) * c * c) * inv_r + T(2) * av * N * inv_r * inv_r;
-        const T dF_da = (s2 + m * m) * inv_r + T(2) * s2 * N * inv_r * inv_r;
-        const T dF_dc = (m + c * s2) * inv_r;
-        acc_m[l] += p * dF_dm;
-        acc_s2[l] += p * dF_ds2;
-        acc_u[l] += p * (delta * dF_da + C * dF_dc + E);
+        const T t = competitor_target(a, j, jb, y);
+        const ExactTerm<T> e = exact_term<T, PolyLog>(eo, a.grid_eta[j], y, t, a.grid_lp[j] - lp_own, m, s2, u);
+        const T p = exp_clamped<T>(e.F - lk);
+        acc_m[l] += p * e.dF_dm;
+        acc_s2[l] += p * e.dF_ds2;
+        acc_u[l] += p * e.dF_du;
       }
     }
   }
@@ -228,7 +220,6 @@ __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateAr
   *g_var = capped ? T(0) : a.beta * gs2;
   *g_nv = gu * (T(-2) * a.u * a.u);
 }
-#undef IRDA_EXACT_TERM_BODY
 
 // Compiled once per instruction set; overloads per dtype (target_clones and
 // templates do not mix).
@@ -244,21 +235,9 @@ IRDA_EXACT_ENTRY_POINTS(float)
 IRDA_EXACT_ENTRY_POINTS(double)
 #undef IRDA_EXACT_ENTRY_POINTS
 
-// Paper mode (eq. 22): one log-sum-exp over the K B logits Z, over the padded grid
-// in blocks of kGridPad lanes like exact mode. Es holds each competitor's
+// Paper mode (eq. 22, paper_term): one log-sum-exp over the K B logits Z, over the
+// padded grid in blocks of kGridPad lanes like exact mode. Es holds each competitor's
 // eta[k', b] for the sample's own bin b.
-#define IRDA_PAPER_TERM_BODY                                           \
-  const T e_comp = a.grid_eta[j];                                      \
-  const T e_own = Es[j];                                               \
-  const T t = a.grid_t[j] * (a.grid_id[j] == jb ? T(0) : T(1)) +      \
-              (a.grid_id[j] == jb ? y : T(0));                         \
-  const T diff = t - p;                                                \
-  const T lin = e_comp * t - e_own * y;                                \
-  const T de = e_own - e_comp;                                         \
-  const T R1 = de + T(2) * lin;                                        \
-  const T R2 = lin * lin + T(0.25) * de * de;                          \
-  const T Z = -u * e_comp * diff * diff + a.alpha * u * R1 * shift + a.beta * u * u * R2 * var + a.grid_lp[j];
-
 template <typename T>
 __attribute__((always_inline)) inline void fill_own_eta(const SurrogateArgs<T>& a, int64_t b, T* __restrict Es) {
   for (int64_t kc = 0; kc < a.K; ++kc) std::fill(Es + kc * a.V, Es + (kc + 1) * a.V, a.eta[kc * a.B + b]);
@@ -273,8 +252,8 @@ __attribute__((always_inline)) inline void paper_forward_impl(const SurrogateArg
   const T y = a.target[i], p = a.pred[i], shift = a.shift[i], var = a.var[i], u = a.u;
   fill_own_eta(a, b, Es);
   for (int64_t j = 0; j < KV; ++j) {
-    IRDA_PAPER_TERM_BODY
-    Zs[j] = Z;
+    const T t = competitor_target(a, j, jb, y);
+    Zs[j] = paper_term<T>(Es[j], a.grid_eta[j], y, t, a.grid_lp[j], p, shift, var, a.alpha, a.beta, u).Z;
   }
   T own = 0;
   for (int64_t kc = 0; kc < K; ++kc) own += Zs[kc * V + a.grid_pos[b]];
@@ -296,12 +275,13 @@ __attribute__((always_inline)) inline void paper_backward_impl(const SurrogateAr
   for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
     for (int64_t l = 0; l < kLanes; ++l) {
       const int64_t j = j0 + l;
-      IRDA_PAPER_TERM_BODY
-      const T w = exp_clamped<T>(Z - l0);
-      acc_p[l] += w * (T(2) * u * e_comp * diff);
-      acc_sh[l] += w * (a.alpha * u * R1);
-      acc_v[l] += w * (a.beta * u * u * R2);
-      acc_u[l] += w * (-e_comp * diff * diff + a.alpha * R1 * shift + T(2) * a.beta * u * R2 * var);
+      const T t = competitor_target(a, j, jb, y);
+      const PaperTerm<T> z = paper_term<T>(Es[j], a.grid_eta[j], y, t, a.grid_lp[j], p, shift, var, a.alpha, a.beta, u);
+      const T w = exp_clamped<T>(z.Z - l0);
+      acc_p[l] += w * z.dZ_dp;
+      acc_sh[l] += w * z.dZ_dshift;
+      acc_v[l] += w * z.dZ_dvar;
+      acc_u[l] += w * z.dZ_du;
     }
   }
   T gp = 0, gsh = 0, gv = 0, gu = 0;
@@ -311,20 +291,19 @@ __attribute__((always_inline)) inline void paper_backward_impl(const SurrogateAr
     gv += acc_v[l];
     gu += acc_u[l];
   }
-  // the numerator terms Z[k, b], averaged over k: their shift and var terms vanish
+  // the numerator terms Z[k, b], averaged over k (their shift and var terms vanish)
   T op = 0, ou = 0;
-  const T diff = y - p;
   for (int64_t kc = 0; kc < K; ++kc) {
     const T e_own = a.eta[kc * a.B + b];
-    op += T(2) * u * e_own * diff;
-    ou += -e_own * diff * diff;
+    const PaperTerm<T> z = paper_term<T>(e_own, e_own, y, y, T(0), p, shift, var, a.alpha, a.beta, u);
+    op += z.dZ_dp;
+    ou += z.dZ_du;
   }
   *g_pred = grad * (gp - op / T(K));
   *g_shift = grad * gsh;
   *g_var = grad * gv;
   *g_nv = grad * (gu - ou / T(K)) * (T(-2) * a.u * a.u);
 }
-#undef IRDA_PAPER_TERM_BODY
 
 #define IRDA_PAPER_ENTRY_POINTS(T)                                                                                  \
   IRDA_TARGET_CLONES void paper_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse, T* Zs, T* Es) {     \
@@ -359,13 +338,34 @@ Prepared prepare(const at::Tensor& pred, const at::Tensor& target, const at::Ten
   }
   AT_DISPATCH_FLOATING_TYPES(p.pred.scalar_type(), "irda_surrogate_check", [&] {
     const scalar_t* lp = p.log_prior.data_ptr<scalar_t>();
+    const scalar_t* et = p.eta.data_ptr<scalar_t>();
+    const scalar_t* ct = p.centers.data_ptr<scalar_t>();
+    for (int64_t j = 0; j < p.K * p.B; ++j) {
+      TORCH_CHECK_VALUE(std::isfinite(et[j]), "eta[", j / p.B, ", ", j % p.B, "] = ", et[j], ": eta must be finite");
+    }
+    for (int64_t j = 0; j < p.B; ++j) {
+      TORCH_CHECK_VALUE(std::isfinite(ct[j]), "centers[", j, "] = ", ct[j], ": centers must be finite");
+      TORCH_CHECK_VALUE(!std::isnan(lp[j]) && lp[j] < std::numeric_limits<scalar_t>::infinity(), "log_prior[", j,
+                        "] = ", lp[j], ": log_prior must be finite or -inf (a bin without prior), not NaN or +inf");
+    }
+    // One pass per input, so that the first bad value of each is named.
+    const struct {
+      const char* name;
+      const scalar_t* x;
+    } per_sample[] = {{"pred", p.pred.data_ptr<scalar_t>()},
+                      {"target", p.target.data_ptr<scalar_t>()},
+                      {"shift", p.shift.data_ptr<scalar_t>()}};
+    for (const auto& in : per_sample) {
+      for (int64_t i = 0; i < p.n; ++i) {
+        TORCH_CHECK_VALUE(std::isfinite(in.x[i]), in.name, "[", i, "] = ", in.x[i], ": ", in.name, " must be finite");
+      }
+    }
     const scalar_t* vr = p.var.data_ptr<scalar_t>();
-    const scalar_t* pr = p.pred.data_ptr<scalar_t>();
     for (int64_t i = 0; i < p.n; ++i) {
       TORCH_CHECK_VALUE(std::isfinite(lp[bin[i]]), "log_prior of bin ", bin[i], " (the bin of sample ", i,
                         ") must be finite: a sample's own bin needs a positive prior");
-      TORCH_CHECK_VALUE(vr[i] >= 0, "var must be non-negative, got var[", i, "] = ", vr[i]);
-      TORCH_CHECK_VALUE(std::isfinite(pr[i]), "pred[", i, "] is not finite (", pr[i], ")");
+      TORCH_CHECK_VALUE(vr[i] >= 0 && std::isfinite(vr[i]), "var[", i, "] = ", vr[i],
+                        ": var must be non-negative and finite");
     }
   });
   return p;

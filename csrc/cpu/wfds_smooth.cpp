@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "../checks.h"
+#include "../wfds_math.h"
 #include "grain.h"
 
 namespace irda {
@@ -20,9 +21,9 @@ void banded_apply(const T* S, const T* in, T* out, int64_t B, int64_t rows, int6
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / rows, d = r % rows;
       T* o = out + (b * rows + d) * row;
-      const int64_t lo = std::max<int64_t>(0, b - h), hi = std::min<int64_t>(B - 1, b + h);
+      const Band band = band_of(b, h, B);
       std::fill(o, o + row, T(0));
-      for (int64_t bp = lo; bp <= hi; ++bp) {
+      for (int64_t bp = band.lo; bp <= band.hi; ++bp) {
         const T w = S[b * B + bp];
         if (w == T(0)) continue;
         const T* x = in + (bp * rows + d) * row;
@@ -40,10 +41,11 @@ std::tuple<at::Tensor, at::Tensor> wfds_smooth_cpu(const at::Tensor& weights, co
   at::Tensor mean_s = at::empty_like(m);
   at::Tensor cov_s = at::empty_like(c);
   if (B == 0 || D == 0) return {mean_s, cov_s};
+  const int64_t h = clamped_bandwidth(bandwidth, B);
   AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "wfds_smooth_cpu", [&] {
     const scalar_t* s = S.data_ptr<scalar_t>();
-    banded_apply<scalar_t>(s, m.data_ptr<scalar_t>(), mean_s.data_ptr<scalar_t>(), B, 1, D, bandwidth);
-    banded_apply<scalar_t>(s, c.data_ptr<scalar_t>(), cov_s.data_ptr<scalar_t>(), B, D, D, bandwidth);
+    banded_apply<scalar_t>(s, m.data_ptr<scalar_t>(), mean_s.data_ptr<scalar_t>(), B, 1, D, h);
+    banded_apply<scalar_t>(s, c.data_ptr<scalar_t>(), cov_s.data_ptr<scalar_t>(), B, D, D, h);
   });
   return {mean_s, cov_s};
 }
