@@ -1,6 +1,7 @@
 """GPU benchmarks of the CUDA kernels, saved with the GPU's name.
 
-    python bench/bench_gpu.py [--out bench/results] [--quick]
+    python bench/bench_gpu.py [--out bench/results] [--quick] [--only SECTION ...]
+    python bench/bench_gpu.py --dry-run --out /tmp/x   # every section at toy sizes on the CPU
 
 Every comparison is measured in the same run on the same GPU; implementations are
 checked to agree before they are timed; times are medians of CUDA-event timings.
@@ -15,6 +16,10 @@ checked to agree before they are timed; times are medians of CUDA-event timings.
     (bf16 autocast, channels-last, SGD; target: at most 10% overhead).
 A section that fails is recorded with its error and the others still run.
 Results: bench/results/gpu_<gpu name>.{json,md}.
+
+--dry-run needs no GPU: every section runs at toy sizes on the CPU with wall-clock timing,
+which checks this script's code (shapes, agreement checks, the report) before a GPU's
+minutes are spent on it; its numbers mean nothing. Results: <out>/gpu_dry_run_cpu.{json,md}.
 """
 import argparse
 import json
@@ -31,20 +36,45 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the in-tree irda_ext
 from cases import check_stats_agree, fwd_bwd, stats_batch, surrogate_batch, warm_stats  # noqa: E402
 from isda_estimator import OneHotEstimator  # noqa: E402
+from resnet50 import resnet50_trunk  # noqa: E402
 
 import irda_ext  # noqa: E402
 from irda_ext import reference as ref  # noqa: E402
 
 DEV = "cuda"
+DRY = False  # --dry-run: the CPU, toy sizes, wall-clock timing
+# Each section's sizes: the benchmark's, and the dry run's.
+SIZES = {
+    "bin_stats": (dict(n=256, D=2048, B=100), dict(n=32, D=48, B=10)),
+    "wfds": (dict(B=100, D=2048, bandwidth=2), dict(B=10, D=16, bandwidth=2)),
+    "surrogate": (dict(n=256, K=3, B=100), dict(n=16, K=2, B=10)),
+    "resnet50": (dict(batch=256, image=224), dict(batch=2, image=32)),
+}
+
+
+def sizes(section):
+    return SIZES[section][1 if DRY else 0]
+
+
+def synchronize():
+    if not DRY:
+        torch.cuda.synchronize()
 
 
 def cuda_time(fn, min_time=0.5, max_reps=200, warmup=3):
-    """Median seconds of fn() between CUDA events (fn's host work included)."""
+    """Median seconds of fn() between CUDA events (fn's host work included); wall clock in a dry run."""
+    if DRY:
+        min_time, max_reps, warmup = 0.0, 3, 1
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    synchronize()
     times, start = [], time.perf_counter()
-    while len(times) < max_reps and (time.perf_counter() - start < min_time or len(times) < 5):
+    while len(times) < max_reps and (time.perf_counter() - start < min_time or len(times) < 3):
+        if DRY:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+            continue
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
         fn()
@@ -55,7 +85,27 @@ def cuda_time(fn, min_time=0.5, max_reps=200, warmup=3):
     return times[len(times) // 2]
 
 
+def peak_memory_mib(fn):
+    """Peak memory fn() allocates beyond what was allocated before, in MiB (nan in a dry run)."""
+    if DRY:
+        fn()
+        return float("nan")
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
 def device_info():
+    if DRY:
+        x = torch.empty(2**20)
+        y = torch.empty_like(x)
+        copy_bw = 2 * x.numel() * 4 / cuda_time(lambda: y.copy_(x))
+        return {"name": "dry run cpu", "capability": "0.0", "sms": os.cpu_count(), "memory_gib": float("nan"),
+                "peak_bandwidth_gbs": float("nan"), "copy_bandwidth_gbs": copy_bw / 1e9, "torch": torch.__version__,
+                "cuda": torch.version.cuda, "date": time.strftime("%Y-%m-%d %H:%M")}
     p = torch.cuda.get_device_properties(0)
     # DDR: two transfers per memory clock (kHz) over a bus of memory_bus_width bits.
     peak = 2.0 * p.memory_clock_rate * 1e3 * p.memory_bus_width / 8
@@ -69,8 +119,9 @@ def device_info():
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
-def bench_bin_stats(info, quick, n=256, D=2048, B=100):
-    check_stats_agree(n, 256, 20, device=DEV)
+def bench_bin_stats(info, quick):
+    n, D, B = (sizes("bin_stats")[k] for k in ("n", "D", "B"))
+    check_stats_agree(n, min(D, 256), 20, device=DEV)
     z, b = stats_batch(n, D, B, device=DEV)
     present = torch.unique(b).numel()
     # What the update must move: read + write cov and mean of the present bins, read z.
@@ -95,7 +146,8 @@ def bench_bin_stats(info, quick, n=256, D=2048, B=100):
     return out
 
 
-def bench_wfds(info, quick, B=100, D=2048, bandwidth=2):
+def bench_wfds(info, quick):
+    B, D, bandwidth = (sizes("wfds")[k] for k in ("B", "D", "bandwidth"))
     g = torch.Generator(device=DEV).manual_seed(0)
     S = torch.rand(B, B, device=DEV, generator=g)
     mean = torch.randn(B, D, device=DEV, generator=g)
@@ -111,8 +163,9 @@ def bench_wfds(info, quick, B=100, D=2048, bandwidth=2):
             "pct_copy": 100 * moved / t / (info["copy_bandwidth_gbs"] * 1e9)}
 
 
-def bench_surrogate(info, quick, n=256, K=3, B=100):
-    out = {}
+def bench_surrogate(info, quick):
+    n, K, B = (sizes("surrogate")[k] for k in ("n", "K", "B"))
+    out = {"n": n, "K": K, "B": B}
     for mode in ("exact", "paper"):
         args = surrogate_batch(n, K, B, device=DEV)
         fused, dense = fwd_bwd(irda_ext.irda_surrogate, args, mode), fwd_bwd(ref.irda_surrogate, args, mode)
@@ -121,31 +174,25 @@ def bench_surrogate(info, quick, n=256, K=3, B=100):
             assert torch.allclose(g, h, rtol=1e-3, atol=1e-4), mode
         for impl, fn in (("fused", irda_ext.irda_surrogate), ("dense", ref.irda_surrogate)):
             t = cuda_time(lambda: fwd_bwd(fn, args, mode))
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            fwd_bwd(fn, args, mode)
-            torch.cuda.synchronize()
-            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+            peak = peak_memory_mib(lambda: fwd_bwd(fn, args, mode))
             out[f"{mode}/{impl}"] = {"ms": t * 1e3, "peak_mib": peak}
         out[f"{mode}/speedup"] = out[f"{mode}/dense"]["ms"] / out[f"{mode}/fused"]["ms"]
     return out
 
 
-def bench_resnet50(info, quick, batch=256, steps=None):
-    import torchvision
+def bench_resnet50(info, quick):
     from torch import nn
 
-    steps = steps or (5 if quick else 15)
+    batch, image = sizes("resnet50")["batch"], sizes("resnet50")["image"]
+    steps = 1 if DRY else (5 if quick else 15)
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    model = torchvision.models.resnet50(weights=None)
-    trunk = nn.Sequential(*list(model.children())[:-1], nn.Flatten()).to(DEV, memory_format=torch.channels_last)
+    trunk = resnet50_trunk().to(DEV, memory_format=torch.channels_last)
     head = nn.Linear(2048, 1).to(DEV)
-    bins = irda_ext.Bins(0, 100, 1)
+    bins = irda_ext.Bins(0, 100, 20 if DRY else 1)  # 5 bins in a dry run: 2048 x 2048 covariances on a CPU
     # Long-tailed synthetic ages; the images are noise (only the time matters).
     ages = (torch.distributions.Gamma(4.0, 0.12).sample((20000,)).clamp(0, 99.9))
-    x = torch.randn(batch, 3, 224, 224, device=DEV).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, image, image, device=DEV).to(memory_format=torch.channels_last)
     y = ages[torch.randint(0, ages.numel(), (batch,))].to(DEV)
     criterion = irda_ext.IRDALoss(bins, 2048, num_clusters=3, mode="exact", momentum=0.9).to(DEV)
     criterion.fit_prior(ages)
@@ -156,7 +203,7 @@ def bench_resnet50(info, quick, batch=256, steps=None):
     def step(kind):
         opt.zero_grad(set_to_none=True)
         sigma_opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(DEV, dtype=torch.bfloat16, enabled=not DRY):  # CPU bfloat16 convolutions are slow
             feats = trunk(x)
             if kind == "mse":
                 loss = nn.functional.mse_loss(head(feats).float().reshape(-1), y)
@@ -168,14 +215,14 @@ def bench_resnet50(info, quick, batch=256, steps=None):
             sigma_opt.step()
 
     def timed(kind):
-        for _ in range(3):
+        for _ in range(1 if DRY else 3):
             step(kind)
-        torch.cuda.synchronize()
+        synchronize()
         times = []
         for _ in range(steps):
             t0 = time.perf_counter()
             step(kind)
-            torch.cuda.synchronize()
+            synchronize()
             times.append(time.perf_counter() - t0)
         times.sort()
         return times[len(times) // 2]
@@ -183,10 +230,10 @@ def bench_resnet50(info, quick, batch=256, steps=None):
     # MSE, IRDA, MSE again: the two MSE medians bound the drift of the measurement.
     mse1, irda, mse2 = timed("mse"), timed("irda"), timed("mse")
     mse = min(mse1, mse2)
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    peak = float("nan") if DRY else torch.cuda.max_memory_allocated() / 2**30
     return {"batch": batch, "steps": steps, "mse_step_ms": mse * 1e3, "mse_step_ms_runs": [mse1 * 1e3, mse2 * 1e3],
             "irda_step_ms": irda * 1e3, "overhead_pct": 100 * (irda / mse - 1), "peak_gib": peak,
-            "irda_config": "K=3, exact, momentum 0.9, B=100 bins, D=2048, float32 statistics"}
+            "irda_config": f"K=3, exact, momentum 0.9, B={bins.num_bins} bins, D=2048, float32 statistics"}
 
 
 def render(info, results):
@@ -215,7 +262,7 @@ def render(info, results):
                   f"{w['pct_copy']:.1f}% of copy.", ""]
     u = results.get("surrogate", {})
     if "error" not in u and u:
-        lines += ["## Fused surrogate forward+backward, n=256, K=3, B=100, float32", "",
+        lines += [f"## Fused surrogate forward+backward, n={u['n']}, K={u['K']}, B={u['B']}, float32", "",
                   "| mode | implementation | time (ms) | peak added memory (MiB) |", "|---|---|---|---|"]
         for mode in ("exact", "paper"):
             for impl in ("fused", "dense"):
@@ -238,17 +285,26 @@ def render(info, results):
     return "\n".join(lines)
 
 
+SECTIONS = ("bin_stats", "wfds", "surrogate", "resnet50")
+
+
 def main(argv=None):
+    global DEV, DRY
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--only", nargs="*", default=None, help="sections: bin_stats wfds surrogate resnet50")
+    parser.add_argument("--only", nargs="+", default=None, choices=SECTIONS, metavar="SECTION",
+                        help="run only these sections: " + " ".join(SECTIONS))
+    parser.add_argument("--dry-run", action="store_true",
+                        help="every section at toy sizes on the CPU (no GPU needed): checks the script, not speed")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        sys.exit("bench_gpu.py needs a GPU")
-    for op in irda_ext.OP_NAMES:
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"irda_ext::{op}", "CUDA"):
-            sys.exit(f"irda_ext::{op} has no CUDA kernel: build with FORCE_CUDA=1")
+    DRY, DEV = args.dry_run, "cpu" if args.dry_run else "cuda"
+    if not DRY:
+        if not torch.cuda.is_available():
+            sys.exit("bench_gpu.py needs a GPU (--dry-run checks the script on the CPU)")
+        for op in irda_ext.OP_NAMES:
+            if not torch._C._dispatch_has_kernel_for_dispatch_key(f"irda_ext::{op}", "CUDA"):
+                sys.exit(f"irda_ext::{op} has no CUDA kernel: build with FORCE_CUDA=1")
     info = device_info()
     print(json.dumps(info, indent=1), flush=True)
     sections = {"bin_stats": bench_bin_stats, "wfds": bench_wfds, "surrogate": bench_surrogate,
@@ -262,7 +318,8 @@ def main(argv=None):
             results[name] = fn(info, args.quick)
         except Exception:  # record and go on: one section must not cost the others
             results[name] = {"error": traceback.format_exc()}
-        torch.cuda.empty_cache()
+        if not DRY:
+            torch.cuda.empty_cache()
         print(f"{name} ({time.perf_counter() - t0:.0f} s): {json.dumps(results[name], indent=1)}", flush=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "_", info["name"]).strip("_").lower()
     os.makedirs(args.out, exist_ok=True)
