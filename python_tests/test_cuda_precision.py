@@ -165,8 +165,6 @@ def test_no_host_synchronisation():
 
 
 @needs_gpu
-@pytest.mark.xfail(strict=True, reason="Bins.index (irda_ext/binning.py, not in this branch) reads the targets' "
-                                       "range on the host; _validate.check_in_range checks it on the device")
 def test_no_host_synchronisation_with_target_range_check():
     irda_step = _irda_step(clamp_targets=False)
     torch.cuda.synchronize()
