@@ -9,7 +9,7 @@ from torch import nn
 
 from . import distributed
 from ._ops import ops
-from ._validate import check_bin_index, check_tensor
+from ._validate import _on_host, check_bin_index, check_tensor
 
 
 def bin_moments(z: torch.Tensor, bin_index: torch.Tensor, num_bins: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -166,7 +166,7 @@ class BinStats(nn.Module):
         # After the first epoch there is mostly nothing to copy: on the CPU, where asking costs
         # nothing, the op (a scan of B x D rows) is skipped then; elsewhere asking would wait
         # for the device (and break a compiled graph).
-        if first.device.type != "cpu" or torch.compiler.is_compiling() or bool(first.any()):
+        if not _on_host(first) or bool(first.any()):
             self._blend_(first, 0.0)
         self.count.add_(added)
 

@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._validate import check_finite, check_tensor
+from ._validate import _on_host, check_finite, check_tensor
 
 
 def isotropic_adjustment(cov: torch.Tensor, valid: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +55,7 @@ def isotropic_adjustment(cov: torch.Tensor, valid: Optional[torch.Tensor] = None
 
 
 def _check_finite_per_bin(total: torch.Tensor) -> None:
-    if total.device.type == "cpu" and not torch.compiler.is_compiling():
+    if _on_host(total):
         bad = ~torch.isfinite(total)
         if bool(bad.any()):
             raise ValueError(f"cov contains NaN or infinite values (first in bin {int(bad.nonzero()[0])}): the "

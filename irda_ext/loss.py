@@ -13,7 +13,7 @@ from .bin_stats import BinStats, resolve_estimator
 from .binning import Bins
 from .clusters import FeatureReservoir
 from .confusion import ConfusionCounter
-from ._validate import check_nonnegative, check_positive
+from ._validate import _on_host, check_nonnegative, check_positive
 from .isotropic import adjusted_quadratic, isotropic_adjustment
 from .noise_scale import NoiseScale
 from .surrogate import MODES, irda_surrogate
@@ -178,7 +178,7 @@ class IRDALoss(nn.Module):
         changes (comparing ``B`` flags is free there); on a GPU, where the comparison would be
         a host synchronisation and the rebuild is cheap, and while ``torch.compile`` traces,
         they are rebuilt."""
-        if has_data.device.type != "cpu" or torch.compiler.is_compiling():
+        if not _on_host(has_data):
             return restrict_to_bins(self.smoothing, has_data, self.bandwidth, dtype)
         cached = self._restricted
         version = (self.smoothing._version, self.smoothing.data_ptr(), dtype)
