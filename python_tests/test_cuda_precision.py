@@ -60,8 +60,9 @@ def test_bin_moments_low_precision_policy(device, dtype, n, D, B):
 @pytest.mark.parametrize("device", gpu_devices())
 @pytest.mark.parametrize("dtype", LOW)
 @pytest.mark.parametrize("momentum", [None, 0.9])
-def test_bin_stats_update_low_precision_policy(device, dtype, momentum):
-    n, D, B = 256, 130, 20
+@pytest.mark.parametrize("D", [96, 130])  # tiles of 16 and of 64
+def test_bin_stats_update_low_precision_policy(device, dtype, momentum, D):
+    n, B = 256, 20
     stats = irda_ext.BinStats(B, D, momentum=momentum, dtype=torch.float32, device=device)
     want = (torch.zeros(B, dtype=torch.int64), torch.zeros(B, D, dtype=torch.float64),
             torch.zeros(B, D, D, dtype=torch.float64))
