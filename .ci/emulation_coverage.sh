@@ -38,12 +38,14 @@ for cu, header in [("bin_stats.cu", "bin_stats.h"), ("merge_bin_moments.cu", "me
                    ("wfds_smooth.cu", "wfds_smooth.h"), ("irda_surrogate.cu", "irda_surrogate.h")]:
     path = [f for f in glob.glob(os.path.join(obj, "*.gcov")) if f.endswith("#kernels#" + header + ".gcov")][0]
     counts = {"device": [0, 0], "all": [0, 0]}
-    host = False
+    host, last = False, 0
     for line in open(path):
         count, number, source = (line.split(":", 2) + ["", ""])[:3]
-        count = count.strip()
-        if number.strip() == "0":
+        count = count.strip().rstrip("*")  # "1*": run by some template instances only
+        # the listing's own lines; each template instance repeats its lines after it
+        if not number.strip().isdigit() or int(number) <= last:
             continue
+        last = int(number)
         host = host or bool(HOST_SIDE.search(source))
         if count == "-":
             continue

@@ -1,8 +1,8 @@
 // Input checks shared by the CPU and CUDA kernels. Shape and dtype problems
 // raise ValueError / TypeError in Python (TORCH_CHECK_VALUE / TORCH_CHECK_TYPE)
-// with what was expected and what came. Value checks that would need a device
-// synchronisation (bin index range, NaN) are done by the CPU kernels inline and
-// by the Python wrappers for other devices.
+// with what was expected and what came. Value checks (bin index range, NaN) read
+// the data: the CPU kernels make them inline, the CUDA kernels on the device
+// (IRDA_KERNEL_CHECK, csrc/kernels/launch.h), never with a host synchronisation.
 #pragma once
 // Tensor.h, not ATen.h: these headers are parsed by nvcc for every .cu file too.
 #include <ATen/core/Tensor.h>

@@ -69,7 +69,7 @@ def check_finite(t: torch.Tensor, name: str) -> None:
         torch._assert_async(torch.isfinite(t).all(), f"{name} contains NaN or infinite values")
 
 
-def check_in_range(t: torch.Tensor, low: float, high: float, name: str) -> None:
+def check_in_range(t: torch.Tensor, name: str, low: float, high: float) -> None:
     """``t``'s values lie in ``[low, high]`` (NaN does not), as :func:`check_finite` checks:
     on the host for CPU tensors in eager mode, by ``torch._assert_async`` otherwise, which
     survives ``torch.compile``."""

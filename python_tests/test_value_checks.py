@@ -64,7 +64,7 @@ def test_validate_reads_no_cuda_value_on_the_host():
         t = torch.rand(8, device="cuda")
         _validate.check_bin_index(torch.zeros(8, dtype=torch.int64, device="cuda"), 8, 3, t.device)
         _validate.check_finite(t, "t")
-        _validate.check_in_range(t, 0.0, 1.0, "t")
+        _validate.check_in_range(t, "t", 0.0, 1.0)
         _validate.check_noise_var(torch.tensor(2.0, device="cuda"), t)
 
 
@@ -75,9 +75,9 @@ def test_validate_on_cpu_raises_value_errors():
     with pytest.raises(ValueError, match="t contains NaN or infinite"):
         _validate.check_finite(torch.tensor([0.0, float("inf")]), "t")
     with pytest.raises(ValueError, match=r"1 value\(s\) of y outside \[0.0, 30.0\] \(e.g. 55.0\)"):
-        _validate.check_in_range(torch.tensor([1.0, 55.0]), 0.0, 30.0, "y")
+        _validate.check_in_range(torch.tensor([1.0, 55.0]), "y", 0.0, 30.0)
     with pytest.raises(ValueError, match="outside"):
-        _validate.check_in_range(torch.tensor([float("nan")]), 0.0, 30.0, "y")
+        _validate.check_in_range(torch.tensor([float("nan")]), "y", 0.0, 30.0)
     with pytest.raises(ValueError, match="noise_var must be > 0"):
         _validate.check_noise_var(torch.tensor(0.0), torch.zeros(1))
 
@@ -86,7 +86,7 @@ def test_check_in_range_survives_compile():
     """A compiled step keeps the check (as torch._assert_async), where a host read would be
     skipped or break the graph."""
     def step(y):
-        _validate.check_in_range(y, 0.0, 30.0, "targets")
+        _validate.check_in_range(y, "targets", 0.0, 30.0)
         return y * 2
 
     compiled = torch.compile(step, fullgraph=True)

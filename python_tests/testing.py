@@ -68,13 +68,6 @@ def emulated():
     return EmulatedCuda.active > 0
 
 
-def known_emulated_failure(request, reason):
-    """A known bug of the CUDA kernels, shown by the emulation: this test must fail there
-    (a strict xfail) until the fix lands."""
-    if emulated():
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
 def surrogate_inputs(n, K, B, device="cpu", dtype=torch.float64, requires_grad=False, seed=0, dead_bins=(),
                      var_scale=1.0, noise_var=1.3):
     """Positional inputs of ``irda_surrogate`` with realistic values: targets in the bin

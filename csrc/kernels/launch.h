@@ -10,8 +10,8 @@
 //   blk.sync()                                       a barrier (__syncthreads);
 //   blk.warps([&](auto& w) { ... })                  the work of each warp, where
 //       w.lane_reduce(lane_fn, combine) runs lane_fn(lane) on lanes 0-31 and combines
-//       the results by the xor butterfly of the shuffles (every lane ends with lane
-//       0's value), w.leader() is lane 0;
+//       the results by the xor butterfly of the shuffles (with a symmetric combine, as
+//       all of them are, every lane ends with the same value), w.leader() is lane 0;
 //   typename Blk::template PerThread<S> s(blk); s[t]  a thread's registers across phases;
 //   blk.shared(), blk.load(t, cell), blk.store(t, cell, v)  shared memory.
 // Code outside threads() and warps() is block-uniform: a GPU runs it on every thread,
@@ -63,8 +63,10 @@ struct NoShared {
 // synchronisation is spent on inputs that are almost always fine); in the emulated
 // launch it raises the ValueError the CPU kernels raise. `msg` is a string literal
 // that names the input.
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDA_ARCH__) && defined(CUDA_KERNEL_ASSERT_MSG)
 #define IRDA_KERNEL_CHECK(cond, msg) CUDA_KERNEL_ASSERT_MSG(cond, "irda_ext: " msg)
+#elif defined(__CUDA_ARCH__)  // an older torch: the assertion prints the condition
+#define IRDA_KERNEL_CHECK(cond, msg) CUDA_KERNEL_ASSERT(cond)
 #else
 #define IRDA_KERNEL_CHECK(cond, msg) TORCH_CHECK_VALUE(cond, msg)
 #endif
