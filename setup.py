@@ -45,7 +45,7 @@ def _extension():
     except cuda_toolkit.ToolkitError as err:
         sys.exit(f"irda_ext: {err}")
     # csrc/emulated: the CUDA kernels' code run on the CPU for tests, part of every build
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))) + sorted(
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp"] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))) + sorted(
         glob.glob(os.path.join("csrc", "emulated", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     debug = os.environ.get("DEBUG", "0") == "1"
@@ -56,7 +56,21 @@ def _extension():
     # -ffp-contract=off: no fused multiply-adds in the AVX2/AVX-512 clones, so the
     # surrogate's backward recomputes each logit bit for bit as forward did (in float32
     # a logit of 1e6 rounded differently by an FMA moved gradients by percents).
-    cxx_flags = opt + ["-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-DIRDA_PYTHON_MODULE"]
+    # -fno-trapping-math: a float comparison may not raise, so gcc turns the kernels' selects
+    # (the clamps in exp, the own-bin test) into blends and vectorises the surrogate's loops
+    # for AVX2 and SSE2 too; without it only AVX-512's masked instructions could, and an AVX2
+    # machine ran the surrogate ~9x slower than its vector width allows. Results are unchanged:
+    # no code reads the floating-point exception flags.
+    cxx_flags = opt + ["-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
+                       "-DIRDA_PYTHON_MODULE"]
+    # IRDA_CPU_ISA=avx2 compiles the vectorised CPU loops for AVX2 only instead of AVX-512, AVX2
+    # and baseline chosen at load time: how bench/surrogate_bound.py measures an AVX2 machine on
+    # an AVX-512 one. Not for installs.
+    isa = os.environ.get("IRDA_CPU_ISA")
+    if isa:
+        if isa not in ("avx2", "avx512f", "default"):
+            sys.exit(f"irda_ext: IRDA_CPU_ISA must be avx2, avx512f or default, got {isa!r}")
+        cxx_flags.append("-DIRDA_TARGET_CLONES=" + ("" if isa == "default" else f'__attribute__((target("{isa}")))'))
     if not want_cuda:
         _say(f"building the CPU kernels only ({reason})")
         from torch.utils.cpp_extension import CppExtension

@@ -4,7 +4,9 @@ The schemas live in ``csrc/ops.cpp``; the CPU kernels in ``csrc/cpu`` and the CU
 kernels in ``csrc/cuda`` register themselves when ``irda_ext._C`` is imported. The
 fake (meta) kernels below give every op shapes without data, which makes
 ``torch.compile`` and ``torch.library.opcheck`` work; backward passes are
-themselves ops (``irda_surrogate_backward``) or compositions of ops.
+themselves ops (``irda_surrogate_backward``) or compositions of ops. The autograd of
+``irda_ext::irda_surrogate`` is registered in C++ (``csrc/autograd.cpp``: no Python on
+the training step's path); the emulated twin keeps the same rule in Python here.
 
 ``torch.ops.irda_ext_emulated`` has the same ops, with the same fake kernels and
 autograd: the CUDA kernels' code run on CPU tensors by an emulated launch
@@ -162,9 +164,10 @@ for _namespace in NAMESPACES:
     torch.library.register_autograd(f"{_namespace}::wfds_smooth",
                                     functools.partial(_wfds_smooth_backward, _namespace_ops),
                                     setup_context=_wfds_smooth_setup)
-    torch.library.register_autograd(f"{_namespace}::irda_surrogate",
-                                    functools.partial(_irda_surrogate_backward, _namespace_ops),
-                                    setup_context=_irda_surrogate_setup)
+    if _namespace != "irda_ext":  # irda_ext's is in C++ (csrc/autograd.cpp), the same rule without Python
+        torch.library.register_autograd(f"{_namespace}::irda_surrogate",
+                                        functools.partial(_irda_surrogate_backward, _namespace_ops),
+                                        setup_context=_irda_surrogate_setup)
     # A second derivative through the fused op raises, instead of silently giving zeros.
     torch.library.register_autograd(f"{_namespace}::irda_surrogate_backward", _irda_surrogate_double_backward,
                                     setup_context=_irda_surrogate_backward_setup)

@@ -112,6 +112,10 @@ class BinStats(nn.Module):
         self.estimator, self.momentum = resolve_estimator(stats, momentum, "BinStats")
         self.num_bins, self.dim = num_bins, dim
         self.sync = bool(sync)
+        # Bumped whenever mean or cov (what a reader sees) may have changed: the custom ops
+        # write in place without bumping the tensors' own version counters. IRDALoss keeps
+        # its W-FDS-smoothed statistics while it stays the same.
+        self.revision = 0
         self.register_buffer("count", torch.zeros(num_bins, dtype=torch.int64, device=device))
         self.register_buffer("mean", torch.zeros(num_bins, dim, dtype=dtype, device=device))
         self.register_buffer("cov", torch.zeros(num_bins, dim, dim, dtype=dtype, device=device))
@@ -157,6 +161,7 @@ class BinStats(nn.Module):
             raise ValueError(f"BinStats.update: z is on {z.device} but the statistics are on {self.mean.device}")
         if self.estimator != "epoch":
             self._merge_(self.count, self.mean, self.cov, z, bin_index, self.momentum)
+            self.revision += 1
             return
         before = self.epoch_count.clone()
         self._merge_(self.epoch_count, self.epoch_mean, self.epoch_cov, z, bin_index, None)
@@ -168,6 +173,7 @@ class BinStats(nn.Module):
         # for the device (and break a compiled graph).
         if not _on_host(first) or bool(first.any()):
             self._blend_(first, 0.0)
+            self.revision += 1
         self.count.add_(added)
 
     @torch.no_grad()
@@ -186,10 +192,16 @@ class BinStats(nn.Module):
         self.mean.copy_(torch.where((earlier & (n > 0))[:, None], moved_mean, self.mean))
         self.has_cov |= n >= 2
         n.zero_()
+        self.revision += 1
 
     def reset(self) -> None:
         for buffer in self.buffers():
             buffer.zero_()
+        self.revision += 1
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.revision += 1
 
     def extra_repr(self) -> str:
         return (f"num_bins={self.num_bins}, dim={self.dim}, stats={self.estimator!r}, momentum={self.momentum}, "

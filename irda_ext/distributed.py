@@ -231,20 +231,23 @@ def canonical_order(features: torch.Tensor, bins: torch.Tensor) -> Tuple[torch.T
 
 
 @torch.no_grad()
-def synced_cluster_shares(reservoir, num_clusters: int, num_bins: int, seed: int = 0) -> torch.Tensor:
+def synced_cluster_shares(reservoir, num_clusters: int, num_bins: int,
+                          centres: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``eta [K, B]`` (float64, on the reservoir's device) from k-means on the gathered
     reservoirs (in :func:`canonical_order`): computed once on rank 0, broadcast to the
     others. On one rank it is :func:`irda_ext.clusters.cluster_shares` of the reservoir's
-    sample in canonical order."""
+    sample in canonical order. ``centres`` is the warm start and receives the new centres
+    (:func:`irda_ext.clusters.cluster_shares`), on rank 0; the other ranks leave it alone."""
     from .clusters import cluster_shares
 
     features, bins = gather_reservoir(reservoir)
     device = bins.device
-    features, bins = canonical_order(features, bins)
+    # k-means works in float64 on the CPU: one conversion here, not one per step below
+    features, bins = canonical_order(features.to("cpu", torch.float64), bins.cpu())
     if not is_distributed():
-        return cluster_shares(features, bins, num_clusters, num_bins, seed=seed).to(device)
+        return cluster_shares(features, bins, num_clusters, num_bins, centres=centres).to(device)
     if is_main_process():
-        eta = cluster_shares(features, bins, num_clusters, num_bins, seed=seed).to(device)
+        eta = cluster_shares(features, bins, num_clusters, num_bins, centres=centres).to(device)
     else:
         eta = torch.empty(num_clusters, num_bins, dtype=torch.float64, device=device)
     return broadcast_(eta)

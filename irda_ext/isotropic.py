@@ -72,5 +72,7 @@ def isotropic_covariance(cov: torch.Tensor, lam: torch.Tensor, v: torch.Tensor) 
 
 def adjusted_quadratic(w: torch.Tensor, cov: torch.Tensor, lam: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``q_b = w^T Sigma_bar_b w = (1 - v_b) w^T Sigma_b w + v_b lambda_b ||w||^2``, differentiable in ``w``."""
-    quad = torch.einsum("bde,e->bd", cov, w).matmul(w)
+    # One matrix-vector product over all B D rows (an einsum here ran as B small batched
+    # products, forward and backward: 1.3 ms of a 17 ms abalone step).
+    quad = (cov.reshape(-1, cov.shape[-1]) @ w).reshape(cov.shape[0], -1) @ w
     return (1 - v) * quad + v * lam * w.dot(w)

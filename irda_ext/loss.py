@@ -74,7 +74,8 @@ class IRDALoss(nn.Module):
         kernel, kernel_size, kernel_sigma: the W-FDS kernel window (one of ``wfds.KERNELS``, LDS/FDS's).
         kmeans_samples: reservoir size for the epoch-end k-means.
         clamp_targets: put out-of-range targets in the edge bins instead of raising.
-        seed: seeds the k-means.
+        seed: unused since the epoch-end k-means became deterministic (``irda_ext.clusters.kmeans``);
+            accepted so that existing calls keep working.
 
     Example:
         >>> bins = Bins(0, 30, 1)
@@ -126,10 +127,14 @@ class IRDALoss(nn.Module):
         self.register_buffer("confusion", torch.eye(B, dtype=torch.float64))
         self.register_buffer("smoothing", wfds_weights(self.confusion, kernel, kernel_size, kernel_sigma))
         self.register_buffer("eta", torch.full((num_clusters, B), 1.0 / num_clusters, dtype=torch.float64))
+        # Last epoch end's k-means centres, the next one's warm start (NaN: none yet). In the
+        # state dict, so that a resumed run clusters as the uninterrupted one would.
+        self.register_buffer("kmeans_centres", torch.full((num_clusters, feature_dim), math.nan, dtype=torch.float64))
         # Uniform until fit_prior(): no prior correction.
         self.register_buffer("log_prior", torch.full((B,), -math.log(B), dtype=torch.float64))
         self.noise = NoiseScale(noise_sigma, learn=learn_sigma)
         self._restricted = None  # (smoothing version, has_data, weights): see restricted_smoothing
+        self._smoothed = None  # (key, mean_s, cov_s, lam, v): see smoothed_statistics
 
     # ----- set-up and epoch-level estimates -------------------------------------------------
     @torch.no_grad()
@@ -158,7 +163,7 @@ class IRDALoss(nn.Module):
         if self.reservoir is not None:
             # issue 7: k-means on every rank's reservoir (once, on rank 0), eta broadcast
             eta = distributed.synced_cluster_shares(self.reservoir, self.num_clusters, self.bins.num_bins,
-                                                    seed=self.seed + self.epochs_done)
+                                                    centres=self.kmeans_centres)
             self.eta.copy_(eta.to(self.eta.device))
             self.reservoir.reset()
         self.epochs_done += 1
@@ -187,6 +192,35 @@ class IRDALoss(nn.Module):
             self._restricted = cached
         return cached[2]
 
+    def smoothed_statistics(self):
+        """``(mean_s, cov_s, lam, v)``: the W-FDS-smoothed statistics (SPEC 3) and the isotropic
+        adjustment's ``lambda_b`` and ``v_b`` (SPEC 4) of the current per-bin statistics.
+
+        They depend on the statistics and the smoothing weights only, not on the head, and under
+        the default epoch statistics those change at epoch ends (and while a bin has its first
+        epoch): smoothing the ``[B, D, D]`` covariances every step took more than half of an
+        abalone IRDA step. On the CPU they are kept until ``BinStats.revision``, a buffer's
+        version or the smoothing changes; on a GPU and while ``torch.compile`` traces (where
+        the comparison would read device values, and the work is cheap) they are recomputed."""
+        stats = self.stats
+        key = None
+        if _on_host(stats.mean):
+            # count moves every step, but which bins have data changes only with a revision
+            key = (stats.revision, stats.mean._version, stats.cov._version, stats.mean.data_ptr(), stats.cov.data_ptr(), self.smoothing._version, self.smoothing.data_ptr(),
+                   self.isotropic)
+            if self._smoothed is not None and self._smoothed[0] == key:
+                return self._smoothed[1]
+        has_data = stats.count > 0
+        weights = self.restricted_smoothing(has_data, stats.mean.dtype)
+        mean_s, cov_s = wfds_smooth(weights, stats.mean, stats.cov, self.bandwidth)
+        lam, v = isotropic_adjustment(cov_s, valid=has_data)
+        if self.isotropic != "auto":
+            v = torch.full_like(lam, float(self.isotropic))
+        result = (mean_s, cov_s, lam, v)
+        if key is not None:
+            self._smoothed = (key, result)
+        return result
+
     def augmentation(self, head_weight: torch.Tensor, head_bias: torch.Tensor, mean_gate=None, cov_gate=None,
                      v=None):
         """Per-bin ``shift_b = w (mu_s - mu)_b``, the smoothed-mean prediction
@@ -197,17 +231,8 @@ class IRDALoss(nn.Module):
         (``[B]``, replaces the computed ``v_b``) let Meta-IRDA learn the augmentation;
         all three are differentiable."""
         stats = self.stats
-        has_data = stats.count > 0
-        weights = self.restricted_smoothing(has_data, stats.mean.dtype)
-        mean_s, cov_s = wfds_smooth(weights, stats.mean, stats.cov, self.bandwidth)
-        if v is None:
-            if self.isotropic == "auto":
-                lam, v = isotropic_adjustment(cov_s, valid=has_data)
-            else:
-                lam, _ = isotropic_adjustment(cov_s, valid=has_data)
-                v = torch.full_like(lam, float(self.isotropic))
-        else:
-            lam, _ = isotropic_adjustment(cov_s, valid=has_data)
+        mean_s, cov_s, lam, v_stats = self.smoothed_statistics()
+        v = v_stats if v is None else v
         w = head_weight.reshape(-1).to(stats.mean.dtype)
         delta = mean_s - stats.mean
         shift = delta @ w
@@ -321,6 +346,8 @@ class IRDALoss(nn.Module):
                             else "no bins")
                 raise ValueError(f"IRDALoss.load_state_dict: the state was saved with {span(saved)}, this loss has "
                                  f"{self.bins} ({span(ours)}); build the loss with the bins it was trained with")
+        # A state from before the warm start: k-means starts afresh at the next epoch end.
+        state_dict.setdefault(prefix + "kmeans_centres", torch.full_like(self.kmeans_centres, math.nan))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def get_extra_state(self):

@@ -13,7 +13,9 @@
 #include <cstring>
 #include <type_traits>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if defined(IRDA_TARGET_CLONES)
+// set by the build (IRDA_CPU_ISA=avx2 in setup.py): one instruction set, for benchmarks
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define IRDA_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define IRDA_TARGET_CLONES

@@ -1,0 +1,213 @@
+"""How far the fused CPU surrogate is from the core's arithmetic bound, and how it uses the cores.
+
+    python bench/surrogate_bound.py                         # this build, 1 and 2 threads
+    python bench/surrogate_bound.py --isa-build /tmp/avx2   # also a copy built with IRDA_CPU_ISA=avx2
+
+In one run, at n = 256, K = 3, B = 100, float32 (SPEC 6):
+
+* the **work**: the number of (sample, cluster, competitor) terms each mode evaluates on the CPU
+  kernel's padded grid, times the floating-point operations of one term forward and backward
+  (:data:`FLOPS_PER_TERM`, counted from ``csrc/surrogate_math.h`` and ``csrc/cpu/simd.h``);
+* the **peak**: ``bench/native/peak_flops.c``, a tight loop of independent vector FMAs (and of
+  separate multiplies and adds, which is what the kernels get under ``-ffp-contract=off``), compiled
+  with ``cc`` for AVX2 and, where the CPU has it, AVX-512, on one thread; the bound uses the higher
+  of the two;
+* the **time**: the raw ops (``torch.ops.irda_ext.irda_surrogate`` then ``..._backward``), the
+  autograd path a training step takes (``irda_ext.irda_surrogate`` + ``torch.autograd.grad``),
+  and the dense reference (``irda_ext.reference``, autograd) on one thread; then the fused op on
+  every thread count up to ``--max-threads``.
+
+``--isa-build DIR`` runs the same measurement in a subprocess on another build of this tree (its
+``irda_ext/_C*.so`` in place), e.g. one compiled with ``IRDA_CPU_ISA=avx2`` to see what an AVX2
+machine gets. Writes bench/results/surrogate_bound.{md,json}.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from cases import surrogate_batch  # noqa: E402
+from machine import cpu_description, describe  # noqa: E402
+
+# Floating-point operations per term (float32), counted from the source; selects, compares
+# used as masks and bit manipulation are not counted, a division counts as one.
+#   exact_term's F (surrogate_math.h): 30, plus log_positive (simd.h): 20; the competitor's
+#   target and log-prior difference: 3; forward's log-sum-exp: a max (1) and exp_clamped of
+#   the difference with the sum (26). Backward recomputes F (53) and adds the four derivatives
+#   (27), exp_clamped(F - lse) (25) and three weighted sums (6).
+#   paper_term's Z: 17 (the own-bin shares are filled per sample); forward's log-sum-exp 27;
+#   backward recomputes Z (17), its four derivatives (10), exp (25) and four sums (8).
+FLOPS_PER_TERM = {"exact": {"forward": 80, "backward": 111}, "paper": {"forward": 44, "backward": 60}}
+TARGETS = {"exact_bound": 4.0, "exact_dense": 15.0, "paper_dense": 15.0}
+
+
+def median_time(fn, min_time=0.5, max_reps=400, warmup=3):
+    for _ in range(warmup):
+        fn()
+    times, start = [], time.perf_counter()
+    while len(times) < max_reps and (time.perf_counter() - start < min_time or len(times) < 5):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def grid_terms(args, mode):
+    """Terms on the CPU kernel's grid: K * V competitors (V = bins with a prior) padded to 16."""
+    n, K = args[0].shape[0], args[4].shape[0]
+    V = int(torch.isfinite(args[5]).sum())
+    padded = -(-K * V // 16) * 16
+    return n * (K if mode == "exact" else 1) * padded
+
+
+def measure(max_threads):
+    import irda_ext
+    from irda_ext import reference
+
+    torch.set_num_threads(1)
+    out = {"env": cpu_description(), "modes": {}}
+    for mode in ("exact", "paper"):
+        args = surrogate_batch(256, 3, 100)
+        plain = [a.detach() if torch.is_tensor(a) else a for a in args]
+        pred, target, b, centers, eta, lp, shift, var, alpha, beta, nv = plain
+        grad = torch.ones_like(pred)
+
+        def raw():
+            loss, lse = torch.ops.irda_ext.irda_surrogate(pred, target, b, centers, eta, lp, shift, var, alpha, beta,
+                                                          nv, mode)
+            torch.ops.irda_ext.irda_surrogate_backward(grad, pred, target, b, centers, eta, lp, shift, var, alpha,
+                                                       beta, nv, mode, lse)
+
+        def raw_forward():
+            torch.ops.irda_ext.irda_surrogate(pred, target, b, centers, eta, lp, shift, var, alpha, beta, nv, mode)
+
+        def through(fn):
+            def step():
+                loss = fn(*args, mode=mode).sum()
+                torch.autograd.grad(loss, [args[0], args[6], args[7], args[10]])
+            return step
+
+        fused_loss = irda_ext.irda_surrogate(*args, mode=mode)
+        dense_loss = reference.irda_surrogate(*args, mode=mode)
+        torch.testing.assert_close(fused_loss, dense_loss, rtol=1e-4, atol=1e-4)
+        terms = grid_terms(args, mode)
+        flops = terms * (FLOPS_PER_TERM[mode]["forward"] + FLOPS_PER_TERM[mode]["backward"])
+        row = {"terms": terms, "flops": flops, "raw_ms": 1e3 * median_time(raw),
+               "raw_forward_ms": 1e3 * median_time(raw_forward), "autograd_ms": 1e3 * median_time(through(
+                   irda_ext.irda_surrogate)), "dense_ms": 1e3 * median_time(through(reference.irda_surrogate)),
+               "threads": {}}
+        for threads in range(1, max_threads + 1):
+            torch.set_num_threads(threads)
+            row["threads"][threads] = 1e3 * median_time(raw)
+        torch.set_num_threads(1)
+        out["modes"][mode] = row
+    out["env"]["torch_threads"] = 1
+    return out
+
+
+def peak_flops():
+    """{isa: {"fma_gflops", "mul_add_gflops", "width"}} for the ISAs this CPU runs; {} without a C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    flags = set(cpu_description()["vector_extensions"])
+    result = {}
+    if cc is None:
+        return result
+    with tempfile.TemporaryDirectory() as tmp:
+        for isa, cflags, need in (("avx2", ["-mavx2", "-mfma"], {"avx2", "fma"}),
+                                  ("avx512f", ["-mavx512f"], {"avx512f"})):
+            if not need <= flags:
+                continue
+            exe = os.path.join(tmp, isa)
+            subprocess.run([cc, "-O2", *cflags, os.path.join(HERE, "native", "peak_flops.c"), "-o", exe], check=True)
+            result[isa] = json.loads(subprocess.run([exe], check=True, capture_output=True, text=True).stdout)
+    return result
+
+
+def table(label, data, peak_gflops):
+    lines = [f"### {label}", "", "| mode | terms | MFLOP fwd+bwd | raw ops (ms) | GFLOP/s | x flop bound | "
+             "forward only (ms) | through autograd (ms) | dense reference (ms) | dense / fused |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for mode, r in data["modes"].items():
+        gflops = r["flops"] / r["raw_ms"] / 1e6
+        lines.append(f"| {mode} | {r['terms']} | {r['flops'] / 1e6:.1f} | {r['raw_ms']:.3f} | {gflops:.1f} | "
+                     f"{peak_gflops / gflops:.1f} | {r['raw_forward_ms']:.3f} | {r['autograd_ms']:.3f} | "
+                     f"{r['dense_ms']:.2f} | {r['dense_ms'] / r['autograd_ms']:.1f}x |")
+    lines += ["", "Raw ops by thread count (ms): " + "; ".join(
+        f"{mode}: " + ", ".join(f"{t} thread{'s' if int(t) > 1 else ''} {ms:.3f}" for t, ms in r["threads"].items())
+        + (f" (speed-up {r['threads'][1] / r['threads'][max(r['threads'])]:.2f}x)" if len(r["threads"]) > 1 else "")
+        for mode, r in data["modes"].items())]
+    return lines
+
+
+def checks(label, data, peak_gflops):
+    rows = []
+    exact, paper = data["modes"]["exact"], data["modes"]["paper"]
+    bound = peak_gflops / (exact["flops"] / exact["raw_ms"] / 1e6)
+    for name, value, target, ok in (
+            ("exact fwd+bwd vs the flop bound", f"{bound:.1f}x", f"<= {TARGETS['exact_bound']:g}x",
+             bound <= TARGETS["exact_bound"]),
+            ("exact: dense / fused (autograd path)", f"{exact['dense_ms'] / exact['autograd_ms']:.1f}x",
+             f">= {TARGETS['exact_dense']:g}x", exact["dense_ms"] / exact["autograd_ms"] >= TARGETS["exact_dense"]),
+            ("paper: dense / fused (autograd path)", f"{paper['dense_ms'] / paper['autograd_ms']:.1f}x",
+             f">= {TARGETS['paper_dense']:g}x", paper["dense_ms"] / paper["autograd_ms"] >= TARGETS["paper_dense"])):
+        rows.append(f"| {label} | {name} | {value} | {target} | {'yes' if ok else '**no**'} |")
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--isa-build", action="append", default=[], metavar="DIR",
+                        help="another build of this tree to measure in the same run (label: its IRDA_CPU_ISA)")
+    parser.add_argument("--max-threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)  # the subprocess mode
+    args = parser.parse_args(argv)
+    if args.json_only:
+        print(json.dumps(measure(args.max_threads)))
+        return 0
+
+    peaks = peak_flops()
+    builds = {"this build (AVX-512, AVX2, baseline clones)": measure(args.max_threads)}
+    for build in args.isa_build:
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(build))
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--json-only", "--max-threads",
+                               str(args.max_threads)], env=env, cwd=build, check=True, capture_output=True, text=True)
+        builds[f"{build} (IRDA_CPU_ISA build)"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    env = next(iter(builds.values()))["env"]
+    lines = ["# Fused surrogate against the flop bound (CPU)", "",
+             f"Generated by `bench/surrogate_bound.py`. Machine: {describe(env)} (figures at 1 thread unless said). "
+             "n = 256, K = 3, B = 100, float32; medians.", "",
+             "Peak (bench/native/peak_flops.c, 1 thread): " + ("; ".join(
+                 f"{isa}: FMA {p['fma_gflops']:.1f} GFLOP/s, separate mul + add {p['mul_add_gflops']:.1f} GFLOP/s"
+                 for isa, p in peaks.items()) or "not measured (no C compiler)") + ". The bound below uses the "
+             "higher figure of the ISA a build runs.", ""]
+    rows = []
+    for label, data in builds.items():
+        isa = "avx2" if "IRDA_CPU_ISA" in label else ("avx512f" if "avx512f" in peaks else "avx2")
+        peak = max(peaks[isa]["fma_gflops"], peaks[isa]["mul_add_gflops"]) if isa in peaks else float("nan")
+        lines += table(f"{label}, bound at {peak:.1f} GFLOP/s ({isa})", data, peak) + [""]
+        rows += checks(label, data, peak)
+    lines += ["## Targets (issue 16)", "", "| build | check | measured | target | met |", "|---|---|---|---|---|", *rows,
+              "", "Raw ops: the two registered ops, no autograd. The dense/fused ratio is on the autograd path both "
+              "take in training (dense: `irda_ext.reference`, every logit of [n, K, K, B] built)."]
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "surrogate_bound.md"), "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    with open(os.path.join(args.out, "surrogate_bound.json"), "w") as handle:
+        json.dump({"peaks": peaks, "builds": builds}, handle, indent=1)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The epoch-end k-means (irda_ext.clusters.kmeans, cluster_shares) and the cache of the
+W-FDS-smoothed statistics that IRDALoss keeps between statistics changes."""
+import math
+
+import pytest
+import torch
+
+from irda_ext import Bins, IRDALoss
+from irda_ext.clusters import cluster_shares, kmeans
+from irda_ext.isotropic import isotropic_adjustment
+from irda_ext.wfds import restrict_to_bins, wfds_smooth
+
+
+def blobs(n_per, centres, scale=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.as_tensor(centres, dtype=torch.float64)
+    x = torch.cat([c + scale * torch.randn(n_per, centres.shape[1], generator=g, dtype=torch.float64)
+                   for c in centres])
+    truth = torch.arange(len(centres)).repeat_interleave(n_per)
+    return x, truth
+
+
+def same_partition(a, b):
+    """Two labelings equal up to renaming the clusters."""
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_kmeans_finds_separated_clusters_and_their_means():
+    x, truth = blobs(200, [[0, 0, 0], [6, 0, 0], [0, 6, 0]])
+    labels, centres = kmeans(x, 3)
+    assert same_partition(labels, truth)
+    for k in range(3):
+        torch.testing.assert_close(centres[k], x[labels == k].mean(0))
+
+
+def test_kmeans_is_a_lloyd_fixed_point_on_overlapping_data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(500, 8, generator=g, dtype=torch.float64)
+    labels, centres = kmeans(x, 4)
+    # every row is closest to its own centre, and every centre is its rows' mean (or within tolerance)
+    d = torch.cdist(x, centres)
+    assert torch.equal(d.argmin(1), labels)
+    for k in range(4):
+        assert torch.allclose(centres[k], x[labels == k].mean(0), atol=1e-2)
+
+
+def test_kmeans_is_deterministic_and_steady_under_one_more_row():
+    """Two ranks against one process saw one sample more and features moved in the 5th digit:
+    k-means++ seeding then found other clusters; the PCA-part start does not."""
+    x, _ = blobs(300, [[0, 0], [2.5, 0], [0, 2.5]], scale=0.8, seed=3)
+    first, _ = kmeans(x, 3)
+    again, _ = kmeans(x.clone(), 3)
+    assert torch.equal(first, again)
+    g = torch.Generator().manual_seed(4)
+    moved = torch.cat([x * (1 + 1e-6 * torch.randn(x.shape, generator=g, dtype=torch.float64)), x[:1] + 0.01])
+    other, _ = kmeans(moved, 3)
+    assert same_partition(other[:-1], first)
+
+
+def test_kmeans_warm_start_keeps_the_fixed_point():
+    x, _ = blobs(150, [[0, 0], [5, 0], [0, 5]], scale=1.0, seed=5)
+    labels, centres = kmeans(x, 3)
+    warm_labels, warm_centres = kmeans(x, 3, init=centres)
+    assert torch.equal(warm_labels, labels)
+    torch.testing.assert_close(warm_centres, centres)
+
+
+def test_kmeans_edge_cases():
+    same = torch.ones(10, 4, dtype=torch.float64)  # every row equal: no direction to split along
+    labels, centres = kmeans(same, 3)
+    assert labels.shape == (10,) and torch.isfinite(centres).all()
+    one_dim = torch.arange(9, dtype=torch.float64)[:, None]
+    labels, centres = kmeans(one_dim, 3)
+    assert same_partition(labels, torch.arange(3).repeat_interleave(3))
+
+
+def test_cluster_shares_columns_and_warm_start_out_parameter():
+    x, truth = blobs(100, [[0, 0], [8, 0], [0, 8]])
+    bins = truth * 2  # bins 0, 2, 4 hold the clusters; 1, 3 and 5 are empty
+    centres = torch.full((3, 2), math.nan, dtype=torch.float64)
+    eta = cluster_shares(x.float(), bins, 3, 6, centres=centres)
+    torch.testing.assert_close(eta.sum(0), torch.ones(6, dtype=torch.float64))
+    for b in (0, 2, 4):
+        assert eta[:, b].max() == 1.0  # a pure bin
+    torch.testing.assert_close(eta[:, 1], torch.full((3,), 1 / 3, dtype=torch.float64))  # overall shares
+    assert torch.isfinite(centres).all()
+    again = cluster_shares(x.float(), bins, 3, 6, centres=centres)
+    torch.testing.assert_close(again, eta)
+
+
+def _fresh_smoothing(criterion):
+    stats = criterion.stats
+    has = stats.count > 0
+    weights = restrict_to_bins(criterion.smoothing, has, criterion.bandwidth, stats.mean.dtype)
+    mean_s, cov_s = wfds_smooth(weights, stats.mean, stats.cov, criterion.bandwidth)
+    lam, v = isotropic_adjustment(cov_s, valid=has)
+    return mean_s, cov_s, lam, v
+
+
+@pytest.mark.parametrize("estimator", ["epoch", "batch", "cumulative"])
+def test_smoothed_statistics_are_cached_until_the_statistics_change(estimator):
+    g = torch.Generator().manual_seed(0)
+    B, D = 12, 5
+    criterion = IRDALoss(Bins(0, B, 1), D, 2, stats=estimator)
+    head = torch.nn.Linear(D, 1)
+    for epoch in range(3):
+        for step in range(4):
+            y = torch.rand(32, generator=g) * (B - 4) + 2 * (epoch > 0)  # new bins appear after epoch 0
+            criterion(torch.randn(32, D, generator=g), y, head).backward()
+            got = criterion.smoothed_statistics()
+            for a, b in zip(got, _fresh_smoothing(criterion)):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+            assert criterion.smoothed_statistics()[1] is got[1]  # nothing changed: the same tensors
+        revision = criterion.stats.revision
+        criterion.end_epoch()
+        assert criterion.stats.revision > revision or estimator != "epoch"
+        for a, b in zip(criterion.smoothed_statistics(), _fresh_smoothing(criterion)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_smoothed_statistics_follow_a_loaded_state_and_a_direct_write():
+    B, D = 8, 3
+    a, b = IRDALoss(Bins(0, B, 1), D, 2), IRDALoss(Bins(0, B, 1), D, 2)
+    g = torch.Generator().manual_seed(1)
+    for criterion in (a, b):
+        criterion.stats.update(torch.randn(40, D, generator=g), torch.randint(0, B, (40,), generator=g))
+        criterion.end_epoch()
+        criterion.smoothed_statistics()
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(b.smoothed_statistics()[0], a.smoothed_statistics()[0], rtol=0, atol=0)
+    a.stats.cov.mul_(2.0)  # a write through torch bumps the buffer's version
+    torch.testing.assert_close(a.smoothed_statistics()[1], _fresh_smoothing(a)[1], rtol=0, atol=0)
+
+
+def test_a_state_without_kmeans_centres_still_loads():
+    criterion = IRDALoss(Bins(0, 6, 1), 4, 3)
+    state = criterion.state_dict()
+    del state["kmeans_centres"]
+    fresh = IRDALoss(Bins(0, 6, 1), 4, 3)
+    fresh.load_state_dict(state)
+    assert torch.isnan(fresh.kmeans_centres).all()
