@@ -14,7 +14,6 @@ before they are timed.
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -23,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cases import check_stats_agree, fwd_bwd, stats_batch, surrogate_batch, warm_stats  # noqa: E402
 from isda_estimator import OneHotEstimator  # noqa: E402
+from machine import cpu_description, describe  # noqa: E402
 
 import irda_ext  # noqa: E402
 from irda_ext import reference as ref  # noqa: E402
@@ -97,9 +97,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    env = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-           "date": time.strftime("%Y-%m-%d")}
+    env = dict(cpu_description(), date=time.strftime("%Y-%m-%d"))
     stats_rows, touched = bench_bin_stats()
     sur_rows = bench_surrogate()
 
@@ -116,8 +114,8 @@ def main(argv=None):
         checks[f"fused surrogate {mode} vs dense (>= 1.5x)"] = (speedup, 1.5, ">=")
 
     lines = [f"# CPU kernel benchmarks ({env['date']})", "",
-             f"Machine: {env['machine']}, {env['cpus']} CPUs, torch {env['torch']}, "
-             f"{env['torch_threads']} threads. Medians of repeated runs.", "",
+             f"Machine: {describe(env)}. Medians of repeated runs. The bound on the fused surrogate "
+             "and its speed on AVX2: `bench/results/surrogate_bound.md`.", "",
              f"## BinStats.update, n=256, D=512, B=100 ({touched} bins in the batch), float32", "",
              "| implementation | time (ms) |", "|---|---|"]
     lines += [f"| {k} | {v * 1e3:.2f} |" for k, v in stats_rows.items()]

@@ -222,14 +222,16 @@ class IRDALoss(nn.Module):
         return result
 
     def augmentation(self, head_weight: torch.Tensor, head_bias: torch.Tensor, mean_gate=None, cov_gate=None,
-                     v=None):
+                     v=None, twice_differentiable: bool = True):
         """Per-bin ``shift_b = w (mu_s - mu)_b``, the smoothed-mean prediction
         ``w mu_s_b + w0`` and ``q_b = w Sigma_bar_b w`` for the current statistics and the
         head ``w = head_weight [1, D]``, ``w0 = head_bias [1]``.
 
         ``mean_gate``, ``cov_gate`` (``[B]``, scale ``mu_s - mu`` and ``Sigma_s``) and ``v``
         (``[B]``, replaces the computed ``v_b``) let Meta-IRDA learn the augmentation;
-        all three are differentiable."""
+        all three are differentiable. ``twice_differentiable``: ``q``'s gradient in the head is
+        itself differentiable (a look-ahead step); ``False`` takes the faster once-differentiable
+        product."""
         stats = self.stats
         mean_s, cov_s, lam, v_stats = self.smoothed_statistics()
         v = v_stats if v is None else v
@@ -240,7 +242,7 @@ class IRDALoss(nn.Module):
             shift = mean_gate * shift
             mean_s = stats.mean + mean_gate[:, None] * delta
         smoothed_pred = mean_s @ w + head_bias.reshape(()).to(w.dtype)
-        q = adjusted_quadratic(w, cov_s, lam, v)
+        q = adjusted_quadratic(w, cov_s, lam, v, twice_differentiable=twice_differentiable)
         if cov_gate is not None:
             q = cov_gate * q
         return shift, smoothed_pred, q
@@ -315,7 +317,7 @@ class IRDALoss(nn.Module):
             pred = nn.functional.linear(features.to(head_weight.dtype), head_weight, head_bias)
         pred = pred.reshape(-1)
         dtype = pred.dtype if pred.dtype in (torch.float32, torch.float64) else torch.float32
-        shift_b, smoothed_pred, q = self.augmentation(head_weight, head_bias, **gates)
+        shift_b, smoothed_pred, q = self.augmentation(head_weight, head_bias, twice_differentiable=lookahead, **gates)
         y = targets.to(device=pred.device, dtype=dtype)
         if self.mode == "exact":
             shift = shift_b[bin_index]

@@ -1,4 +1,5 @@
 """The isotropic adjustment (SPEC 4)."""
+import pytest
 import torch
 
 import irda_ext
@@ -54,3 +55,26 @@ def test_bad_covariances_are_refused():
 def test_no_bins_gives_empty_results():
     lam, v = irda_ext.isotropic_adjustment(torch.zeros(0, 4, 4))
     assert lam.shape == v.shape == (0,)
+
+
+def test_adjusted_quadratic_fast_path_matches_and_refuses_a_second_derivative():
+    """The training step's once-differentiable product equals the plain one, value and gradient."""
+    from irda_ext import adjusted_quadratic
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(5, 7, 7, generator=g, dtype=torch.float64)
+    cov = a @ a.transpose(1, 2)  # symmetric
+    lam, v = torch.rand(5, generator=g, dtype=torch.float64), torch.rand(5, generator=g, dtype=torch.float64)
+    w = torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(5, generator=g, dtype=torch.float64)
+    slow = adjusted_quadratic(w, cov, lam, v)
+    fast = adjusted_quadratic(w, cov, lam, v, twice_differentiable=False)
+    torch.testing.assert_close(fast, slow)
+    (g_slow,) = torch.autograd.grad((slow * weights).sum(), w)
+    (g_fast,) = torch.autograd.grad((fast * weights).sum(), w)
+    torch.testing.assert_close(g_fast, g_slow)
+    assert torch.autograd.gradcheck(lambda x: adjusted_quadratic(x, cov, lam, v, twice_differentiable=False), (w,))
+    # a gradient to be differentiated again would miss d(S w)/dw: refused, not silently wrong
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad((adjusted_quadratic(w, cov, lam, v, twice_differentiable=False) * weights).sum(), w,
+                            create_graph=True)
