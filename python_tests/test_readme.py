@@ -39,3 +39,14 @@ def test_readme_method_example_trains(tmp_path):
         assert results["config"]["method"] == "huber" and results["config"]["huber_delta"] == 0.5
     finally:
         del METHODS["huber"]
+
+
+def test_readme_performance_paragraph_is_generated_from_the_results():
+    """No typed figure: the paragraph between the perf markers is what bench/readme_numbers.py
+    writes from the committed bench/results/*.json."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+    import readme_numbers
+
+    assert readme_numbers.main(["--check"]) == 0
