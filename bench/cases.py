@@ -65,3 +65,31 @@ def check_stats_agree(n, D, B, device="cpu"):
     seen = cnt >= 2
     assert torch.allclose(ours.cov[seen], unbiased[seen], atol=1e-8), "BinStats and ISDA disagree"
     assert torch.allclose(ours.mean[cnt > 0], isda.ave[cnt > 0], atol=1e-10)
+
+
+def warmed_irda_loss(num_bins, dim, batch, clusters=3, batches_per_epoch=20):
+    """An ``IRDALoss`` on uniform labels after one epoch of steps and ``end_epoch()`` (the W-FDS
+    weights and the clusters in place), for timing steps: ``(criterion, head, z, batches, step,
+    end_epoch_seconds)`` with ``step(y)`` one forward + backward on the fixed features ``z``."""
+    import time
+
+    from irda_ext import Bins, IRDALoss
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.rand(max(batches_per_epoch * batch, 4 * num_bins), generator=g) * num_bins
+    criterion = IRDALoss(Bins(0, num_bins, 1), dim, clusters)
+    criterion.fit_prior(labels)
+    head = torch.nn.Linear(dim, 1)
+    z = torch.randn(batch, dim, generator=g)
+    batches = [labels[i:i + batch] for i in range(0, labels.numel() - batch + 1, batch)]
+
+    def step(y):
+        criterion(z, y, head).backward()
+
+    for y in batches:  # one epoch: every bin gets data
+        step(y)
+    started = time.perf_counter()
+    criterion.end_epoch()
+    end_epoch = time.perf_counter() - started
+    step(batches[0])
+    return criterion, head, z, batches, step, end_epoch

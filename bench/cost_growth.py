@@ -25,6 +25,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+from cases import warmed_irda_loss  # noqa: E402
 from machine import cpu_description, describe  # noqa: E402
 
 BASE = {"n": 256, "B": 100, "K": 3, "D": 512}
@@ -40,25 +41,7 @@ def median_of(fn, batches, repeat):
 
 
 def measure(n, B, K, D, repeat):
-    from irda_ext import Bins, IRDALoss
-
-    g = torch.Generator().manual_seed(0)
-    labels = torch.rand(max(8 * n, 4 * B), generator=g) * B
-    criterion = IRDALoss(Bins(0, B, 1), D, K)
-    criterion.fit_prior(labels)
-    head = torch.nn.Linear(D, 1)
-    z = torch.randn(n, D, generator=g)
-    batches = [labels[i:i + n] for i in range(0, labels.numel() - n + 1, n)]
-
-    def step(y):
-        criterion(z, y, head).backward()
-
-    for y in batches:  # one epoch: every bin gets data
-        step(y)
-    started = time.perf_counter()
-    criterion.end_epoch()
-    end_epoch = time.perf_counter() - started
-    step(batches[0])
+    criterion, head, z, batches, step, end_epoch = warmed_irda_loss(B, D, n, K, batches_per_epoch=8)
 
     def update(y):
         criterion.stats.update(z, criterion.bins.index(y))

@@ -21,31 +21,16 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cases import warmed_irda_loss  # noqa: E402
 from machine import cpu_description, describe  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def measure(bins_list, dim, batch, repeat, clusters=3):
-    from irda_ext import Bins, IRDALoss
-
     times = {}
     for B in bins_list:
-        g = torch.Generator().manual_seed(0)
-        labels = torch.rand(max(20 * batch, 4 * B), generator=g) * B
-        criterion = IRDALoss(Bins(0, B, 1), dim, clusters)
-        criterion.fit_prior(labels)
-        head = torch.nn.Linear(dim, 1)
-        z = torch.randn(batch, dim, generator=g)
-        batches = [labels[i:i + batch] for i in range(0, labels.numel() - batch + 1, batch)]
-
-        def step(y):
-            criterion(z, y, head).backward()
-
-        for y in batches:  # one epoch: every bin gets data
-            step(y)
-        criterion.end_epoch()
-        step(batches[0])
+        _, _, _, batches, step, _ = warmed_irda_loss(B, dim, batch, clusters)
         samples = []
         for i in range(repeat):
             started = time.perf_counter()
@@ -53,7 +38,6 @@ def measure(bins_list, dim, batch, repeat, clusters=3):
             samples.append(time.perf_counter() - started)
         times[B] = statistics.median(samples)
     return times
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

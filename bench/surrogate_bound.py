@@ -25,17 +25,16 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+import run_benchmarks  # noqa: E402
 from cases import surrogate_batch  # noqa: E402
 from machine import cpu_description, describe  # noqa: E402
 
@@ -51,15 +50,8 @@ FLOPS_PER_TERM = {"exact": {"forward": 80, "backward": 111}, "paper": {"forward"
 TARGETS = {"exact_bound": 4.0, "exact_dense": 15.0, "paper_dense": 15.0}
 
 
-def median_time(fn, min_time=0.5, max_reps=400, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times, start = [], time.perf_counter()
-    while len(times) < max_reps and (time.perf_counter() - start < min_time or len(times) < 5):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def median_time(fn):
+    return run_benchmarks.median_time(fn, min_time=0.5, max_reps=400, warmup=3)
 
 
 def grid_terms(args, mode):
