@@ -140,3 +140,24 @@ def test_a_state_without_kmeans_centres_still_loads():
     fresh = IRDALoss(Bins(0, 6, 1), 4, 3)
     fresh.load_state_dict(state)
     assert torch.isnan(fresh.kmeans_centres).all()
+
+
+def test_reservoir_fast_path_writes_what_the_tensor_path_writes(monkeypatch):
+    """Below capacity the CPU path copies slices; the rows, the bins and the random stream
+    afterwards are those of the tensor-only path (the one a compiled step or a GPU takes)."""
+    from irda_ext import clusters
+
+    def fill(force_tensor_path):
+        if force_tensor_path:
+            monkeypatch.setattr(clusters, "_on_host", lambda t: False)
+        torch.manual_seed(7)
+        reservoir = clusters.FeatureReservoir(50, 3)
+        g = torch.Generator().manual_seed(0)
+        for n in (20, 20, 20, 15):  # the third batch crosses the capacity, the fourth draws slots
+            reservoir.add(torch.randn(n, 3, generator=g), torch.randint(0, 5, (n,), generator=g))
+        monkeypatch.undo()
+        return reservoir.features.clone(), reservoir.bins.clone(), int(reservoir.seen), torch.rand(1)
+
+    fast, tensor_only = fill(False), fill(True)
+    for a, b in zip(fast, tensor_only):
+        assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
