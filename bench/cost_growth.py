@@ -13,7 +13,6 @@ the quadratic forms ``w^T Sigma_b w`` over every bin's covariance, then the fuse
 bench/results/cost_growth.{md,json}.
 """
 import argparse
-import json
 import math
 import os
 import statistics
@@ -27,6 +26,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 from cases import warmed_irda_loss  # noqa: E402
 from machine import cpu_description, describe  # noqa: E402
+from report import write_results  # noqa: E402
 
 BASE = {"n": 256, "B": 100, "K": 3, "D": 512}
 
@@ -111,14 +111,8 @@ def main(argv=None):
                   + "; ".join(where) + ". The update is O(n D^2) (a rank-one covariance update per sample); head_loss "
                   "is O(B D^2) for the quadratic forms w^T Sigma_b w (one pass over every bin's covariance, which the "
                   "head changes every step) plus O(n K^2 B) for the exact surrogate."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "cost_growth.md"), "w") as handle:
-        handle.write(text)
-    with open(os.path.join(args.out, "cost_growth.json"), "w") as handle:
-        json.dump({"env": env, "base": BASE, "rows": {",".join(map(str, k)): v for k, v in rows.items()},
-                   "exponents": exponents}, handle, indent=1)
+    write_results(args.out, "cost_growth", lines, {"env": env, "base": BASE, "exponents": exponents,
+                                                   "rows": {",".join(map(str, k)): v for k, v in rows.items()}})
     return 0
 
 

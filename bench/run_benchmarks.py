@@ -12,7 +12,6 @@ before they are timed.
     autograd reference, both modes (target: >= 1.5x faster), with peak memory.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cases import check_stats_agree, fwd_bwd, stats_batch, surrogate_batch, warm_stats  # noqa: E402
 from isda_estimator import OneHotEstimator  # noqa: E402
 from machine import cpu_description, describe  # noqa: E402
+from report import write_results  # noqa: E402
 
 import irda_ext  # noqa: E402
 from irda_ext import reference as ref  # noqa: E402
@@ -128,15 +128,10 @@ def main(argv=None):
         ok = value >= target if op == ">=" else value <= target
         ok_all &= ok
         lines.append(f"| {name} | {value:.2f}x | {op} {target}x | {'yes' if ok else 'NO'} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "cpu_kernels.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.out, "cpu_kernels.json"), "w") as f:
-        json.dump({"env": env, "bin_stats_seconds": stats_rows,
-                   "surrogate": {f"{m}/{i}": {"seconds": t, "peak_tensor_mib": mem} for (m, i), (t, mem) in sur_rows.items()},
-                   "checks": {k: {"value": v, "target": t, "op": o} for k, (v, t, o) in checks.items()}}, f, indent=2)
+    write_results(args.out, "cpu_kernels", lines, {
+        "env": env, "bin_stats_seconds": stats_rows,
+        "surrogate": {f"{m}/{i}": {"seconds": t, "peak_tensor_mib": mem} for (m, i), (t, mem) in sur_rows.items()},
+        "checks": {k: {"value": v, "target": t, "op": o} for k, (v, t, o) in checks.items()}}, indent=2)
     return 0 if ok_all else 1
 
 

@@ -18,7 +18,6 @@ Targets (issue 16): an IRDA step at most 1.5x an MSE step; ``end_epoch`` at most
 Writes bench/results/step_cost.{md,json}.
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -31,6 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 from machine import cpu_description, describe  # noqa: E402
+from report import write_results  # noqa: E402
 
 TARGETS = {"step_ratio": 1.5, "end_epoch_share": 0.10}
 
@@ -112,13 +112,7 @@ def main(argv=None):
                      f"{'yes' if ratio <= TARGETS['step_ratio'] else '**no**'} |")
         lines.append(f"| {m} end_epoch / epoch | {share:.1%} | <= {TARGETS['end_epoch_share']:.0%} | "
                      f"{'yes' if share <= TARGETS['end_epoch_share'] else '**no**'} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "step_cost.md"), "w") as handle:
-        handle.write(text)
-    with open(os.path.join(args.out, "step_cost.json"), "w") as handle:
-        json.dump({"env": env, "dataset": args.dataset, "rows": rows}, handle, indent=1)
+    write_results(args.out, "step_cost", lines, {"env": env, "dataset": args.dataset, "rows": rows})
     return 0
 
 

@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cases import warmed_irda_loss  # noqa: E402
 from machine import cpu_description, describe  # noqa: E402
+from report import write_results  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -81,14 +82,9 @@ def main(argv=None):
         lines += ["", f"B = {max(args.bins)}: {before[max(args.bins)] / after[max(args.bins)]:.1f}x faster than "
                       f"{args.baseline_label}; the growth from B = {low} shrank from "
                       f"{before[max(args.bins)] / before[low]:.1f}x to {after[max(args.bins)] / after[low]:.1f}x."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "step_scaling.md"), "w") as handle:
-        handle.write(text)
-    with open(os.path.join(args.out, "step_scaling.json"), "w") as handle:
-        json.dump({"env": env, "dim": args.dim, "batch": args.batch,
-                   "seconds": {label: {str(b): s for b, s in t.items()} for label, t in rows.items()}}, handle, indent=2)
+    write_results(args.out, "step_scaling", lines, {
+        "env": env, "dim": args.dim, "batch": args.batch,
+        "seconds": {label: {str(b): s for b, s in t.items()} for label, t in rows.items()}}, indent=2)
     return 0
 
 

@@ -37,6 +37,7 @@ sys.path.insert(0, HERE)
 import run_benchmarks  # noqa: E402
 from cases import surrogate_batch  # noqa: E402
 from machine import cpu_description, describe  # noqa: E402
+from report import write_results  # noqa: E402
 
 # Floating-point operations per term (float32), counted from the source; selects, compares
 # used as masks and bit manipulation are not counted, a division counts as one.
@@ -195,12 +196,7 @@ def main(argv=None):
     lines += ["## Targets (issue 16)", "", "| build | check | measured | target | met |", "|---|---|---|---|---|", *rows,
               "", "Raw ops: the two registered ops, no autograd. The dense/fused ratio is on the autograd path both "
               "take in training (dense: `irda_ext.reference`, every logit of [n, K, K, B] built)."]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "surrogate_bound.md"), "w") as handle:
-        handle.write("\n".join(lines) + "\n")
-    with open(os.path.join(args.out, "surrogate_bound.json"), "w") as handle:
-        json.dump({"peaks": peaks, "builds": builds}, handle, indent=1)
-    print("\n".join(lines))
+    write_results(args.out, "surrogate_bound", lines, {"peaks": peaks, "builds": builds})
     return 0
 
 
