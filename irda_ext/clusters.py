@@ -109,7 +109,7 @@ def kmeans(x: torch.Tensor, num_clusters: int, init: Optional[torch.Tensor] = No
     for _ in range(max_iter):
         new = nearest(centres)
         if labels is not None and torch.equal(new, labels):
-            break
+            return new, centres  # converged: these are already the labels of the final centres
         labels = new
         sums = torch.zeros_like(centres).index_add_(0, labels, x)
         sizes = torch.bincount(labels, minlength=num_clusters).to(x.dtype)

@@ -173,7 +173,7 @@ def test_damaged_checkpoint_is_refused_naming_the_file(tmp_path, damage):
     assert {"flipped": "damaged", "truncated": "damaged", "empty": "empty", "garbage": "not an irda-train"}[damage] in line
 
 
-@pytest.mark.parametrize("option, value, old", [("--alpha", "0.7", "0.5"), ("--clusters", "2", "3"),
+@pytest.mark.parametrize("option, value, old", [("--alpha", "0.7", "1.0"), ("--clusters", "2", "5"),
                                                 ("--cap", "10", "None")])
 def test_resume_refuses_any_changed_defining_option(tmp_path, option, value, old):
     _stopped_run(tmp_path / "r")
