@@ -60,15 +60,21 @@ TABULAR_DATASETS = ("abalone", "bikeshare", "csv")
 NOTES = {"rotated-digits": "real images (scikit-learn's 8x8 digits), **synthetic label** (rotation angle "
                            "drawn from a truncated exponential, scale 15 degrees, in [0, 90))"}
 
-# What a reader of the table needs to know about one row (data set, variant).
-METHOD_NOTES = {
-    ("rotated-digits", "ranksim"): (
-        "RankSim at the paper's gamma = 100 (in label units, so 100 / 16^2 on the standardised angles) "
-        "diverges here: training loss 1.4 after epoch 2, then 9 and slowly down to 3, best validation MAE "
-        "10 degrees. The angles are continuous, so the per-label de-duplication keeps all 256 rows of a "
-        "batch and the regulariser sums 256 rank MSEs; on integer labels (abalone, AgeDB) it keeps at most "
-        "a few dozen. Not tuned further: a smaller `--ranksim-gamma` is the first thing to try."),
-}
+def check_same_run(path: str, argv: list) -> None:
+    """Refuse a finished run whose stored options differ from the ones it would be trained
+    with now (a variant's arguments or a choice changed since): its numbers would be reported
+    for the wrong configuration. Compared: the method, data set, epochs, seed and every option
+    ``argv`` spells out (not the defaults, which may change; not the run's folder)."""
+    with open(path) as handle:
+        stored = json.load(handle)["config"]
+    args = vars(build_parser().parse_args(argv))
+    given = [a.lstrip("-").replace("-", "_") for a in argv if a.startswith("--")]
+    for key in ["method", "dataset", "epochs", "seed"] + given:
+        if key in ("out", "threads", "no_progress", "no_plot", "no_test", "resume"):
+            continue
+        if key in stored and stored[key] is not None and stored[key] != args[key]:
+            raise SystemExit(f"{path}: stored {key}={stored[key]!r}, this run would use {args[key]!r}; "
+                             f"delete {os.path.dirname(path)} to rerun it")
 
 
 def parse_variant(text: str):
@@ -125,10 +131,6 @@ def markdown(results, variants, datasets, seeds, epochs, seconds, title="DIR ben
         lines.append(f"| (test samples) | {counts['all']['count']} | {counts['many']['count']} | "
                      f"{counts['medium']['count']} | {counts['few']['count']} | | | | | |")
         lines.append("")
-        for (noted, name), note in METHOD_NOTES.items():
-            if noted == dataset and name in runs:
-                lines.append(f"*{name}*: {note}")
-                lines.append("")
         if "meta-irda" in per_epoch and "irda-exact" in per_epoch:
             lines.append(f"Meta-IRDA takes {per_epoch['meta-irda'] / per_epoch['irda-exact']:.2f}x the time per "
                          f"epoch of IRDA (exact) here (median over seeds).")
@@ -177,13 +179,14 @@ def main(argv=None) -> int:
             for seed in args.seeds:
                 out = os.path.join(args.runs, dataset, name, f"seed{seed}")
                 path = os.path.join(out, "results.json")
+                argv_run = ["--dataset", dataset, "--seed", str(seed), "--epochs", str(epochs[dataset]),
+                            "--out", out, "--no-progress", "--threads", str(args.threads)] + shlex.split(spec)
                 if not os.path.isfile(path) and not args.report_only:
-                    argv_run = ["--dataset", dataset, "--seed", str(seed), "--epochs", str(epochs[dataset]),
-                                "--out", out, "--no-progress", "--threads", str(args.threads)] + shlex.split(spec)
                     resume = os.path.isfile(os.path.join(out, "checkpoint.pt"))
                     print(f"[dir_table] {dataset} {name} seed {seed}" + (" (resuming)" if resume else ""), flush=True)
                     run(build_parser().parse_args(argv_run + (["--resume"] if resume else [])))
                 if os.path.isfile(path):
+                    check_same_run(path, argv_run)
                     with open(path) as handle:
                         results.setdefault(dataset, {}).setdefault(name, {})[seed] = json.load(handle)
                 # rewrite the table after every run: a partial table beats none

@@ -154,20 +154,6 @@ def name_of(config: dict) -> str:
     return ",".join(f"{k.strip('-{}')}={v}" for k, v in config.items()) or "defaults"
 
 
-def check_same_run(path: str, argv: list, method: str, config: dict, scale: float) -> None:
-    """Refuse a finished run whose stored options differ from the configuration it is filed
-    under (a grid or a default changed since): its numbers would be reported for the wrong one."""
-    with open(path) as handle:
-        stored = json.load(handle)["config"]
-    args = vars(build_parser().parse_args(argv))
-    keys = ["method", "dataset", "epochs", "seed"] + [
-        k.lstrip("-").replace("-", "_") for k in flags(method, config, scale) if k.startswith("--")]
-    for key in keys:
-        if key in stored and stored[key] is not None and stored[key] != args[key]:
-            raise SystemExit(f"{path}: stored {key}={stored[key]!r}, but this configuration ({name_of(config)}) "
-                             f"gives {args[key]!r}; delete {os.path.dirname(path)} to rerun it")
-
-
 def search(dataset, method, budget, epochs, runs, threads, scale, report_only):
     """Every configuration's validation metrics ``[(config, val all, val few)]``; never the test set."""
     rows = []
@@ -181,7 +167,7 @@ def search(dataset, method, budget, epochs, runs, threads, scale, report_only):
             print(f"[tune] search {dataset} {method} {name_of(config)}" + (" (resuming)" if resume else ""), flush=True)
             run(build_parser().parse_args(argv + (["--resume"] if resume else [])))
         if os.path.isfile(path):
-            check_same_run(path, argv, method, config, scale)
+            dir_table.check_same_run(path, argv)
             with open(path) as handle:
                 result = json.load(handle)
             assert "test" not in result, f"{path}: a search run holds test metrics"
