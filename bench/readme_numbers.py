@@ -61,7 +61,8 @@ def paragraph() -> str:
     if mse and irda:
         clusters = f" (K = {irda['clusters']}, the CLI default)" if irda.get("clusters") else ""
         parts.append(f"A training step of the bundled {step['dataset']} MLP takes {irda['step_s'] * 1e3:.1f} ms with "
-                     f"`IRDALoss`{clusters} against {mse['step_s'] * 1e3:.1f} ms with MSE ({irda['step_s'] / mse['step_s']:.2f}x), "
+                     f"`IRDALoss`{clusters} against {mse['step_s'] * 1e3:.1f} ms with MSE "
+                     f"({irda['step_s'] / mse['step_s']:.2f}x), "
                      f"and `end_epoch` is {irda['end_epoch_s'] / irda['epoch_s']:.0%} of an IRDA epoch "
                      f"({machine(step['env'])}; `step_cost.md`).")
     e = growth["exponents"]
