@@ -197,6 +197,11 @@ def mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def test_mae(runs, name, group):
+    """``(mean, std)`` over the seeds of a method's test MAE on the ``group`` bins."""
+    return mean_std([r["test"][group]["mae"] for r in runs[name].values()])
+
+
 def comparison(dataset, results) -> str:
     """Where IRDA is better or worse than vanilla (L1, DIR's default), vanilla-mse and the best
     baseline on all-bins and few-shot test MAE, and whether each gap exceeds the seed spread
@@ -204,22 +209,18 @@ def comparison(dataset, results) -> str:
     runs = results.get(dataset, {})
     if "irda" not in runs or "vanilla" not in runs:
         return f"{dataset}: not all runs are finished."
-
-    def stat(name, group):
-        return mean_std([r["test"][group]["mae"] for r in runs[name].values()])
-
     parts = []
     for group in ("all", "few"):
-        irda = stat("irda", group)
+        irda = test_mae(runs, "irda", group)
         done = [b for b in BASELINES if b in runs]
-        best = min(done, key=lambda b: stat(b, group)[0]) if done else None
+        best = min(done, key=lambda b: test_mae(runs, b, group)[0]) if done else None
         others = [("vanilla", "vanilla", ""), ("vanilla-mse", "vanilla-mse", ""),
                   ("the best baseline", best, f"{best}: ")]
         verdicts = []
         for label, name, prefix in others:
             if name is None or name not in runs:
                 continue
-            other = stat(name, group)
+            other = test_mae(runs, name, group)
             gap = irda[0] - other[0]
             verdict = "better than" if gap < 0 else "worse than"
             beyond = "beyond" if abs(gap) > max(irda[1], other[1]) else "within"
@@ -227,13 +228,13 @@ def comparison(dataset, results) -> str:
         parts.append(f"{group} MAE {irda[0]:.3f} ± {irda[1]:.3f}, " + ", ".join(verdicts))
     leaders = []
     for group in ("all", "few"):
-        top = min(runs, key=lambda name: stat(name, group)[0])
-        mean, std = stat(top, group)
+        top = min(runs, key=lambda name: test_mae(runs, name, group)[0])
+        mean, std = test_mae(runs, top, group)
         leaders.append(f"{group} MAE {top} ({mean:.3f} ± {std:.3f})")
     meta = ""
     if "meta-irda" in runs:
         meta = " Meta-IRDA: all MAE {:.3f} ± {:.3f}, few {:.3f} ± {:.3f}.".format(
-            *stat("meta-irda", "all"), *stat("meta-irda", "few"))
+            *test_mae(runs, "meta-irda", "all"), *test_mae(runs, "meta-irda", "few"))
     return (f"**{dataset}**: IRDA " + "; ".join(parts) + "." + meta + " Best of every method: " + ", ".join(leaders)
             + ".")
 
@@ -246,10 +247,8 @@ def claim_check(datasets, results) -> str:
     for dataset in finished:
         runs = results[dataset]
         for group in held:
-            means = {name: statistics.fmean(r["test"][group]["mae"] for r in seeds.values())
-                     for name, seeds in runs.items() if name in BASELINES}
-            irda = statistics.fmean(r["test"][group]["mae"] for r in runs["irda"].values())
-            if means and irda < min(means.values()):
+            means = [test_mae(runs, name, group)[0] for name in runs if name in BASELINES]
+            if means and test_mae(runs, "irda", group)[0] < min(means):
                 held[group].append(dataset)
 
     def where(names):
