@@ -93,12 +93,10 @@ SEARCHED_DEFAULTS = {
 }
 
 
-def is_first(method: str, first: dict, config: dict) -> bool:
-    """Whether ``config`` trains the same run as the method's first configuration (its
-    defaults): a grid point that repeats the defaults would spend a slot of the budget twice."""
-    from irda_ext.train import build_parser
-
-    defaults = vars(build_parser().parse_args(["--method", method]))
+def is_first(first: dict, defaults: dict, config: dict) -> bool:
+    """Whether ``config`` trains the same run as the method's first configuration ``first``
+    (its defaults; ``defaults``: the driver's parsed options for the method): a grid point that
+    repeats the defaults would spend a slot of the budget twice."""
     for key, value in config.items():
         if key in first:
             expected = first[key]
@@ -116,13 +114,14 @@ def configurations(method: str, budget: int):
     its grid, skipping a draw that repeats the defaults. ``index`` is the draw's place in the
     seeded shuffle, so a run's folder keeps its name when a repeat is skipped."""
     first = SEARCHED_DEFAULTS.get(method, {})
+    defaults = vars(build_parser().parse_args(["--method", method]))
     others = [c for c in grid(SPACES[method]) if c]
     random.Random(method).shuffle(others)
     chosen = [(0, first)]
     for index, config in enumerate(others, start=1):
         if len(chosen) == budget:
             break
-        if not is_first(method, first, config):
+        if not is_first(first, defaults, config):
             chosen.append((index, config))
     return chosen
 
