@@ -50,6 +50,13 @@ void define_schemas(torch::Library& m) {
 
 }  // namespace
 
-TORCH_LIBRARY(irda_ext, m) { define_schemas(m); }
+TORCH_LIBRARY(irda_ext, m) {
+  define_schemas(m);
+  // SPEC 5. Host-only (a CPU kernel, no CUDA or emulated twin: the epoch-end k-means runs on
+  // the host in float64). Lloyd's k-means from init[K, D] on the rows of x[N, D] (both
+  // float64), at most max_iter iterations, stopping when no label changes or the centres
+  // move (squared, summed) at most tol; labels[N] (int64) are those of the final centres[K, D].
+  m.def("kmeans(Tensor x, Tensor init, int max_iter, float tol) -> (Tensor labels, Tensor centres)");
+}
 
 TORCH_LIBRARY(irda_ext_emulated, m) { define_schemas(m); }

@@ -56,6 +56,11 @@ def _bin_moments_fake(z, bin_index, num_bins):
     )
 
 
+@torch.library.register_fake("irda_ext::kmeans")  # host-only: no emulated twin
+def _kmeans_fake(x, init, max_iter, tol):
+    return x.new_empty((x.shape[0],), dtype=torch.int64), init.new_empty(init.shape)
+
+
 @_fake("bin_stats_update_")
 def _bin_stats_update_fake(count, mean, cov, z, bin_index, momentum):
     return None

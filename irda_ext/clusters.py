@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from ._ops import ops
 from ._validate import _on_host
 
 
@@ -61,30 +62,29 @@ class FeatureReservoir(nn.Module):
 
 def kmeans(x: torch.Tensor, num_clusters: int, init: Optional[torch.Tensor] = None,
            max_iter: int = 100) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means on the rows of ``x [N, D]`` (float64): ``(labels [N], centres [K, D])``.
+    """Lloyd's k-means on the rows of ``x [N, D]`` (float64): ``(labels [N], centres [K, D])``,
+    on the CPU.
 
     Deterministic, and continuous in the data, so that two runs whose features differ a little
     (two ranks against one process; one sample more) find the same clusters:
 
     * they start from ``init [K, D]`` when given (the driver passes last epoch's centres: the
-      features move little between epochs, so a few iterations converge), else from the
-      PCA-part split (Su and Dy 2007): the rows sorted along their first principal direction
-      (power iteration) and cut into ``K`` groups of equal size, whose means start Lloyd.
-      Random seeding (k-means++) sent the two runs above to different local optima;
+      features move little between epochs), else from the PCA-part split (Su and Dy 2007): the
+      rows sorted along their first principal direction (power iteration) and cut into ``K``
+      groups of equal size, whose means start Lloyd. Random seeding (k-means++) sent the two
+      runs above to different local optima;
     * Lloyd iterates until no label changes or the centres move less than scikit-learn's
       tolerance (``1e-4`` of the features' mean variance), at most ``max_iter`` times, on every
       row (fitting a subsample let the two runs above part by a percent of the loss); a
       cluster left empty keeps its centre.
 
-    Written in torch, on whatever device ``x`` is on, without scikit-learn's per-call set-up
-    (input validation, a thread-pool limit around every fit).
+    The iterations run in the ``kmeans`` op (``csrc/cpu/kmeans.cpp``): Lloyd's iterates
+    (:func:`irda_ext.reference.kmeans_lloyd`), with Hamerly's bounds sparing the distances
+    that cannot change a label. A warm start still took some 60 iterations on abalone's
+    features, 30-50 ms of an epoch end as torch ops; the op takes a few.
     """
-    sq = (x * x).sum(1)
+    x = x.to("cpu", torch.float64).contiguous()
     n = x.shape[0]
-
-    def nearest(centres):  # argmin_k ||x - c_k||^2 = argmin_k ||c_k||^2 - 2 x.c_k (||x||^2 is the same for all k)
-        return torch.addmm((centres * centres).sum(1)[None, :], x, centres.t(), alpha=-2).argmin(1)
-
     if init is not None:
         centres = init.to(x).clone()
     else:
@@ -102,23 +102,16 @@ def kmeans(x: torch.Tensor, num_clusters: int, init: Optional[torch.Tensor] = No
         group[order] = torch.arange(n, device=x.device) * num_clusters // n
         centres = torch.zeros(num_clusters, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, group, x)
         centres = centres / torch.bincount(group, minlength=num_clusters).clamp_min(1).to(x.dtype)[:, None]
-    # scikit-learn's tolerance: stop once the centres move (squared, summed) less than 1e-4 of
-    # the features' mean variance
-    tol = 1e-4 * max(float(sq.mean()) - float(x.mean(0).square().sum()), 0.0) / max(x.shape[1], 1)
-    labels = None
-    for _ in range(max_iter):
-        new = nearest(centres)
-        if labels is not None and torch.equal(new, labels):
-            return new, centres  # converged: these are already the labels of the final centres
-        labels = new
-        sums = torch.zeros_like(centres).index_add_(0, labels, x)
-        sizes = torch.bincount(labels, minlength=num_clusters).to(x.dtype)
-        moved = torch.where(sizes[:, None] > 0, sums / sizes.clamp_min(1)[:, None], centres)
-        shift = float((moved - centres).square().sum())
-        centres = moved
-        if shift <= tol:
-            break
-    return nearest(centres), centres  # the labels of the final centres
+    return ops.kmeans(x, centres, int(max_iter), kmeans_tolerance(x))
+
+
+def kmeans_tolerance(x: torch.Tensor) -> float:
+    """scikit-learn's tolerance of ``x [N, D]``: the centres have converged once they move
+    (squared, summed) less than ``1e-4`` of the features' mean variance."""
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return 0.0
+    mean_sq = float(torch.linalg.vecdot(x, x).mean())
+    return 1e-4 * max(mean_sq - float(x.mean(0).square().sum()), 0.0) / x.shape[1]
 
 
 def cluster_shares(features: torch.Tensor, bins: torch.Tensor, num_clusters: int, num_bins: int,

@@ -193,3 +193,28 @@ def remse_loss(pred, target, bin_index, centers, eta, log_prior, noise_var):
     The Monte-Carlo check of the exact mode averages it over sampled augmentations."""
     return irda_surrogate(pred, target, bin_index, centers, eta, log_prior, torch.zeros_like(pred),
                           torch.zeros_like(pred), 0.0, 0.0, noise_var, mode="paper", reduction="none")
+
+
+def kmeans_lloyd(x: torch.Tensor, init: torch.Tensor, max_iter: int, tol: float):
+    """SPEC 5: Lloyd's k-means from ``init [K, D]`` on the rows of ``x [N, D]``: each row takes
+    its nearest centre (``argmin_k ||c_k||^2 - 2 x.c_k``, the first on a tie), each centre the
+    mean of its rows (an empty cluster keeps its centre), until no label changes or the centres
+    move (squared, summed) at most ``tol``, at most ``max_iter`` times. ``(labels, centres)``,
+    the labels of the final centres. What the ``kmeans`` op computes with Hamerly's bounds."""
+    def nearest(centres):
+        return torch.addmm((centres * centres).sum(1)[None, :], x, centres.t(), alpha=-2).argmin(1)
+
+    centres, labels = init.clone(), None
+    for _ in range(max_iter):
+        new = nearest(centres)
+        if labels is not None and torch.equal(new, labels):
+            return new, centres
+        labels = new
+        sums = torch.zeros_like(centres).index_add_(0, labels, x)
+        sizes = torch.bincount(labels, minlength=centres.shape[0]).to(x.dtype)
+        moved = torch.where(sizes[:, None] > 0, sums / sizes.clamp_min(1)[:, None], centres)
+        shift = float((moved - centres).square().sum())
+        centres = moved
+        if shift <= tol:
+            break
+    return nearest(centres), centres

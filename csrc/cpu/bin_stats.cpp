@@ -61,10 +61,39 @@ struct Plan {
   std::vector<T> keep;              // [P]
 };
 
-// Computes batch means, updates mean/count in place (when merging) and builds the plan.
+void check_finite(const at::Tensor& z) {
+  TORCH_CHECK_VALUE(at::isfinite(z).all().item<bool>(), "z contains NaN or infinite features");
+}
+
+// The batch mean of every present bin, in float64, into m[P, D]. A NaN or infinite feature
+// makes its bin's mean NaN or infinite (a float32 sum cannot overflow a double), so the
+// finiteness check of z reads these P x D values, not z itself, before anything is written
+// (a float64 sum may overflow: the exact check decides then).
 template <typename T>
-Plan<T> build_plan(const Buckets& bk, const T* z, int64_t D, int64_t* count, T* mean, double momentum,
-                   bool plain_moments) {
+void bin_means(const Buckets& bk, const at::Tensor& zc, int64_t D, std::vector<double>& m) {
+  const int64_t P = static_cast<int64_t>(bk.bins.size());
+  const T* z = zc.data_ptr<T>();
+  m.assign(static_cast<size_t>(P * D), 0.0);
+  at::parallel_for(0, P, grain_for(D * bk.order.size() / std::max<int64_t>(P, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      double* mp = m.data() + p * D;
+      const int64_t lo = bk.offset[p], hi = bk.offset[p + 1];
+      for (int64_t s = lo; s < hi; ++s) {
+        const T* zi = z + bk.order[s] * D;
+        for (int64_t d = 0; d < D; ++d) mp[d] += static_cast<double>(zi[d]);
+      }
+      for (int64_t d = 0; d < D; ++d) mp[d] /= static_cast<double>(hi - lo);
+    }
+  });
+  bool finite = true;
+  for (const double v : m) finite = finite && std::isfinite(v);
+  if (!finite) check_finite(zc);
+}
+
+// Updates mean/count in place (when merging) from the batch means m and builds the plan.
+template <typename T>
+Plan<T> build_plan(const Buckets& bk, const T* z, const std::vector<double>& means, int64_t D, int64_t* count,
+                   T* mean, double momentum, bool plain_moments) {
   const int64_t P = static_cast<int64_t>(bk.bins.size());
   Plan<T> plan;
   plan.D = D;
@@ -77,17 +106,11 @@ Plan<T> build_plan(const Buckets& bk, const T* z, int64_t D, int64_t* count, T* 
   plan.vecs.assign(static_cast<size_t>(plan.vec_offset[P] * D), T(0));
   plan.weights.assign(plan.vec_offset[P], T(0));
   plan.keep.assign(P, T(0));
-  at::parallel_for(0, P, grain_for(2 * D * bk.order.size() / std::max<int64_t>(P, 1)), [&](int64_t begin, int64_t end) {
-    std::vector<double> m(D);
+  at::parallel_for(0, P, grain_for(D * bk.order.size() / std::max<int64_t>(P, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t b = bk.bins[p];
       const int64_t lo = bk.offset[p], hi = bk.offset[p + 1], nb = hi - lo;
-      std::fill(m.begin(), m.end(), 0.0);
-      for (int64_t s = lo; s < hi; ++s) {
-        const T* zi = z + bk.order[s] * D;
-        for (int64_t d = 0; d < D; ++d) m[d] += static_cast<double>(zi[d]);
-      }
-      for (int64_t d = 0; d < D; ++d) m[d] /= static_cast<double>(nb);
+      const double* m = means.data() + p * D;
       const MergeCoef c = plain_moments ? moment_coefficients() : merge_coefficients(count[b], nb, momentum);
       T* v = plan.vecs.data() + plan.vec_offset[p] * D;
       for (int64_t s = lo; s < hi; ++s, v += D) {
@@ -176,10 +199,6 @@ void apply_plan(const Plan<T>& plan, const Buckets& bk, T* cov) {
   });
 }
 
-void check_finite(const at::Tensor& z) {
-  TORCH_CHECK_VALUE(at::isfinite(z).all().item<bool>(), "z contains NaN or infinite features");
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_moments_cpu(const at::Tensor& z, const at::Tensor& bin_index,
                                                                int64_t num_bins) {
   check_features(z, bin_index, -1);
@@ -188,15 +207,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_moments_cpu(const at::Tensor&
   // half / bfloat16 features are accumulated in float32
   const auto acc = (z.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
   const at::Tensor zc = z.to(acc).contiguous();
-  check_finite(zc);
   const at::Tensor bins = bin_index.contiguous();
   at::Tensor count = at::zeros({num_bins}, bin_index.options());
   at::Tensor mean = at::zeros({num_bins, D}, zc.options());
   at::Tensor scatter = at::zeros({num_bins, D, D}, zc.options());
-  if (z.size(0) == 0 || D == 0) return {count, mean, scatter};
+  if (z.size(0) == 0 || D == 0) {
+    check_finite(zc);
+    return {count, mean, scatter};
+  }
   const Buckets bk = bucket_by_bin(bins, num_bins);
   AT_DISPATCH_FLOATING_TYPES(acc, "bin_moments_cpu", [&] {
-    const Plan<scalar_t> plan = build_plan<scalar_t>(bk, zc.data_ptr<scalar_t>(), D, count.data_ptr<int64_t>(),
+    std::vector<double> means;
+    bin_means<scalar_t>(bk, zc, D, means);
+    const Plan<scalar_t> plan = build_plan<scalar_t>(bk, zc.data_ptr<scalar_t>(), means, D, count.data_ptr<int64_t>(),
                                                      mean.data_ptr<scalar_t>(), -1.0, /*plain_moments=*/true);
     apply_plan(plan, bk, scatter.data_ptr<scalar_t>());
   });
@@ -213,11 +236,12 @@ void bin_stats_update_cpu(at::Tensor& count, at::Tensor& mean, at::Tensor& cov, 
   const int64_t D = mean.size(1), B = mean.size(0);
   if (z.size(0) == 0 || D == 0) return;
   const at::Tensor zc = z.to(mean.scalar_type()).contiguous();
-  check_finite(zc);
   const Buckets bk = bucket_by_bin(bin_index.contiguous(), B);
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "bin_stats_update_cpu", [&] {
+    std::vector<double> means;
+    bin_means<scalar_t>(bk, zc, D, means);
     const Plan<scalar_t> plan =
-        build_plan<scalar_t>(bk, zc.data_ptr<scalar_t>(), D, count.data_ptr<int64_t>(), mean.data_ptr<scalar_t>(), rho,
+        build_plan<scalar_t>(bk, zc.data_ptr<scalar_t>(), means, D, count.data_ptr<int64_t>(), mean.data_ptr<scalar_t>(), rho,
                              /*plain_moments=*/false);
     apply_plan(plan, bk, cov.data_ptr<scalar_t>());
   });
