@@ -53,8 +53,8 @@ void define_schemas(torch::Library& m) {
 TORCH_LIBRARY(irda_ext, m) {
   define_schemas(m);
   // SPEC 5. Host-only (a CPU kernel, no CUDA or emulated twin: the epoch-end k-means runs on
-  // the host in float64). Lloyd's k-means from init[K, D] on the rows of x[N, D] (both
-  // float64), at most max_iter iterations, stopping when no label changes or the centres
+  // the host in float64). Lloyd's k-means from init[K, D] (float64) on the rows of x[N, D]
+  // (float32 or float64; computed in float64), at most max_iter iterations, stopping when no label changes or the centres
   // move (squared, summed) at most tol; labels[N] (int64) are those of the final centres[K, D].
   m.def("kmeans(Tensor x, Tensor init, int max_iter, float tol) -> (Tensor labels, Tensor centres)");
 }

@@ -62,8 +62,8 @@ class FeatureReservoir(nn.Module):
 
 def kmeans(x: torch.Tensor, num_clusters: int, init: Optional[torch.Tensor] = None,
            max_iter: int = 100) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means on the rows of ``x [N, D]`` (float64): ``(labels [N], centres [K, D])``,
-    on the CPU.
+    """Lloyd's k-means on the rows of ``x [N, D]`` (float32 or float64, computed in float64):
+    ``(labels [N], centres [K, D] float64)``, on the CPU.
 
     Deterministic, and continuous in the data, so that two runs whose features differ a little
     (two ranks against one process; one sample more) find the same clusters:
@@ -83,11 +83,14 @@ def kmeans(x: torch.Tensor, num_clusters: int, init: Optional[torch.Tensor] = No
     that cannot change a label. A warm start still took some 60 iterations on abalone's
     features, 30-50 ms of an epoch end as torch ops; the op takes a few.
     """
-    x = x.to("cpu", torch.float64).contiguous()
+    x = x.to("cpu").contiguous()
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.to(torch.float64)
     n = x.shape[0]
     if init is not None:
-        centres = init.to(x).clone()
+        centres = init.to("cpu", torch.float64).clone()
     else:
+        x = x.to(torch.float64)  # the first epoch end only: later ones start from its centres
         centred = x - x.mean(0)
         direction = torch.ones(x.shape[1], dtype=x.dtype, device=x.device)
         for _ in range(30):
@@ -110,8 +113,10 @@ def kmeans_tolerance(x: torch.Tensor) -> float:
     (squared, summed) less than ``1e-4`` of the features' mean variance."""
     if x.shape[0] == 0 or x.shape[1] == 0:
         return 0.0
-    mean_sq = float(torch.linalg.vecdot(x, x).mean())
-    return 1e-4 * max(mean_sq - float(x.mean(0).square().sum()), 0.0) / x.shape[1]
+    # per-row and per-column sums in x's dtype (a threshold: float32 will do), the rest in float64
+    mean_sq = float(torch.linalg.vecdot(x, x).to(torch.float64).mean())
+    mean = x.mean(0).to(torch.float64)
+    return 1e-4 * max(mean_sq - float(mean.square().sum()), 0.0) / x.shape[1]
 
 
 def cluster_shares(features: torch.Tensor, bins: torch.Tensor, num_clusters: int, num_bins: int,
@@ -130,7 +135,7 @@ def cluster_shares(features: torch.Tensor, bins: torch.Tensor, num_clusters: int
     n = features.shape[0]
     if n < num_clusters:
         return torch.full((num_clusters, num_bins), 1.0 / num_clusters, dtype=torch.float64)
-    x = features.detach().to("cpu", torch.float64)
+    x = features.detach().to("cpu")  # float32 stays float32: the op reads it as float64
     init = None
     if centres is not None and centres.shape == (num_clusters, x.shape[1]) and bool(torch.isfinite(centres).all()):
         init = centres.detach().to("cpu", torch.float64)

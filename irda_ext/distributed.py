@@ -222,9 +222,9 @@ def canonical_order(features: torch.Tensor, bins: torch.Tensor) -> Tuple[torch.T
     arrived in, one process or several ranks."""
     if features.shape[0] < 2:
         return features, bins
-    x = features.to(torch.float64)
-    weights = torch.linspace(1.0, 2.0, x.shape[1], dtype=torch.float64, device=x.device)
-    key = x @ weights
+    # the key in float64 (distinct rows rarely tie); the rows themselves are gathered in their dtype
+    weights = torch.linspace(1.0, 2.0, features.shape[1], dtype=torch.float64, device=features.device)
+    key = features.to(torch.float64) @ weights
     order = torch.argsort(key, stable=True)
     order = order[torch.argsort(bins.index_select(0, order), stable=True)]
     return features.index_select(0, order), bins.index_select(0, order)
@@ -242,8 +242,8 @@ def synced_cluster_shares(reservoir, num_clusters: int, num_bins: int,
 
     features, bins = gather_reservoir(reservoir)
     device = bins.device
-    # k-means works in float64 on the CPU: one conversion here, not one per step below
-    features, bins = canonical_order(features.to("cpu", torch.float64), bins.cpu())
+    # k-means reads the features in float64 as it goes (the kmeans op): no float64 copy here
+    features, bins = canonical_order(features.to("cpu"), bins.cpu())
     if not is_distributed():
         return cluster_shares(features, bins, num_clusters, num_bins, centres=centres).to(device)
     if is_main_process():

@@ -200,7 +200,9 @@ def kmeans_lloyd(x: torch.Tensor, init: torch.Tensor, max_iter: int, tol: float)
     its nearest centre (``argmin_k ||c_k||^2 - 2 x.c_k``, the first on a tie), each centre the
     mean of its rows (an empty cluster keeps its centre), until no label changes or the centres
     move (squared, summed) at most ``tol``, at most ``max_iter`` times. ``(labels, centres)``,
-    the labels of the final centres. What the ``kmeans`` op computes with Hamerly's bounds."""
+    the labels of the final centres, computed in float64. What the ``kmeans`` op computes
+    with Hamerly's bounds."""
+    x = x.to(torch.float64)
     def nearest(centres):
         return torch.addmm((centres * centres).sum(1)[None, :], x, centres.t(), alpha=-2).argmin(1)
 

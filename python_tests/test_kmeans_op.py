@@ -49,6 +49,16 @@ def test_op_stops_after_max_iter(max_iter):
     assert_lloyd(x, init, max_iter=max_iter, tol=0.0)
 
 
+@pytest.mark.parametrize("d", [1, 7, 8, 97])
+def test_float32_rows_are_read_as_their_float64_values(d):
+    x, init = case(300, d, 4, seed=5, scale=1.0)
+    x32 = x.float()
+    labels, centres = ops.kmeans(x32, init, 100, 0.0)
+    want_labels, want_centres = ops.kmeans(x32.double(), init, 100, 0.0)
+    assert torch.equal(labels, want_labels) and torch.equal(centres, want_centres)
+    assert_lloyd(x32, init, tol=0.0)
+
+
 def test_empty_cluster_keeps_its_centre():
     x, _ = case(50, 2, 2, seed=0)
     init = torch.tensor([[0.0, 0.0], [1e3, 1e3]], dtype=torch.float64)
@@ -71,7 +81,7 @@ def test_opcheck():
 
 
 @pytest.mark.parametrize("bad,match,exc", [
-    (lambda x, i: (x.float(), i), "x must be float64", TypeError),
+    (lambda x, i: (x.half(), i), "x must be float32 or float64", TypeError),
     (lambda x, i: (x, i.float()), "init must be float64", TypeError),
     (lambda x, i: (x[:, 0], i), r"x must have shape \[N, D\]", ValueError),
     (lambda x, i: (x, i[:, :2]), r"init must have shape \[K, 3\]", ValueError),

@@ -35,34 +35,57 @@ namespace irda {
 namespace {
 
 // x.y in a fixed order: eight lanes (lane j sums the d = j mod 8 terms), then a fixed tree.
-// Written with GCC's vector type, as the compiler would not vectorise a reduction on its
+// Written with GCC's vector types, as the compiler would not vectorise a reduction on its
 // own without -ffast-math; one AVX-512, two AVX2 or four SSE registers, the same sums.
+// float32 features are widened to float64 as they are read (exactly), so the result is
+// the one of their float64 copy, without the copy.
 typedef double Lanes8 __attribute__((vector_size(64)));
+typedef float Lanes8f __attribute__((vector_size(32)));
 
-__attribute__((always_inline)) inline double dot8(const double* a, const double* b, int64_t D) {
+// (into an out-parameter: a 64-byte vector returned by value would make gcc warn of the ABI)
+__attribute__((always_inline)) inline void load8(Lanes8& out, const double* p) { std::memcpy(&out, p, sizeof(out)); }
+__attribute__((always_inline)) inline void load8(Lanes8& out, const float* p) {
+  Lanes8f v;
+  std::memcpy(&v, p, sizeof(v));
+  out = __builtin_convertvector(v, Lanes8);
+}
+
+template <typename A, typename B>
+__attribute__((always_inline)) inline double dot8(const A* a, const B* b, int64_t D) {
   Lanes8 acc = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t d = 0;
   for (; d + 8 <= D; d += 8) {
     Lanes8 x, y;
-    std::memcpy(&x, a + d, sizeof(x));
-    std::memcpy(&y, b + d, sizeof(y));
+    load8(x, a + d);
+    load8(y, b + d);
     acc += x * y;
   }
   double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; d < D; ++d) s += a[d] * b[d];
+  for (; d < D; ++d) s += static_cast<double>(a[d]) * static_cast<double>(b[d]);
   return s;
 }
 
 // v[k] = ||c_k||^2 - 2 x.c_k for K centres: Lloyd's comparison, whose argmin is the nearest centre.
-IRDA_TARGET_CLONES void centre_scores(const double* x, const double* centres, const double* centre_sq, int64_t K,
-                                      int64_t D, double* v) {
+template <typename T>
+__attribute__((always_inline)) inline void centre_scores_impl(const T* x, const double* centres,
+                                                              const double* centre_sq, int64_t K, int64_t D,
+                                                              double* v) {
   for (int64_t k = 0; k < K; ++k) v[k] = centre_sq[k] - 2.0 * dot8(x, centres + k * D, D);
 }
-
+IRDA_TARGET_CLONES void centre_scores(const double* x, const double* centres, const double* centre_sq, int64_t K,
+                                      int64_t D, double* v) {
+  centre_scores_impl(x, centres, centre_sq, K, D, v);
+}
+IRDA_TARGET_CLONES void centre_scores(const float* x, const double* centres, const double* centre_sq, int64_t K,
+                                      int64_t D, double* v) {
+  centre_scores_impl(x, centres, centre_sq, K, D, v);
+}
 IRDA_TARGET_CLONES double squared_norm(const double* x, int64_t D) { return dot8(x, x, D); }
+IRDA_TARGET_CLONES double squared_norm(const float* x, int64_t D) { return dot8(x, x, D); }
 
+template <typename T>
 struct Hamerly {
-  const double* x;
+  const T* x;
   int64_t N, K, D;
   std::vector<double> row_sq;  // ||x_i||^2
   std::vector<double> upper, lower;
@@ -97,26 +120,19 @@ double distance(const double* a, const double* b, int64_t D) {
   return std::sqrt(s);
 }
 
-std::tuple<at::Tensor, at::Tensor> kmeans_cpu(const at::Tensor& x_in, const at::Tensor& init, int64_t max_iter,
-                                              double tol) {
-  TORCH_CHECK_TYPE(x_in.scalar_type() == at::kDouble, "kmeans: x must be float64, got ", x_in.scalar_type());
-  TORCH_CHECK_TYPE(init.scalar_type() == at::kDouble, "kmeans: init must be float64, got ", init.scalar_type());
-  TORCH_CHECK_VALUE(x_in.dim() == 2, "kmeans: x must have shape [N, D], got ", shape_str(x_in));
-  TORCH_CHECK_VALUE(init.dim() == 2 && init.size(0) >= 1 && init.size(1) == x_in.size(1),
-                    "kmeans: init must have shape [K, ", x_in.size(1), "] with K >= 1, got ", shape_str(init));
-  TORCH_CHECK_VALUE(max_iter >= 0, "kmeans: max_iter must be >= 0, got ", max_iter);
-  TORCH_CHECK_VALUE(tol >= 0, "kmeans: tol must be >= 0, got ", tol);
-  const at::Tensor xc = x_in.contiguous();
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> kmeans_impl(const at::Tensor& xc, const at::Tensor& init, int64_t max_iter,
+                                               double tol) {
   const int64_t N = xc.size(0), K = init.size(0), D = xc.size(1);
   std::vector<double> centres(init.numel());
   {
     const at::Tensor ic = init.contiguous();
     std::copy(ic.data_ptr<double>(), ic.data_ptr<double>() + ic.numel(), centres.begin());
   }
-  at::Tensor labels_out = at::zeros({N}, xc.options().dtype(at::kLong));
+  at::Tensor labels_out = at::zeros({N}, at::TensorOptions().dtype(at::kLong));
   int64_t* label = labels_out.data_ptr<int64_t>();
 
-  Hamerly h{xc.data_ptr<double>(), N, K, D, std::vector<double>(N), std::vector<double>(N),
+  Hamerly<T> h{xc.data_ptr<T>(), N, K, D, std::vector<double>(N), std::vector<double>(N),
             std::vector<double>(N)};
   double max_row = 0, max_centre = 0;
   bool norms_finite = true;
@@ -191,21 +207,21 @@ std::tuple<at::Tensor, at::Tensor> kmeans_cpu(const at::Tensor& x_in, const at::
       nearest(false);
       bool any = false;
       for (int64_t i = 0; i < N && !any; ++i) any = changed[i];
-      if (!any) return {labels_out, at::tensor(centres, xc.options()).reshape({K, D})};  // converged
+      if (!any) return {labels_out, at::tensor(centres, at::TensorOptions().dtype(at::kDouble)).reshape({K, D})};  // converged
     }
     // The centre sums: every row on the first pass (in row order), then the moves from
     // `previous` to the current label.
     for (int64_t i = 0; i < N; ++i) {
       if (!changed[i]) continue;
-      const double* xi = h.x + i * D;
+      const T* xi = h.x + i * D;
       if (it > 0) {
         const int64_t old = previous[i];
         double* so = &sums[old * D];
-        for (int64_t d = 0; d < D; ++d) so[d] -= xi[d];
+        for (int64_t d = 0; d < D; ++d) so[d] -= static_cast<double>(xi[d]);
         sizes[old] -= 1;
       }
       double* sn = &sums[label[i] * D];
-      for (int64_t d = 0; d < D; ++d) sn[d] += xi[d];
+      for (int64_t d = 0; d < D; ++d) sn[d] += static_cast<double>(xi[d]);
       sizes[label[i]] += 1;
     }
     double shift = 0;
@@ -221,7 +237,22 @@ std::tuple<at::Tensor, at::Tensor> kmeans_cpu(const at::Tensor& x_in, const at::
     if (shift <= tol) break;
   }
   if (max_iter > 0) nearest(false);  // the labels of the final centres
-  return {labels_out, at::tensor(centres, xc.options()).reshape({K, D})};
+  return {labels_out, at::tensor(centres, at::TensorOptions().dtype(at::kDouble)).reshape({K, D})};
+}
+
+std::tuple<at::Tensor, at::Tensor> kmeans_cpu(const at::Tensor& x, const at::Tensor& init, int64_t max_iter,
+                                              double tol) {
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kDouble || x.scalar_type() == at::kFloat,
+                   "kmeans: x must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK_TYPE(init.scalar_type() == at::kDouble, "kmeans: init must be float64, got ", init.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() == 2, "kmeans: x must have shape [N, D], got ", shape_str(x));
+  TORCH_CHECK_VALUE(init.dim() == 2 && init.size(0) >= 1 && init.size(1) == x.size(1),
+                    "kmeans: init must have shape [K, ", x.size(1), "] with K >= 1, got ", shape_str(init));
+  TORCH_CHECK_VALUE(max_iter >= 0, "kmeans: max_iter must be >= 0, got ", max_iter);
+  TORCH_CHECK_VALUE(tol >= 0, "kmeans: tol must be >= 0, got ", tol);
+  const at::Tensor xc = x.contiguous();
+  return xc.scalar_type() == at::kDouble ? kmeans_impl<double>(xc, init, max_iter, tol)
+                                         : kmeans_impl<float>(xc, init, max_iter, tol);
 }
 
 }  // namespace
