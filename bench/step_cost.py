@@ -1,12 +1,13 @@
 """What IRDA costs in a real training step, against MSE, on the bundled abalone MLP.
 
-    python bench/step_cost.py                  # abalone, 1 thread, 5 epochs a method
+    python bench/step_cost.py                  # abalone, 1 thread, 12 epochs a method
     python bench/step_cost.py --dataset bikeshare --threads 2
 
 In one run, for ``--method vanilla-mse`` (MSE) and ``--method irda`` (the CLI defaults), the
 driver builds the run exactly as ``irda-train`` does (``irda_ext.train.driver.build_run``: model,
 head, method, optimizer, loader), then trains ``--epochs`` epochs with the body of the driver's
-``train_epoch`` (its checks included) and the method's ``end_epoch``, timing:
+``train_epoch`` (its checks included) and the method's ``end_epoch``, the methods' epochs
+interleaved (a shared machine's slow spells fall on both), timing:
 
 * **one step**: the batch's features, the loss, ``zero_grad``, ``backward`` and ``optimizer.step``,
   median over the steps of every epoch but the first;
@@ -35,62 +36,79 @@ from report import write_results  # noqa: E402
 TARGETS = {"step_ratio": 1.5, "end_epoch_share": 0.10}
 
 
-def measure(dataset: str, method: str, epochs: int, threads: int) -> dict:
+def epochs_of(dataset: str, method: str, epochs: int, threads: int, out: str):
+    """Trains ``method`` on ``dataset`` as the driver does, one epoch per ``next()``; yields the
+    epoch's step times, its time and its ``end_epoch``'s (seconds), then the run's sizes."""
     from irda_ext.train import build_parser
     from irda_ext.train.driver import build_run
     from irda_ext.train.loop import batch_features
 
+    args = build_parser().parse_args(["--dataset", dataset, "--method", method, "--epochs", str(epochs),
+                                      "--seed", "0", "--out", out, "--no-progress", "--no-plot",
+                                      "--threads", str(threads)])
+    torch.set_num_threads(threads)
+    r = build_run(args, torch.device("cpu"), out)
+    mean, scale = r.standard
+    for epoch in range(epochs):
+        # the body of irda_ext.train.loop.train_epoch, each step timed
+        r.model.train()
+        started = time.perf_counter()
+        steps = []
+        for batch in r.train_loader:
+            t0 = time.perf_counter()
+            features, targets = batch_features(r.trained, batch, r.data.kind, r.device)
+            y = (targets - mean) / scale
+            features = r.method.transform_features(features, y, epoch, training=True)
+            if not bool(torch.isfinite(features).all()):
+                raise RuntimeError("features are not finite")
+            loss = r.method.loss(features, y, r.head)
+            r.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            r.optimizer.step()
+            float(loss.detach())
+            steps.append(time.perf_counter() - t0)
+        trained = time.perf_counter()
+        r.method.end_epoch(epoch, epochs)
+        ended = time.perf_counter()
+        yield steps, ended - started, ended - trained
+    yield {"batch_size": args.batch_size, "steps_per_epoch": len(r.train_loader), "feature_dim": r.model.feature_dim,
+           "bins": r.data.bins.num_bins, "clusters": args.clusters if method in ("irda", "meta-irda") else None}
+
+
+def measure(dataset: str, methods, epochs: int, threads: int) -> dict:
+    """Every method's median step, epoch and ``end_epoch`` over epochs 2.., the methods'
+    epochs interleaved (an epoch of each in turn), so that a slow spell of a shared machine
+    falls on all of them alike rather than on whichever ran then."""
     with tempfile.TemporaryDirectory() as out:
-        args = build_parser().parse_args(["--dataset", dataset, "--method", method, "--epochs", str(epochs),
-                                          "--seed", "0", "--out", out, "--no-progress", "--no-plot",
-                                          "--threads", str(threads)])
-        torch.set_num_threads(threads)
-        r = build_run(args, torch.device("cpu"), out)
-        mean, scale = r.standard
-        steps, epoch_s, end_s = [], [], []
+        runs = {m: epochs_of(dataset, m, epochs, threads, os.path.join(out, m)) for m in methods}
+        times = {m: {"steps": [], "epochs": [], "ends": []} for m in methods}
         for epoch in range(epochs):
-            # the body of irda_ext.train.loop.train_epoch, each step timed
-            r.model.train()
-            started = time.perf_counter()
-            epoch_steps = []
-            for batch in r.train_loader:
-                t0 = time.perf_counter()
-                features, targets = batch_features(r.trained, batch, r.data.kind, r.device)
-                y = (targets - mean) / scale
-                features = r.method.transform_features(features, y, epoch, training=True)
-                if not bool(torch.isfinite(features).all()):
-                    raise RuntimeError("features are not finite")
-                loss = r.method.loss(features, y, r.head)
-                r.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                r.optimizer.step()
-                float(loss.detach())
-                epoch_steps.append(time.perf_counter() - t0)
-            trained = time.perf_counter()
-            r.method.end_epoch(epoch, epochs)
-            ended = time.perf_counter()
-            if epoch == 0:
-                continue  # the first epoch: no statistics yet, no augmentation (ramp at 0)
-            steps += epoch_steps
-            epoch_s.append(ended - started)
-            end_s.append(ended - trained)
-        return {"step_s": statistics.median(steps), "epoch_s": statistics.median(epoch_s),
-                "end_epoch_s": statistics.median(end_s), "batch_size": args.batch_size,
-                "steps_per_epoch": len(r.train_loader), "feature_dim": r.model.feature_dim,
-                "bins": r.data.bins.num_bins, "clusters": args.clusters if method in ("irda", "meta-irda") else None}
+            for m in methods:
+                steps, epoch_s, end_s = next(runs[m])
+                if epoch == 0:
+                    continue  # the first epoch: no statistics yet, no augmentation (ramp at 0)
+                times[m]["steps"] += steps
+                times[m]["epochs"].append(epoch_s)
+                times[m]["ends"].append(end_s)
+        rows = {}
+        for m in methods:
+            sizes = next(runs[m])
+            rows[m] = {"step_s": statistics.median(times[m]["steps"]), "epoch_s": statistics.median(times[m]["epochs"]),
+                       "end_epoch_s": statistics.median(times[m]["ends"]), **sizes}
+        return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="abalone")
-    parser.add_argument("--epochs", type=int, default=5, help="epochs per method (the first is not timed)")
+    parser.add_argument("--epochs", type=int, default=12, help="epochs per method (the first is not timed)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", nargs="+", default=["vanilla-mse", "irda"])
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error(f"--epochs must be at least 2 (the first epoch is not timed), got {args.epochs}")
-    rows = {m: measure(args.dataset, m, args.epochs, args.threads) for m in args.methods}
+    rows = measure(args.dataset, args.methods, args.epochs, args.threads)
     env = cpu_description()
     env["torch_threads"] = args.threads
     base = rows[args.methods[0]]
@@ -99,7 +117,7 @@ def main(argv=None):
              f"(backbone features D = {base['feature_dim']}, {base['bins']} bins, batch {base['batch_size']}, "
              f"{base['steps_per_epoch']} steps an epoch), every method at its CLI defaults"
              + "".join(f" ({m}: K = {r['clusters']} clusters)" for m, r in rows.items() if r.get("clusters"))
-             + f"; medians over epochs 2-{args.epochs}.", "",
+             + f"; medians over epochs 2-{args.epochs}, the methods' epochs interleaved.", "",
              "| method | step (ms) | step / MSE step | epoch (ms) | end_epoch (ms) | end_epoch share of the epoch |",
              "|---|---|---|---|---|---|"]
     for m, r in rows.items():

@@ -77,25 +77,51 @@ struct ExactTerm {
 // operations (and no fused multiply-adds: -ffp-contract=off, --fmad=false), so a
 // float32 logit of 1e6 rounds the same way in forward and backward and the dominant
 // term's exp(F - lse) stays exactly 1.
+//
+// The parts that do not depend on the sample's target and prediction, a, 1 / r and
+// -log(r) / 2, are exact_term_denominator's; the CPU kernel computes them once per
+// (bin, s2) when many samples share them and passes them to exact_term_given, which
+// then gives the same bits as exact_term.
+template <typename T>
+struct ExactDenominator {
+  T a;           // u (eta_own - eta_comp)
+  T inv_r;       // 1 / (1 - 2 a s2)
+  T half_log_r;  // -log(1 - 2 a s2) / 2
+};
+
 template <typename T, class Log = StdLog>
-IRDA_INLINE ExactTerm<T> exact_term(T eta_own, T eta_comp, T y, T t, T lp, T m, T s2, T u) {
+IRDA_INLINE ExactDenominator<T> exact_term_denominator(T eta_own, T eta_comp, T s2, T u) {
+  const T delta = eta_own - eta_comp;
+  const T a = u * delta;
+  const T r = T(1) - T(2) * a * s2;
+  return {a, T(1) / r, T(-0.5) * Log::log(r)};
+}
+
+template <typename T>
+IRDA_INLINE ExactTerm<T> exact_term_given(const ExactDenominator<T>& den, T eta_own, T eta_comp, T y, T t, T lp, T m,
+                                          T s2, T u) {
   const T delta = eta_own - eta_comp;
   const T C = T(2) * (eta_comp * t - eta_own * y);
   const T E = eta_own * y * y - eta_comp * t * t;
-  const T a = u * delta;
+  const T a = den.a;
   const T c = u * C;
   const T d = u * E + lp;
-  const T r = T(1) - T(2) * a * s2;
-  const T inv_r = T(1) / r;
+  const T inv_r = den.inv_r;
   const T N = a * m * m + c * m + T(0.5) * c * c * s2;
   ExactTerm<T> out;
-  out.F = T(-0.5) * Log::log(r) + d + N * inv_r;
+  out.F = den.half_log_r + d + N * inv_r;
   out.dF_dm = (T(2) * a * m + c) * inv_r;
   out.dF_ds2 = (a + T(0.5) * c * c) * inv_r + T(2) * a * N * inv_r * inv_r;
   const T dF_da = (s2 + m * m) * inv_r + T(2) * s2 * N * inv_r * inv_r;
   const T dF_dc = (m + c * s2) * inv_r;
   out.dF_du = delta * dF_da + C * dF_dc + E;
   return out;
+}
+
+template <typename T, class Log = StdLog>
+IRDA_INLINE ExactTerm<T> exact_term(T eta_own, T eta_comp, T y, T t, T lp, T m, T s2, T u) {
+  return exact_term_given<T>(exact_term_denominator<T, Log>(eta_own, eta_comp, s2, u), eta_own, eta_comp, y, t, lp, m,
+                             s2, u);
 }
 
 // Paper mode (eq. 22 as printed, SPEC 6.1): the logit of competitor (k', b')

@@ -48,6 +48,12 @@ struct SurrogateArgs {
   const T* grid_t;                  // [K * V] bin centres
   const T* grid_lp;                 // [K * V] log prior
   const T* grid_eta;                // [K * V] eta[k', b']
+  // Exact mode: the denominators a, 1 / r and -log(r) / 2 of the samples that share their
+  // (bin, s2) with others, once per such pair (DenominatorTables); nullptr when not built.
+  const int64_t* table_of = nullptr;  // [n]: the sample's table, -1 for none
+  const T* tab_a = nullptr;           // [tables, K, KV_padded]
+  const T* tab_inv_r = nullptr;
+  const T* tab_half_log_r = nullptr;
 };
 
 // The grid is padded to whole blocks of kGridPad lanes (the widest vector: 16
@@ -159,12 +165,23 @@ __attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArg
   T s2;
   sample_variance(a, i, &s2);
   const T lp_own = a.log_prior[b];
+  const int64_t table = a.table_of != nullptr ? a.table_of[i] : -1;
   T total = 0;
   for (int64_t k = 0; k < K; ++k) {
     const T eo = a.eta[k * B + b];
-    for (int64_t j = 0; j < KV; ++j) {
-      const T t = competitor_target(a, j, jb, y);
-      Fs[j] = exact_term<T, PolyLog>(eo, a.grid_eta[j], y, t, a.grid_lp[j] - lp_own, m, s2, u).F;
+    if (table >= 0) {
+      const int64_t at = (table * K + k) * KV;
+      const T *__restrict A = a.tab_a + at, *__restrict IR = a.tab_inv_r + at, *__restrict HL = a.tab_half_log_r + at;
+      for (int64_t j = 0; j < KV; ++j) {
+        const T t = competitor_target(a, j, jb, y);
+        const ExactDenominator<T> den{A[j], IR[j], HL[j]};
+        Fs[j] = exact_term_given<T>(den, eo, a.grid_eta[j], y, t, a.grid_lp[j] - lp_own, m, s2, u).F;
+      }
+    } else {
+      for (int64_t j = 0; j < KV; ++j) {
+        const T t = competitor_target(a, j, jb, y);
+        Fs[j] = exact_term<T, PolyLog>(eo, a.grid_eta[j], y, t, a.grid_lp[j] - lp_own, m, s2, u).F;
+      }
     }
     lse[k] = row_logsumexp(Fs, KV);
     total += lse[k];
@@ -188,18 +205,36 @@ __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateAr
   // gave up on the same loop under `omp simd` with reductions.
   constexpr int64_t kLanes = kGridPad;
   T acc_m[kLanes] = {}, acc_s2[kLanes] = {}, acc_u[kLanes] = {};
+  const int64_t table = a.table_of != nullptr ? a.table_of[i] : -1;
   for (int64_t k = 0; k < K; ++k) {
     const T eo = a.eta[k * B + b];
     const T lk = lse[k];
-    for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
-      for (int64_t l = 0; l < kLanes; ++l) {
-        const int64_t j = j0 + l;
-        const T t = competitor_target(a, j, jb, y);
-        const ExactTerm<T> e = exact_term<T, PolyLog>(eo, a.grid_eta[j], y, t, a.grid_lp[j] - lp_own, m, s2, u);
-        const T p = exp_clamped<T>(e.F - lk);
-        acc_m[l] += p * e.dF_dm;
-        acc_s2[l] += p * e.dF_ds2;
-        acc_u[l] += p * e.dF_du;
+    if (table >= 0) {
+      const int64_t at = (table * K + k) * KV;
+      const T *__restrict A = a.tab_a + at, *__restrict IR = a.tab_inv_r + at, *__restrict HL = a.tab_half_log_r + at;
+      for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
+        for (int64_t l = 0; l < kLanes; ++l) {
+          const int64_t j = j0 + l;
+          const T t = competitor_target(a, j, jb, y);
+          const ExactDenominator<T> den{A[j], IR[j], HL[j]};
+          const ExactTerm<T> e = exact_term_given<T>(den, eo, a.grid_eta[j], y, t, a.grid_lp[j] - lp_own, m, s2, u);
+          const T p = exp_clamped<T>(e.F - lk);
+          acc_m[l] += p * e.dF_dm;
+          acc_s2[l] += p * e.dF_ds2;
+          acc_u[l] += p * e.dF_du;
+        }
+      }
+    } else {
+      for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
+        for (int64_t l = 0; l < kLanes; ++l) {
+          const int64_t j = j0 + l;
+          const T t = competitor_target(a, j, jb, y);
+          const ExactTerm<T> e = exact_term<T, PolyLog>(eo, a.grid_eta[j], y, t, a.grid_lp[j] - lp_own, m, s2, u);
+          const T p = exp_clamped<T>(e.F - lk);
+          acc_m[l] += p * e.dF_dm;
+          acc_s2[l] += p * e.dF_ds2;
+          acc_u[l] += p * e.dF_du;
+        }
       }
     }
   }
@@ -234,6 +269,90 @@ __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateAr
 IRDA_EXACT_ENTRY_POINTS(float)
 IRDA_EXACT_ENTRY_POINTS(double)
 #undef IRDA_EXACT_ENTRY_POINTS
+
+// One table of exact-mode denominators: for the sample's bin b and variance s2, for
+// every numerator cluster k and competitor j, exact_term_denominator(eta[k, b], eta_j, s2).
+template <typename T>
+__attribute__((always_inline)) inline void fill_denominators_impl(const SurrogateArgs<T>& a, int64_t b, T s2,
+                                                                  T* __restrict A, T* __restrict IR,
+                                                                  T* __restrict HL) {
+  const int64_t KV = a.KV_padded;
+  for (int64_t k = 0; k < a.K; ++k) {
+    const T eo = a.eta[k * a.B + b];
+    for (int64_t j = 0; j < KV; ++j) {
+      const ExactDenominator<T> den = exact_term_denominator<T, PolyLog>(eo, a.grid_eta[j], s2, a.u);
+      A[k * KV + j] = den.a;
+      IR[k * KV + j] = den.inv_r;
+      HL[k * KV + j] = den.half_log_r;
+    }
+  }
+}
+IRDA_TARGET_CLONES void fill_denominators(const SurrogateArgs<float>& a, int64_t b, float s2, float* A, float* IR,
+                                          float* HL) {
+  fill_denominators_impl<float>(a, b, s2, A, IR, HL);
+}
+IRDA_TARGET_CLONES void fill_denominators(const SurrogateArgs<double>& a, int64_t b, double s2, double* A,
+                                          double* IR, double* HL) {
+  fill_denominators_impl<double>(a, b, s2, A, IR, HL);
+}
+
+// In exact mode a competitor's a, 1 / r and -log(r) / 2 (a division and a log, most of a
+// term's cost) depend on the sample only through its bin and its s2; IRDALoss gives
+// every sample of a bin the same var, hence the same s2. They are computed once per
+// (bin, s2) pair that at least two samples share on average (at most n / 2 pairs, and
+// at most kMaxTableValues values in all) and read by the forward and backward loops,
+// which then give the same bits as computing them per sample. Otherwise (a var per
+// sample, as the functional API allows) no table is built.
+template <typename T>
+struct DenominatorTables {
+  static constexpr int64_t kMaxTableValues = int64_t(1) << 22;
+  std::vector<int64_t> table_of;
+  std::vector<T> a, inv_r, half_log_r;
+
+  void attach(SurrogateArgs<T>& args) {
+    const int64_t n = args.n, K = args.K, KV = args.KV_padded;
+    if (n < 2 || K == 0) return;
+    using Bits = typename FloatLayout<T>::Bits;
+    struct Key {
+      int64_t bin;
+      Bits s2;
+      int64_t sample;
+    };
+    std::vector<Key> keys(n);
+    for (int64_t i = 0; i < n; ++i) {
+      T s2;
+      sample_variance(args, i, &s2);
+      keys[i] = {args.bin[i], FloatLayout<T>::to_bits(s2), i};
+    }
+    std::sort(keys.begin(), keys.end(), [](const Key& x, const Key& y) {
+      return x.bin != y.bin ? x.bin < y.bin : (x.s2 != y.s2 ? x.s2 < y.s2 : x.sample < y.sample);
+    });
+    table_of.assign(n, -1);
+    std::vector<std::pair<int64_t, T>> pairs;  // (bin, s2) of each table
+    for (int64_t r = 0; r < n; ++r) {
+      if (r == 0 || keys[r].bin != keys[r - 1].bin || keys[r].s2 != keys[r - 1].s2)
+        pairs.emplace_back(keys[r].bin, FloatLayout<T>::from_bits(keys[r].s2));
+      table_of[keys[r].sample] = static_cast<int64_t>(pairs.size()) - 1;
+    }
+    const int64_t U = static_cast<int64_t>(pairs.size());
+    if (2 * U > n || U * K * KV * 3 > kMaxTableValues) {
+      table_of.clear();
+      return;
+    }
+    a.resize(U * K * KV);
+    inv_r.resize(U * K * KV);
+    half_log_r.resize(U * K * KV);
+    at::parallel_for(0, U, grain_for(40 * K * KV), [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t)
+        fill_denominators(args, pairs[t].first, pairs[t].second, a.data() + t * K * KV, inv_r.data() + t * K * KV,
+                          half_log_r.data() + t * K * KV);
+    });
+    args.table_of = table_of.data();
+    args.tab_a = a.data();
+    args.tab_inv_r = inv_r.data();
+    args.tab_half_log_r = half_log_r.data();
+  }
+};
 
 // Paper mode (eq. 22, paper_term): one log-sum-exp over the K B logits Z, over the
 // padded grid in blocks of kGridPad lanes like exact mode. Es holds each competitor's
@@ -416,7 +535,9 @@ std::tuple<at::Tensor, at::Tensor> irda_surrogate_cpu(const at::Tensor& pred, co
   AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "irda_surrogate_cpu", [&] {
     const CompactGrid<scalar_t> grid(p.centers.data_ptr<scalar_t>(), p.log_prior.data_ptr<scalar_t>(),
                                      p.eta.data_ptr<scalar_t>(), p.K, p.B);
-    const SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
+    SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
+    DenominatorTables<scalar_t> tables;
+    if (exact) tables.attach(a);
     scalar_t* loss_ptr = loss.data_ptr<scalar_t>();
     scalar_t* lse_ptr = lse.data_ptr<scalar_t>();
     at::parallel_for(0, p.n, sample_grain(p, exact), [&](int64_t begin, int64_t end) {
@@ -455,7 +576,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backwa
   AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "irda_surrogate_backward_cpu", [&] {
     const CompactGrid<scalar_t> grid(p.centers.data_ptr<scalar_t>(), p.log_prior.data_ptr<scalar_t>(),
                                      p.eta.data_ptr<scalar_t>(), p.K, p.B);
-    const SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
+    SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
+    DenominatorTables<scalar_t> tables;
+    if (exact) tables.attach(a);
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const scalar_t* lp = lse_c.data_ptr<scalar_t>();
     scalar_t* o_pred = g_pred.data_ptr<scalar_t>();

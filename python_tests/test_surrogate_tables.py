@@ -1,0 +1,105 @@
+"""Exact mode's denominator tables (csrc/cpu/irda_surrogate.cpp, DenominatorTables): when the
+samples of a bin share their var, as IRDALoss gives them, the CPU kernel computes a, 1 / r and
+-log(r) / 2 once per (bin, s2) instead of once per sample. The results must be the per-sample
+path's bit for bit, and the reference's."""
+import pytest
+import torch
+from test_surrogate import _logits_near_1e6
+from testing import surrogate_inputs
+
+import irda_ext
+from irda_ext import reference as ref
+
+OPS = torch.ops.irda_ext
+
+
+def per_bin_var(args, scale, seed=1):
+    """``args`` with ``var[i] = v[bin[i]]``: one var per bin, as ``IRDALoss`` passes it."""
+    args = list(args)
+    g = torch.Generator().manual_seed(seed)
+    v = torch.rand(args[3].shape[0], generator=g, dtype=torch.float64) * scale
+    args[7] = v.to(args[7])[args[2]]
+    return args
+
+
+def with_strangers(args, extra, seed=2):
+    """``args`` followed by ``extra`` samples, each with a var of its own: more distinct
+    (bin, s2) pairs than half the samples, so no table is built and every sample, the first
+    ones included, takes the per-sample path."""
+    g = torch.Generator().manual_seed(seed)
+    n, B = args[0].shape[0], args[3].shape[0]
+    live = torch.isfinite(args[5]).nonzero().reshape(-1)
+    bins = live[torch.randint(0, live.numel(), (extra,), generator=g)]
+    out = list(args)
+    per_sample = {0: bins.to(args[0]) + 0.3, 1: bins.to(args[1]) + 0.5, 6: torch.zeros(extra, dtype=args[6].dtype),
+                  7: (torch.arange(extra, dtype=torch.float64) + 1).to(args[7]) * 1e-3}
+    for j, tail in per_sample.items():
+        out[j] = torch.cat([args[j], tail])
+    out[2] = torch.cat([args[2], bins])
+    assert out[0].shape[0] == n + extra and B == args[3].shape[0]
+    return out
+
+
+def raw(args, grad=None):
+    pred, target, b, centers, eta, lp, shift, var, alpha, beta, nv = [a.detach() if torch.is_tensor(a) else a
+                                                                       for a in args]
+    loss, lse = OPS.irda_surrogate(pred, target, b, centers, eta, lp, shift, var, alpha, beta, nv, "exact")
+    grad = torch.linspace(0.5, 1.5, loss.shape[0], dtype=loss.dtype) if grad is None else grad
+    grads = OPS.irda_surrogate_backward(grad, pred, target, b, centers, eta, lp, shift, var, alpha, beta, nv, "exact",
+                                        lse)
+    return loss, lse, grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,K,B", [(2, 1, 1), (40, 3, 7), (97, 2, 11), (64, 5, 29)])
+@pytest.mark.parametrize("var_scale", [0.3, 50.0])  # 50: the cap on s2 is active in some bins
+def test_tables_give_the_per_sample_bits(dtype, n, K, B, var_scale):
+    args = per_bin_var(surrogate_inputs(n, K, B, dtype=dtype, dead_bins=(B // 2,) if B > 2 else ()), var_scale)
+    loss, lse, grads = raw(args)  # tables (at most B distinct (bin, s2) pairs for n samples)
+    strangers = with_strangers(args, extra=3 * n)
+    grad = torch.cat([torch.linspace(0.5, 1.5, n, dtype=dtype), torch.ones(3 * n, dtype=dtype)])
+    loss2, lse2, grads2 = raw(strangers, grad)  # no tables
+    assert torch.equal(loss, loss2[:n]) and torch.equal(lse, lse2[:n])
+    for g, g2 in zip(grads, grads2):
+        assert torch.equal(g, g2[:n])
+
+
+@pytest.mark.parametrize("n,K,B", [(1, 1, 1), (40, 3, 7), (97, 2, 11)])
+def test_tables_match_the_reference(n, K, B):
+    args = per_bin_var(surrogate_inputs(n, K, B, requires_grad=True, dead_bins=(B // 2,) if B > 2 else ()), 3.0)
+    args[7] = args[7].detach().requires_grad_()
+    got = irda_ext.irda_surrogate(*args, mode="exact", reduction="none")
+    want = ref.irda_surrogate(*args, mode="exact", reduction="none")
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    wrt = [args[0], args[6], args[7], args[10]]
+    for a, b in zip(torch.autograd.grad(got.sum(), wrt), torch.autograd.grad(want.sum(), wrt)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_gradcheck_with_a_var_per_bin():
+    # gradcheck moves one var at a time: that sample leaves its bin's table for one of its own
+    args = per_bin_var(surrogate_inputs(12, 2, 5, requires_grad=True, dead_bins=(3,)), 0.5)
+
+    def f(pred, shift, var, nv):
+        return irda_ext.irda_surrogate(pred, args[1], args[2], args[3], args[4], args[5], shift, var, args[8],
+                                       args[9], nv, mode="exact", reduction="none")
+
+    inputs = [args[0].detach().requires_grad_(), args[6].detach().requires_grad_(),
+              args[7].detach().requires_grad_(), args[10].detach().requires_grad_()]
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+def test_float32_logits_near_1e6_with_a_var_per_bin():
+    """As test_surrogate.test_float32_logits_near_1e6, on the table path: every sample is in
+    bin 0 with one var."""
+    args = _logits_near_1e6("cpu")
+    args[7] = torch.full_like(args[7], 0.004).requires_grad_()
+    args64 = [a.detach().double().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) and
+              a.is_floating_point() else a for a in args]
+    got = irda_ext.irda_surrogate(*args, mode="exact", reduction="none")
+    want = ref.irda_surrogate(*args64, mode="exact", reduction="none")
+    assert want.abs().min() > 1e4
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0)
+    wrt = lambda a: [a[0], a[6], a[7], a[10]]  # noqa: E731
+    for g, w in zip(torch.autograd.grad(got.sum(), wrt(args)), torch.autograd.grad(want.sum(), wrt(args64))):
+        torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=1e-6 + 1e-5 * w.abs().max().item())
