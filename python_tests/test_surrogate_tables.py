@@ -103,3 +103,22 @@ def test_float32_logits_near_1e6_with_a_var_per_bin():
     wrt = lambda a: [a[0], a[6], a[7], a[10]]  # noqa: E731
     for g, w in zip(torch.autograd.grad(got.sum(), wrt(args)), torch.autograd.grad(want.sum(), wrt(args64))):
         torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=1e-6 + 1e-5 * w.abs().max().item())
+
+
+@pytest.mark.parametrize("per_bin", [True, False])
+def test_threads_give_the_same_bits(per_bin):
+    # two threads split the bin-sorted samples in the middle of a bin: both compute that
+    # bin's table, to the same bits
+    args = surrogate_inputs(97, 3, 11, dtype=torch.float32, dead_bins=(5,))
+    args = per_bin_var(args, 2.0) if per_bin else list(args)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = raw(args)
+        torch.set_num_threads(2)
+        two = raw(args)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    for a, b in zip(one[2], two[2]):
+        assert torch.equal(a, b)

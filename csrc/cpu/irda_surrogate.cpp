@@ -48,12 +48,6 @@ struct SurrogateArgs {
   const T* grid_t;                  // [K * V] bin centres
   const T* grid_lp;                 // [K * V] log prior
   const T* grid_eta;                // [K * V] eta[k', b']
-  // Exact mode: the denominators a, 1 / r and -log(r) / 2 of the samples that share their
-  // (bin, s2) with others, once per such pair (DenominatorTables); nullptr when not built.
-  const int64_t* table_of = nullptr;  // [n]: the sample's table, -1 for none
-  const T* tab_a = nullptr;           // [tables, K, KV_padded]
-  const T* tab_inv_r = nullptr;
-  const T* tab_half_log_r = nullptr;
 };
 
 // The grid is padded to whole blocks of kGridPad lanes (the widest vector: 16
@@ -155,9 +149,11 @@ __attribute__((always_inline)) inline T competitor_target(const SurrogateArgs<T>
 }
 
 // Forward of sample i; Fs is scratch of K * V values.
+// `table`: the sample's denominators ([3, K, KV_padded]: a, 1 / r, -log(r) / 2; see
+// DenominatorPlan), or nullptr to compute them here.
 template <typename T>
 __attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse,
-                                                              T* __restrict Fs) {
+                                                              T* __restrict Fs, const T* table) {
   const int64_t b = a.bin[i], B = a.B, K = a.K, KV = a.KV_padded;
   const T jb = static_cast<T>(a.grid_pos[b]);  // the own bin has a prior (checked)
   const T y = a.target[i], u = a.u;
@@ -165,13 +161,11 @@ __attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArg
   T s2;
   sample_variance(a, i, &s2);
   const T lp_own = a.log_prior[b];
-  const int64_t table = a.table_of != nullptr ? a.table_of[i] : -1;
   T total = 0;
   for (int64_t k = 0; k < K; ++k) {
     const T eo = a.eta[k * B + b];
-    if (table >= 0) {
-      const int64_t at = (table * K + k) * KV;
-      const T *__restrict A = a.tab_a + at, *__restrict IR = a.tab_inv_r + at, *__restrict HL = a.tab_half_log_r + at;
+    if (table != nullptr) {
+      const T *__restrict A = table + k * KV, *__restrict IR = A + K * KV, *__restrict HL = IR + K * KV;
       for (int64_t j = 0; j < KV; ++j) {
         const T t = competitor_target(a, j, jb, y);
         const ExactDenominator<T> den{A[j], IR[j], HL[j]};
@@ -192,7 +186,8 @@ __attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArg
 // d loss_i / d (pred, shift, var, noise_var) from the saved LSEs.
 template <typename T>
 __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateArgs<T>& a, int64_t i, const T* lse,
-                                                               T grad, T* g_pred, T* g_shift, T* g_var, T* g_nv) {
+                                                               T grad, T* g_pred, T* g_shift, T* g_var, T* g_nv,
+                                                               const T* table) {
   const int64_t b = a.bin[i], B = a.B, K = a.K, KV = a.KV_padded;
   const T jb = static_cast<T>(a.grid_pos[b]);
   const T y = a.target[i], u = a.u;
@@ -205,13 +200,11 @@ __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateAr
   // gave up on the same loop under `omp simd` with reductions.
   constexpr int64_t kLanes = kGridPad;
   T acc_m[kLanes] = {}, acc_s2[kLanes] = {}, acc_u[kLanes] = {};
-  const int64_t table = a.table_of != nullptr ? a.table_of[i] : -1;
   for (int64_t k = 0; k < K; ++k) {
     const T eo = a.eta[k * B + b];
     const T lk = lse[k];
-    if (table >= 0) {
-      const int64_t at = (table * K + k) * KV;
-      const T *__restrict A = a.tab_a + at, *__restrict IR = a.tab_inv_r + at, *__restrict HL = a.tab_half_log_r + at;
+    if (table != nullptr) {
+      const T *__restrict A = table + k * KV, *__restrict IR = A + K * KV, *__restrict HL = IR + K * KV;
       for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
         for (int64_t l = 0; l < kLanes; ++l) {
           const int64_t j = j0 + l;
@@ -259,59 +252,62 @@ __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateAr
 // Compiled once per instruction set; overloads per dtype (target_clones and
 // templates do not mix).
 #define IRDA_EXACT_ENTRY_POINTS(T)                                                                                  \
-  IRDA_TARGET_CLONES void exact_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse, T* Fs) {            \
-    exact_forward_impl<T>(a, i, loss, lse, Fs);                                                                     \
+  IRDA_TARGET_CLONES void exact_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse, T* Fs,              \
+                                        const T* table) {                                                           \
+    exact_forward_impl<T>(a, i, loss, lse, Fs, table);                                                              \
   }                                                                                                                 \
   IRDA_TARGET_CLONES void exact_backward(const SurrogateArgs<T>& a, int64_t i, const T* lse, T grad, T* g_pred,    \
-                                         T* g_shift, T* g_var, T* g_nv) {                                           \
-    exact_backward_impl<T>(a, i, lse, grad, g_pred, g_shift, g_var, g_nv);                                          \
+                                         T* g_shift, T* g_var, T* g_nv, const T* table) {                           \
+    exact_backward_impl<T>(a, i, lse, grad, g_pred, g_shift, g_var, g_nv, table);                                   \
   }
 IRDA_EXACT_ENTRY_POINTS(float)
 IRDA_EXACT_ENTRY_POINTS(double)
 #undef IRDA_EXACT_ENTRY_POINTS
 
-// One table of exact-mode denominators: for the sample's bin b and variance s2, for
-// every numerator cluster k and competitor j, exact_term_denominator(eta[k, b], eta_j, s2).
+// One table of exact-mode denominators for bin b and variance s2: [3, K, KV_padded], the
+// a, 1 / r and -log(r) / 2 of exact_term_denominator(eta[k, b], eta_j, s2) for every
+// numerator cluster k and competitor j.
 template <typename T>
 __attribute__((always_inline)) inline void fill_denominators_impl(const SurrogateArgs<T>& a, int64_t b, T s2,
-                                                                  T* __restrict A, T* __restrict IR,
-                                                                  T* __restrict HL) {
-  const int64_t KV = a.KV_padded;
+                                                                  T* __restrict table) {
+  const int64_t KV = a.KV_padded, size = a.K * KV;
   for (int64_t k = 0; k < a.K; ++k) {
     const T eo = a.eta[k * a.B + b];
     for (int64_t j = 0; j < KV; ++j) {
       const ExactDenominator<T> den = exact_term_denominator<T, PolyLog>(eo, a.grid_eta[j], s2, a.u);
-      A[k * KV + j] = den.a;
-      IR[k * KV + j] = den.inv_r;
-      HL[k * KV + j] = den.half_log_r;
+      table[k * KV + j] = den.a;
+      table[size + k * KV + j] = den.inv_r;
+      table[2 * size + k * KV + j] = den.half_log_r;
     }
   }
 }
-IRDA_TARGET_CLONES void fill_denominators(const SurrogateArgs<float>& a, int64_t b, float s2, float* A, float* IR,
-                                          float* HL) {
-  fill_denominators_impl<float>(a, b, s2, A, IR, HL);
+IRDA_TARGET_CLONES void fill_denominators(const SurrogateArgs<float>& a, int64_t b, float s2, float* table) {
+  fill_denominators_impl<float>(a, b, s2, table);
 }
-IRDA_TARGET_CLONES void fill_denominators(const SurrogateArgs<double>& a, int64_t b, double s2, double* A,
-                                          double* IR, double* HL) {
-  fill_denominators_impl<double>(a, b, s2, A, IR, HL);
+IRDA_TARGET_CLONES void fill_denominators(const SurrogateArgs<double>& a, int64_t b, double s2, double* table) {
+  fill_denominators_impl<double>(a, b, s2, table);
 }
 
 // In exact mode a competitor's a, 1 / r and -log(r) / 2 (a division and a log, most of a
 // term's cost) depend on the sample only through its bin and its s2; IRDALoss gives
-// every sample of a bin the same var, hence the same s2. They are computed once per
-// (bin, s2) pair that at least two samples share on average (at most n / 2 pairs, and
-// at most kMaxTableValues values in all) and read by the forward and backward loops,
-// which then give the same bits as computing them per sample. Otherwise (a var per
-// sample, as the functional API allows) no table is built.
+// every sample of a bin the same var, hence the same s2. When the (bin, s2) pairs number
+// at most half the samples, the samples are visited sorted by pair and each thread
+// computes a pair's denominators once, when its first sample of the pair comes (a
+// thread's samples are then a run of pairs: no barrier between building and reading, and
+// a pair split between two threads is computed by both, to the same bits). The loops
+// then read them and give the same bits as computing them per sample. Otherwise (a var
+// per sample, as the functional API allows) nothing changes.
 template <typename T>
-struct DenominatorTables {
-  static constexpr int64_t kMaxTableValues = int64_t(1) << 22;
-  std::vector<int64_t> table_of;
-  std::vector<T> a, inv_r, half_log_r;
+struct DenominatorPlan {
+  bool active = false;
+  std::vector<int64_t> order;                 // the samples sorted by (bin, s2)
+  std::vector<int64_t> pair_of;               // [n]: the sample's pair
+  std::vector<std::pair<int64_t, T>> pairs;   // (bin, s2) of each pair
 
-  void attach(SurrogateArgs<T>& args) {
-    const int64_t n = args.n, K = args.K, KV = args.KV_padded;
-    if (n < 2 || K == 0) return;
+  DenominatorPlan() = default;
+  explicit DenominatorPlan(const SurrogateArgs<T>& args) {
+    const int64_t n = args.n;
+    if (n < 2 || args.K == 0) return;
     using Bits = typename FloatLayout<T>::Bits;
     struct Key {
       int64_t bin;
@@ -327,34 +323,50 @@ struct DenominatorTables {
     std::sort(keys.begin(), keys.end(), [](const Key& x, const Key& y) {
       return x.bin != y.bin ? x.bin < y.bin : (x.s2 != y.s2 ? x.s2 < y.s2 : x.sample < y.sample);
     });
-    table_of.assign(n, -1);
-    std::vector<std::pair<int64_t, T>> pairs;  // (bin, s2) of each table
+    order.resize(n);
+    pair_of.resize(n);
     for (int64_t r = 0; r < n; ++r) {
       if (r == 0 || keys[r].bin != keys[r - 1].bin || keys[r].s2 != keys[r - 1].s2)
         pairs.emplace_back(keys[r].bin, FloatLayout<T>::from_bits(keys[r].s2));
-      table_of[keys[r].sample] = static_cast<int64_t>(pairs.size()) - 1;
+      order[r] = keys[r].sample;
+      pair_of[keys[r].sample] = static_cast<int64_t>(pairs.size()) - 1;
     }
-    const int64_t U = static_cast<int64_t>(pairs.size());
-    if (2 * U > n || U * K * KV * 3 > kMaxTableValues) {
-      table_of.clear();
-      return;
+    active = 2 * static_cast<int64_t>(pairs.size()) <= n;
+  }
+
+  int64_t sample_at(int64_t r) const { return active ? order[r] : r; }
+};
+
+// One thread's denominators: those of the pairs of its samples (positions begin..end of
+// the sorted order, so a run of consecutive pairs), each computed when first asked for.
+template <typename T>
+struct ThreadDenominators {
+  const DenominatorPlan<T>& plan;
+  const SurrogateArgs<T>& args;
+  int64_t size = 0, first = 0;  // 3 K KV_padded values a pair; the run's first pair
+  std::vector<uint8_t> built;
+  std::vector<T> store;
+
+  ThreadDenominators(const DenominatorPlan<T>& p, const SurrogateArgs<T>& a, int64_t begin, int64_t end)
+      : plan(p), args(a) {
+    if (!plan.active || begin >= end) return;
+    size = 3 * a.K * a.KV_padded;
+    first = plan.pair_of[plan.order[begin]];
+    const int64_t count = plan.pair_of[plan.order[end - 1]] - first + 1;
+    built.assign(count, 0);
+    store.resize(count * size);
+  }
+
+  // The table of sample i (one of this thread's), or nullptr when the plan is not active.
+  const T* of(int64_t i) {
+    if (!plan.active) return nullptr;
+    const int64_t t = plan.pair_of[i];
+    T* table = store.data() + (t - first) * size;
+    if (!built[t - first]) {
+      fill_denominators(args, plan.pairs[t].first, plan.pairs[t].second, table);
+      built[t - first] = 1;
     }
-    a.resize(U * K * KV);
-    inv_r.resize(U * K * KV);
-    half_log_r.resize(U * K * KV);
-    // Chunks of at least two million flops (a table entry: ~25): waking the other threads
-    // for less cost more than it saved (1 -> 2 threads went 1.87x without the tables, 1.30x
-    // with them built on both).
-    const int64_t table_grain = std::max<int64_t>(1, int64_t(2000000) / std::max<int64_t>(1, 25 * K * KV));
-    at::parallel_for(0, U, table_grain, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t)
-        fill_denominators(args, pairs[t].first, pairs[t].second, a.data() + t * K * KV, inv_r.data() + t * K * KV,
-                          half_log_r.data() + t * K * KV);
-    });
-    args.table_of = table_of.data();
-    args.tab_a = a.data();
-    args.tab_inv_r = inv_r.data();
-    args.tab_half_log_r = half_log_r.data();
+    return table;
   }
 };
 
@@ -539,17 +551,18 @@ std::tuple<at::Tensor, at::Tensor> irda_surrogate_cpu(const at::Tensor& pred, co
   AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "irda_surrogate_cpu", [&] {
     const CompactGrid<scalar_t> grid(p.centers.data_ptr<scalar_t>(), p.log_prior.data_ptr<scalar_t>(),
                                      p.eta.data_ptr<scalar_t>(), p.K, p.B);
-    SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
-    DenominatorTables<scalar_t> tables;
-    if (exact) tables.attach(a);
+    const SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
+    const DenominatorPlan<scalar_t> plan = exact ? DenominatorPlan<scalar_t>(a) : DenominatorPlan<scalar_t>();
     scalar_t* loss_ptr = loss.data_ptr<scalar_t>();
     scalar_t* lse_ptr = lse.data_ptr<scalar_t>();
     at::parallel_for(0, p.n, sample_grain(p, exact), [&](int64_t begin, int64_t end) {
       // one sample's row of logits over the padded grid, and (paper) its own-bin shares
       std::vector<scalar_t> scratch(2 * a.KV_padded);
-      for (int64_t i = begin; i < end; ++i) {
+      ThreadDenominators<scalar_t> tables(plan, a, begin, end);
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t i = plan.sample_at(r);
         if (exact) {
-          exact_forward(a, i, loss_ptr + i, lse_ptr + i * L, scratch.data());
+          exact_forward(a, i, loss_ptr + i, lse_ptr + i * L, scratch.data(), tables.of(i));
         } else {
           paper_forward(a, i, loss_ptr + i, lse_ptr + i * L, scratch.data(), scratch.data() + a.KV_padded);
         }
@@ -580,9 +593,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backwa
   AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "irda_surrogate_backward_cpu", [&] {
     const CompactGrid<scalar_t> grid(p.centers.data_ptr<scalar_t>(), p.log_prior.data_ptr<scalar_t>(),
                                      p.eta.data_ptr<scalar_t>(), p.K, p.B);
-    SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
-    DenominatorTables<scalar_t> tables;
-    if (exact) tables.attach(a);
+    const SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
+    const DenominatorPlan<scalar_t> plan = exact ? DenominatorPlan<scalar_t>(a) : DenominatorPlan<scalar_t>();
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const scalar_t* lp = lse_c.data_ptr<scalar_t>();
     scalar_t* o_pred = g_pred.data_ptr<scalar_t>();
@@ -591,9 +603,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backwa
     scalar_t* o_nv = g_nv.data_ptr<scalar_t>();
     at::parallel_for(0, p.n, sample_grain(p, exact), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> own_eta(exact ? 0 : a.KV_padded);
-      for (int64_t i = begin; i < end; ++i) {
+      ThreadDenominators<scalar_t> tables(plan, a, begin, end);
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t i = plan.sample_at(r);
         if (exact) {
-          exact_backward(a, i, lp + i * L, gp[i], o_pred + i, o_shift + i, o_var + i, o_nv + i);
+          exact_backward(a, i, lp + i * L, gp[i], o_pred + i, o_shift + i, o_var + i, o_nv + i, tables.of(i));
         } else {
           paper_backward(a, i, lp + i * L, gp[i], o_pred + i, o_shift + i, o_var + i, o_nv + i, own_eta.data());
         }
