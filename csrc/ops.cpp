@@ -48,15 +48,21 @@ void define_schemas(torch::Library& m) {
   m.def("irda_surrogate_backward(Tensor grad_loss, Tensor pred, Tensor target, Tensor bin_index, Tensor centers, Tensor eta, Tensor log_prior, Tensor shift, Tensor var, float alpha, float beta, Tensor noise_var, str mode, Tensor lse) -> (Tensor grad_pred, Tensor grad_shift, Tensor grad_var, Tensor grad_noise_var)");
 }
 
+// Host-only ops: a CPU kernel and no CUDA or emulated twin (.ci/check_cuda_kernels.py asks
+// these for a CPU kernel only).
+void define_host_schemas(torch::Library& m) {
+  // SPEC 5. The epoch-end k-means, which runs on the host in float64: Lloyd's k-means from
+  // init[K, D] (float64) on the rows of x[N, D] (float32 or float64, read as float64), at
+  // most max_iter iterations, stopping when no label changes or the centres move (squared,
+  // summed) at most tol; labels[N] (int64) are those of the final centres[K, D].
+  m.def("kmeans(Tensor x, Tensor init, int max_iter, float tol) -> (Tensor labels, Tensor centres)");
+}
+
 }  // namespace
 
 TORCH_LIBRARY(irda_ext, m) {
   define_schemas(m);
-  // SPEC 5. Host-only (a CPU kernel, no CUDA or emulated twin: the epoch-end k-means runs on
-  // the host in float64). Lloyd's k-means from init[K, D] (float64) on the rows of x[N, D]
-  // (float32 or float64; computed in float64), at most max_iter iterations, stopping when no label changes or the centres
-  // move (squared, summed) at most tol; labels[N] (int64) are those of the final centres[K, D].
-  m.def("kmeans(Tensor x, Tensor init, int max_iter, float tol) -> (Tensor labels, Tensor centres)");
+  define_host_schemas(m);
 }
 
 TORCH_LIBRARY(irda_ext_emulated, m) { define_schemas(m); }

@@ -177,5 +177,7 @@ for _namespace in NAMESPACES:
     torch.library.register_autograd(f"{_namespace}::irda_surrogate_backward", _irda_surrogate_double_backward,
                                     setup_context=_irda_surrogate_backward_setup)
 
+# The ops with a CUDA kernel and an emulated twin; the host-only ``kmeans`` (the epoch-end
+# k-means, csrc/cpu/kmeans.cpp) has a CPU kernel only.
 OP_NAMES = ("bin_moments", "bin_stats_update_", "merge_bin_moments_", "wfds_smooth", "irda_surrogate",
             "irda_surrogate_backward")

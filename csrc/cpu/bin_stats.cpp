@@ -240,9 +240,8 @@ void bin_stats_update_cpu(at::Tensor& count, at::Tensor& mean, at::Tensor& cov, 
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "bin_stats_update_cpu", [&] {
     std::vector<double> means;
     bin_means<scalar_t>(bk, zc, D, means);
-    const Plan<scalar_t> plan =
-        build_plan<scalar_t>(bk, zc.data_ptr<scalar_t>(), means, D, count.data_ptr<int64_t>(), mean.data_ptr<scalar_t>(), rho,
-                             /*plain_moments=*/false);
+    const Plan<scalar_t> plan = build_plan<scalar_t>(bk, zc.data_ptr<scalar_t>(), means, D, count.data_ptr<int64_t>(),
+                                                     mean.data_ptr<scalar_t>(), rho, /*plain_moments=*/false);
     apply_plan(plan, bk, cov.data_ptr<scalar_t>());
   });
 }

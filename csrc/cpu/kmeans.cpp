@@ -132,8 +132,7 @@ std::tuple<at::Tensor, at::Tensor> kmeans_impl(const at::Tensor& xc, const at::T
   at::Tensor labels_out = at::zeros({N}, at::TensorOptions().dtype(at::kLong));
   int64_t* label = labels_out.data_ptr<int64_t>();
 
-  Hamerly<T> h{xc.data_ptr<T>(), N, K, D, std::vector<double>(N), std::vector<double>(N),
-            std::vector<double>(N)};
+  Hamerly<T> h{xc.data_ptr<T>(), N, K, D, std::vector<double>(N), std::vector<double>(N), std::vector<double>(N)};
   double max_row = 0, max_centre = 0;
   bool norms_finite = true;
   for (int64_t i = 0; i < N; ++i) {
@@ -200,6 +199,10 @@ std::tuple<at::Tensor, at::Tensor> kmeans_impl(const at::Tensor& xc, const at::T
     });
   };
 
+  auto result = [&] {
+    return std::make_tuple(labels_out, at::tensor(centres, at::TensorOptions().dtype(at::kDouble)).reshape({K, D}));
+  };
+
   refresh_centres();
   nearest(true);
   for (int64_t it = 0; it < max_iter; ++it) {
@@ -207,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor> kmeans_impl(const at::Tensor& xc, const at::T
       nearest(false);
       bool any = false;
       for (int64_t i = 0; i < N && !any; ++i) any = changed[i];
-      if (!any) return {labels_out, at::tensor(centres, at::TensorOptions().dtype(at::kDouble)).reshape({K, D})};  // converged
+      if (!any) return result();  // converged: these are already the labels of the final centres
     }
     // The centre sums: every row on the first pass (in row order), then the moves from
     // `previous` to the current label.
@@ -237,7 +240,7 @@ std::tuple<at::Tensor, at::Tensor> kmeans_impl(const at::Tensor& xc, const at::T
     if (shift <= tol) break;
   }
   if (max_iter > 0) nearest(false);  // the labels of the final centres
-  return {labels_out, at::tensor(centres, at::TensorOptions().dtype(at::kDouble)).reshape({K, D})};
+  return result();
 }
 
 std::tuple<at::Tensor, at::Tensor> kmeans_cpu(const at::Tensor& x, const at::Tensor& init, int64_t max_iter,
