@@ -292,11 +292,11 @@ IRDA_TARGET_CLONES void fill_denominators(const SurrogateArgs<double>& a, int64_
 // term's cost) depend on the sample only through its bin and its s2; IRDALoss gives
 // every sample of a bin the same var, hence the same s2. When the (bin, s2) pairs number
 // at most half the samples, the samples are visited sorted by pair and each thread
-// computes a pair's denominators once, when its first sample of the pair comes (a
-// thread's samples are then a run of pairs: no barrier between building and reading, and
-// a pair split between two threads is computed by both, to the same bits). The loops
-// then read them and give the same bits as computing them per sample. Otherwise (a var
-// per sample, as the functional API allows) nothing changes.
+// computes a pair's denominators once, when its first sample of the pair comes, for the
+// run of that pair's samples (no barrier between building and reading; a pair split
+// between two threads is computed by both, to the same bits). The loops then read them
+// and give the same bits as computing them per sample. Otherwise (a var per sample, as
+// the functional API allows) nothing changes.
 template <typename T>
 struct DenominatorPlan {
   bool active = false;
@@ -337,36 +337,28 @@ struct DenominatorPlan {
   int64_t sample_at(int64_t r) const { return active ? order[r] : r; }
 };
 
-// One thread's denominators: those of the pairs of its samples (positions begin..end of
-// the sorted order, so a run of consecutive pairs), each computed when first asked for.
+// One thread's denominators: the samples come sorted by pair, so the table of the current
+// pair is computed when its first sample comes and serves the run of samples after it;
+// one table a thread at a time, whatever the number of pairs.
 template <typename T>
 struct ThreadDenominators {
   const DenominatorPlan<T>& plan;
   const SurrogateArgs<T>& args;
-  int64_t size = 0, first = 0;  // 3 K KV_padded values a pair; the run's first pair
-  std::vector<uint8_t> built;
-  std::vector<T> store;
+  int64_t current = -1;  // the pair whose table `store` holds
+  std::vector<T> store;  // [3, K, KV_padded]
 
-  ThreadDenominators(const DenominatorPlan<T>& p, const SurrogateArgs<T>& a, int64_t begin, int64_t end)
-      : plan(p), args(a) {
-    if (!plan.active || begin >= end) return;
-    size = 3 * a.K * a.KV_padded;
-    first = plan.pair_of[plan.order[begin]];
-    const int64_t count = plan.pair_of[plan.order[end - 1]] - first + 1;
-    built.assign(count, 0);
-    store.resize(count * size);
-  }
+  ThreadDenominators(const DenominatorPlan<T>& p, const SurrogateArgs<T>& a)
+      : plan(p), args(a), store(p.active ? 3 * a.K * a.KV_padded : 0) {}
 
-  // The table of sample i (one of this thread's), or nullptr when the plan is not active.
+  // The table of sample i, or nullptr when the plan is not active.
   const T* of(int64_t i) {
     if (!plan.active) return nullptr;
     const int64_t t = plan.pair_of[i];
-    T* table = store.data() + (t - first) * size;
-    if (!built[t - first]) {
-      fill_denominators(args, plan.pairs[t].first, plan.pairs[t].second, table);
-      built[t - first] = 1;
+    if (t != current) {
+      fill_denominators(args, plan.pairs[t].first, plan.pairs[t].second, store.data());
+      current = t;
     }
-    return table;
+    return store.data();
   }
 };
 
@@ -558,7 +550,7 @@ std::tuple<at::Tensor, at::Tensor> irda_surrogate_cpu(const at::Tensor& pred, co
     at::parallel_for(0, p.n, sample_grain(p, exact), [&](int64_t begin, int64_t end) {
       // one sample's row of logits over the padded grid, and (paper) its own-bin shares
       std::vector<scalar_t> scratch(2 * a.KV_padded);
-      ThreadDenominators<scalar_t> tables(plan, a, begin, end);
+      ThreadDenominators<scalar_t> tables(plan, a);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t i = plan.sample_at(r);
         if (exact) {
@@ -603,7 +595,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backwa
     scalar_t* o_nv = g_nv.data_ptr<scalar_t>();
     at::parallel_for(0, p.n, sample_grain(p, exact), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> own_eta(exact ? 0 : a.KV_padded);
-      ThreadDenominators<scalar_t> tables(plan, a, begin, end);
+      ThreadDenominators<scalar_t> tables(plan, a);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t i = plan.sample_at(r);
         if (exact) {
