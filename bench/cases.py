@@ -45,6 +45,17 @@ def surrogate_batch(n=256, K=3, B=100, seed=0, device="cpu", dtype=torch.float32
     return pred, target, b, centers, eta, lp, shift, var, 0.5, 0.75, nv
 
 
+def var_per_bin(args, scale=1.0, seed=1):
+    """``args`` (``irda_surrogate``'s) as a list with ``var[i] = v[bin[i]]``, ``v ~ U(0, scale)``
+    per bin: the samples of a bin share their var, as ``IRDALoss`` passes ``q_b`` (exact mode's
+    denominator tables then apply). ``var`` keeps its ``requires_grad``."""
+    args = list(args)
+    g = torch.Generator().manual_seed(seed)
+    v = torch.rand(args[3].shape[0], generator=g, dtype=torch.float64) * scale
+    args[7] = v.to(args[7])[args[2]].detach().requires_grad_(args[7].requires_grad)
+    return args
+
+
 def fwd_bwd(fn, args, mode):
     loss = fn(*args, mode=mode)
     grads = torch.autograd.grad(loss, [args[0], args[6], args[7], args[10]])

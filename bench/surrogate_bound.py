@@ -38,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import run_benchmarks  # noqa: E402
-from cases import surrogate_batch  # noqa: E402
+from cases import surrogate_batch, var_per_bin  # noqa: E402
 from machine import cpu_description, describe  # noqa: E402
 from report import write_results  # noqa: E402
 
@@ -63,15 +63,6 @@ TARGETS = {"exact_bound": 4.0, "exact_dense": 15.0, "paper_dense": 15.0}
 
 def median_time(fn):
     return run_benchmarks.median_time(fn, min_time=0.5, max_reps=400, warmup=3)
-
-
-def var_per_bin(args):
-    """The batch with ``var[i] = v[bin[i]]`` (one var per bin, as ``IRDALoss`` passes ``q_b``)."""
-    args = list(args)
-    g = torch.Generator().manual_seed(1)
-    v = torch.rand(args[3].shape[0], generator=g, dtype=torch.float64).to(args[7].dtype)
-    args[7] = v[args[2]].detach().requires_grad_()
-    return args
 
 
 def table_entries(args):

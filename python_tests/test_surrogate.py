@@ -239,14 +239,19 @@ def _logits_near_1e6(device):
 
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("mode", MODES)
-def test_float32_logits_near_1e6(device, mode):
+@pytest.mark.parametrize("one_var", [False, True])
+def test_float32_logits_near_1e6(device, mode, one_var):
     """Backward recomputes every logit bit for bit as forward computed it (no fused
     multiply-add in one and not in the other; on CUDA --fmad=false): the dominant term's
     weight exp(logit - lse) is then exactly 1, and the float32 gradients are those of the
     float64 reference to float32 precision. A logit rounded differently by one ulp (0.008
     at 1e5) would move them by 1%; an own-bin shift term R1 left nonzero by a fused
-    multiply-add would give d/dshift about 1e-5 in paper mode instead of 0."""
+    multiply-add would give d/dshift about 1e-5 in paper mode instead of 0. ``one_var``: every
+    sample (all in bin 0) has the same var, as IRDALoss gives a bin's samples, so exact mode
+    on the CPU reads its denominators from a table (csrc/cpu/irda_surrogate.cpp)."""
     args = _logits_near_1e6(device)
+    if one_var:
+        args[7] = torch.full_like(args[7], 0.004).requires_grad_()
     args64 = [a.detach().double().cpu().requires_grad_(a.requires_grad)
               if isinstance(a, torch.Tensor) and a.is_floating_point() else
               a.cpu() if isinstance(a, torch.Tensor) else a for a in args]

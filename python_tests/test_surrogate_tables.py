@@ -2,24 +2,20 @@
 samples of a bin share their var, as IRDALoss gives them, the CPU kernel computes a, 1 / r and
 -log(r) / 2 once per (bin, s2) instead of once per sample. The results must be the per-sample
 path's bit for bit, and the reference's."""
+import os
+import sys
+
 import pytest
 import torch
-from test_surrogate import _logits_near_1e6
 from testing import surrogate_inputs
 
 import irda_ext
 from irda_ext import reference as ref
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+from cases import var_per_bin  # noqa: E402  (the benchmark's IRDALoss case)
+
 OPS = torch.ops.irda_ext
-
-
-def per_bin_var(args, scale, seed=1):
-    """``args`` with ``var[i] = v[bin[i]]``: one var per bin, as ``IRDALoss`` passes it."""
-    args = list(args)
-    g = torch.Generator().manual_seed(seed)
-    v = torch.rand(args[3].shape[0], generator=g, dtype=torch.float64) * scale
-    args[7] = v.to(args[7])[args[2]]
-    return args
 
 
 def with_strangers(args, extra, seed=2):
@@ -54,7 +50,7 @@ def raw(args, grad=None):
 @pytest.mark.parametrize("n,K,B", [(2, 1, 1), (40, 3, 7), (97, 2, 11), (64, 5, 29)])
 @pytest.mark.parametrize("var_scale", [0.3, 50.0])  # 50: the cap on s2 is active in some bins
 def test_tables_give_the_per_sample_bits(dtype, n, K, B, var_scale):
-    args = per_bin_var(surrogate_inputs(n, K, B, dtype=dtype, dead_bins=(B // 2,) if B > 2 else ()), var_scale)
+    args = var_per_bin(surrogate_inputs(n, K, B, dtype=dtype, dead_bins=(B // 2,) if B > 2 else ()), var_scale)
     loss, lse, grads = raw(args)  # tables (at most B distinct (bin, s2) pairs for n samples)
     strangers = with_strangers(args, extra=3 * n)
     grad = torch.cat([torch.linspace(0.5, 1.5, n, dtype=dtype), torch.ones(3 * n, dtype=dtype)])
@@ -66,8 +62,7 @@ def test_tables_give_the_per_sample_bits(dtype, n, K, B, var_scale):
 
 @pytest.mark.parametrize("n,K,B", [(1, 1, 1), (40, 3, 7), (97, 2, 11)])
 def test_tables_match_the_reference(n, K, B):
-    args = per_bin_var(surrogate_inputs(n, K, B, requires_grad=True, dead_bins=(B // 2,) if B > 2 else ()), 3.0)
-    args[7] = args[7].detach().requires_grad_()
+    args = var_per_bin(surrogate_inputs(n, K, B, requires_grad=True, dead_bins=(B // 2,) if B > 2 else ()), 3.0)
     got = irda_ext.irda_surrogate(*args, mode="exact", reduction="none")
     want = ref.irda_surrogate(*args, mode="exact", reduction="none")
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
@@ -78,7 +73,7 @@ def test_tables_match_the_reference(n, K, B):
 
 def test_gradcheck_with_a_var_per_bin():
     # gradcheck moves one var at a time: that sample leaves its bin's table for one of its own
-    args = per_bin_var(surrogate_inputs(12, 2, 5, requires_grad=True, dead_bins=(3,)), 0.5)
+    args = var_per_bin(surrogate_inputs(12, 2, 5, requires_grad=True, dead_bins=(3,)), 0.5)
 
     def f(pred, shift, var, nv):
         return irda_ext.irda_surrogate(pred, args[1], args[2], args[3], args[4], args[5], shift, var, args[8],
@@ -89,28 +84,12 @@ def test_gradcheck_with_a_var_per_bin():
     assert torch.autograd.gradcheck(f, inputs)
 
 
-def test_float32_logits_near_1e6_with_a_var_per_bin():
-    """As test_surrogate.test_float32_logits_near_1e6, on the table path: every sample is in
-    bin 0 with one var."""
-    args = _logits_near_1e6("cpu")
-    args[7] = torch.full_like(args[7], 0.004).requires_grad_()
-    args64 = [a.detach().double().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) and
-              a.is_floating_point() else a for a in args]
-    got = irda_ext.irda_surrogate(*args, mode="exact", reduction="none")
-    want = ref.irda_surrogate(*args64, mode="exact", reduction="none")
-    assert want.abs().min() > 1e4
-    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0)
-    wrt = lambda a: [a[0], a[6], a[7], a[10]]  # noqa: E731
-    for g, w in zip(torch.autograd.grad(got.sum(), wrt(args)), torch.autograd.grad(want.sum(), wrt(args64))):
-        torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=1e-6 + 1e-5 * w.abs().max().item())
-
-
 @pytest.mark.parametrize("per_bin", [True, False])
 def test_threads_give_the_same_bits(per_bin):
     # two threads split the bin-sorted samples in the middle of a bin: both compute that
     # bin's table, to the same bits
     args = surrogate_inputs(97, 3, 11, dtype=torch.float32, dead_bins=(5,))
-    args = per_bin_var(args, 2.0) if per_bin else list(args)
+    args = var_per_bin(args, 2.0) if per_bin else list(args)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -148,6 +148,33 @@ __attribute__((always_inline)) inline T competitor_target(const SurrogateArgs<T>
   return a.grid_t[j] * (a.grid_id[j] == jb ? T(0) : T(1)) + (a.grid_id[j] == jb ? y : T(0));
 }
 
+// The denominators (a, 1 / r, -log(r) / 2) of competitor j for numerator share eo: read
+// from the pair's table (kTable; rows A, IR, HL of numerator cluster k) or computed here.
+// One template for both, so each loop below is written once and neither carries a branch.
+template <bool kTable, typename T>
+__attribute__((always_inline)) inline ExactDenominator<T> denominator_at(const SurrogateArgs<T>& a, const T* A,
+                                                                         const T* IR, const T* HL, int64_t j, T eo,
+                                                                         T s2) {
+  if constexpr (kTable) {
+    return {A[j], IR[j], HL[j]};
+  } else {
+    return exact_term_denominator<T, PolyLog>(eo, a.grid_eta[j], s2, a.u);
+  }
+}
+
+// Fs[j] = F of every competitor j of numerator cluster k (table: that cluster's rows, or
+// unused); exact_term_given(exact_term_denominator(...)) is exact_term, the same bits.
+template <bool kTable, typename T>
+__attribute__((always_inline)) inline void exact_row(const SurrogateArgs<T>& a, const T* __restrict A,
+                                                     const T* __restrict IR, const T* __restrict HL, T eo, T jb, T y,
+                                                     T lp_own, T m, T s2, T* __restrict Fs) {
+  for (int64_t j = 0; j < a.KV_padded; ++j) {
+    const T t = competitor_target(a, j, jb, y);
+    const ExactDenominator<T> den = denominator_at<kTable>(a, A, IR, HL, j, eo, s2);
+    Fs[j] = exact_term_given<T>(den, eo, a.grid_eta[j], y, t, a.grid_lp[j] - lp_own, m, s2, a.u).F;
+  }
+}
+
 // Forward of sample i; Fs is scratch of K * V values.
 // `table`: the sample's denominators ([3, K, KV_padded]: a, 1 / r, -log(r) / 2; see
 // DenominatorPlan), or nullptr to compute them here.
@@ -156,7 +183,7 @@ __attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArg
                                                               T* __restrict Fs, const T* table) {
   const int64_t b = a.bin[i], B = a.B, K = a.K, KV = a.KV_padded;
   const T jb = static_cast<T>(a.grid_pos[b]);  // the own bin has a prior (checked)
-  const T y = a.target[i], u = a.u;
+  const T y = a.target[i];
   const T m = a.pred[i] + a.alpha * a.shift[i];
   T s2;
   sample_variance(a, i, &s2);
@@ -165,22 +192,38 @@ __attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArg
   for (int64_t k = 0; k < K; ++k) {
     const T eo = a.eta[k * B + b];
     if (table != nullptr) {
-      const T *__restrict A = table + k * KV, *__restrict IR = A + K * KV, *__restrict HL = IR + K * KV;
-      for (int64_t j = 0; j < KV; ++j) {
-        const T t = competitor_target(a, j, jb, y);
-        const ExactDenominator<T> den{A[j], IR[j], HL[j]};
-        Fs[j] = exact_term_given<T>(den, eo, a.grid_eta[j], y, t, a.grid_lp[j] - lp_own, m, s2, u).F;
-      }
+      const T* A = table + k * KV;
+      exact_row<true>(a, A, A + K * KV, A + 2 * K * KV, eo, jb, y, lp_own, m, s2, Fs);
     } else {
-      for (int64_t j = 0; j < KV; ++j) {
-        const T t = competitor_target(a, j, jb, y);
-        Fs[j] = exact_term<T, PolyLog>(eo, a.grid_eta[j], y, t, a.grid_lp[j] - lp_own, m, s2, u).F;
-      }
+      exact_row<false, T>(a, nullptr, nullptr, nullptr, eo, jb, y, lp_own, m, s2, Fs);
     }
     lse[k] = row_logsumexp(Fs, KV);
     total += lse[k];
   }
   *loss = total / T(K);
+}
+
+// The lane-wise sums over the competitors of numerator cluster k (log-sum-exp lk) of
+// exp(F - lk) times F's derivatives in m, s2 and u.
+template <bool kTable, typename T>
+__attribute__((always_inline)) inline void exact_row_gradient(const SurrogateArgs<T>& a, const T* __restrict A,
+                                                              const T* __restrict IR, const T* __restrict HL, T eo,
+                                                              T jb, T y, T lp_own, T m, T s2, T lk,
+                                                              T* __restrict acc_m, T* __restrict acc_s2,
+                                                              T* __restrict acc_u) {
+  constexpr int64_t kLanes = kGridPad;
+  for (int64_t j0 = 0; j0 < a.KV_padded; j0 += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const int64_t j = j0 + l;
+      const T t = competitor_target(a, j, jb, y);
+      const ExactDenominator<T> den = denominator_at<kTable>(a, A, IR, HL, j, eo, s2);
+      const ExactTerm<T> e = exact_term_given<T>(den, eo, a.grid_eta[j], y, t, a.grid_lp[j] - lp_own, m, s2, a.u);
+      const T p = exp_clamped<T>(e.F - lk);
+      acc_m[l] += p * e.dF_dm;
+      acc_s2[l] += p * e.dF_ds2;
+      acc_u[l] += p * e.dF_du;
+    }
+  }
 }
 
 // d loss_i / d (pred, shift, var, noise_var) from the saved LSEs.
@@ -190,7 +233,7 @@ __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateAr
                                                                const T* table) {
   const int64_t b = a.bin[i], B = a.B, K = a.K, KV = a.KV_padded;
   const T jb = static_cast<T>(a.grid_pos[b]);
-  const T y = a.target[i], u = a.u;
+  const T y = a.target[i];
   const T m = a.pred[i] + a.alpha * a.shift[i];
   T s2;
   const bool capped = sample_variance(a, i, &s2);
@@ -202,33 +245,13 @@ __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateAr
   T acc_m[kLanes] = {}, acc_s2[kLanes] = {}, acc_u[kLanes] = {};
   for (int64_t k = 0; k < K; ++k) {
     const T eo = a.eta[k * B + b];
-    const T lk = lse[k];
     if (table != nullptr) {
-      const T *__restrict A = table + k * KV, *__restrict IR = A + K * KV, *__restrict HL = IR + K * KV;
-      for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
-        for (int64_t l = 0; l < kLanes; ++l) {
-          const int64_t j = j0 + l;
-          const T t = competitor_target(a, j, jb, y);
-          const ExactDenominator<T> den{A[j], IR[j], HL[j]};
-          const ExactTerm<T> e = exact_term_given<T>(den, eo, a.grid_eta[j], y, t, a.grid_lp[j] - lp_own, m, s2, u);
-          const T p = exp_clamped<T>(e.F - lk);
-          acc_m[l] += p * e.dF_dm;
-          acc_s2[l] += p * e.dF_ds2;
-          acc_u[l] += p * e.dF_du;
-        }
-      }
+      const T* A = table + k * KV;
+      exact_row_gradient<true>(a, A, A + K * KV, A + 2 * K * KV, eo, jb, y, lp_own, m, s2, lse[k], acc_m, acc_s2,
+                               acc_u);
     } else {
-      for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
-        for (int64_t l = 0; l < kLanes; ++l) {
-          const int64_t j = j0 + l;
-          const T t = competitor_target(a, j, jb, y);
-          const ExactTerm<T> e = exact_term<T, PolyLog>(eo, a.grid_eta[j], y, t, a.grid_lp[j] - lp_own, m, s2, u);
-          const T p = exp_clamped<T>(e.F - lk);
-          acc_m[l] += p * e.dF_dm;
-          acc_s2[l] += p * e.dF_ds2;
-          acc_u[l] += p * e.dF_du;
-        }
-      }
+      exact_row_gradient<false, T>(a, nullptr, nullptr, nullptr, eo, jb, y, lp_own, m, s2, lse[k], acc_m, acc_s2,
+                                   acc_u);
     }
   }
   T gm = 0, gs2 = 0, gu = 0;
