@@ -68,7 +68,8 @@ def paragraph() -> str:
         clusters = f" (K = {irda['clusters']}, the CLI default)" if irda.get("clusters") else ""
         parts.append(f"A training step of the bundled {step['dataset']} MLP takes {irda['step_s'] * 1e3:.1f} ms with "
                      f"`IRDALoss`{clusters} against {mse['step_s'] * 1e3:.1f} ms with MSE "
-                     f"({irda['step_s'] / mse['step_s']:.2f}x), "
+                     f"({irda['step_s'] / mse['step_s']:.2f}x; an epoch, `end_epoch` included, "
+                     f"{irda['epoch_s'] / mse['epoch_s']:.2f}x), "
                      f"and `end_epoch` is {irda['end_epoch_s'] / irda['epoch_s']:.0%} of an IRDA epoch "
                      f"({machine(step['env'])}; `step_cost.md`).")
     e = growth["exponents"]

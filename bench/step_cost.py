@@ -12,8 +12,9 @@ interleaved (a shared machine's slow spells fall on both), timing:
 * **one step**: the batch's features, the loss, ``zero_grad``, ``backward`` and ``optimizer.step``,
   median over the steps of every epoch but the first;
 * **one epoch**: its steps (loader included) plus the method's ``end_epoch``, and
-  ``end_epoch`` alone as a share of it (IRDA: the statistics' epoch merge, the W-FDS weights and
-  k-means on the feature reservoir).
+  ``end_epoch`` alone as a share of it (IRDA: the covariance updates ``BinStats`` deferred during
+  the epoch, applied in one pass, the statistics' epoch merge, the W-FDS weights and k-means on
+  the feature reservoir). Work a step defers is paid here: the epoch ratio is the whole cost.
 
 Targets (issue 16): an IRDA step at most 1.5x an MSE step; ``end_epoch`` at most 10% of an epoch.
 Writes bench/results/step_cost.{md,json}.
@@ -118,11 +119,13 @@ def main(argv=None):
              f"{base['steps_per_epoch']} steps an epoch), every method at its CLI defaults"
              + "".join(f" ({m}: K = {r['clusters']} clusters)" for m, r in rows.items() if r.get("clusters"))
              + f"; medians over epochs 2-{args.epochs}, the methods' epochs interleaved.", "",
-             "| method | step (ms) | step / MSE step | epoch (ms) | end_epoch (ms) | end_epoch share of the epoch |",
-             "|---|---|---|---|---|---|"]
+             "| method | step (ms) | step / MSE step | epoch (ms) | epoch / MSE epoch | end_epoch (ms) | "
+             "end_epoch share of the epoch |",
+             "|---|---|---|---|---|---|---|"]
     for m, r in rows.items():
         lines.append(f"| {m} | {r['step_s'] * 1e3:.2f} | {r['step_s'] / base['step_s']:.2f}x | "
-                     f"{r['epoch_s'] * 1e3:.1f} | {r['end_epoch_s'] * 1e3:.2f} | {r['end_epoch_s'] / r['epoch_s']:.1%} |")
+                     f"{r['epoch_s'] * 1e3:.1f} | {r['epoch_s'] / base['epoch_s']:.2f}x | {r['end_epoch_s'] * 1e3:.2f} | "
+                     f"{r['end_epoch_s'] / r['epoch_s']:.1%} |")
     lines += ["", "| check | measured | target | met |", "|---|---|---|---|"]
     for m, r in rows.items():
         if m == args.methods[0]:

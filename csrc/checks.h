@@ -47,20 +47,26 @@ inline double checked_momentum(std::optional<double> momentum) {
   return *momentum;
 }
 
-// Statistics: count [B] int64, mean [B, D], cov [B, D, D] of one float dtype.
-inline void check_stats(const at::Tensor& count, const at::Tensor& mean, const at::Tensor& cov) {
+// Statistics without their covariance: count [B] int64, mean [B, D] float32 or float64.
+inline void check_count_mean(const at::Tensor& count, const at::Tensor& mean) {
   check_dim(mean, 2, "mean", "[B, D]");
-  const int64_t B = mean.size(0), D = mean.size(1);
+  const int64_t B = mean.size(0);
   check_float(mean, "mean");
   TORCH_CHECK_TYPE(mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble,
                    "statistics must be float32 or float64, got ", mean.scalar_type());
   TORCH_CHECK_TYPE(count.scalar_type() == at::kLong, "count must be int64, got ", count.scalar_type());
   TORCH_CHECK_VALUE(count.dim() == 1 && count.size(0) == B, "count must have shape [", B, "], got ",
                     shape_str(count));
+  check_same_device(count, mean, "count", "mean");
+}
+
+// Statistics: count [B] int64, mean [B, D], cov [B, D, D] of one float dtype.
+inline void check_stats(const at::Tensor& count, const at::Tensor& mean, const at::Tensor& cov) {
+  check_count_mean(count, mean);
+  const int64_t B = mean.size(0), D = mean.size(1);
   TORCH_CHECK_VALUE(cov.dim() == 3 && cov.size(0) == B && cov.size(1) == D && cov.size(2) == D,
                     "cov must have shape [", B, ", ", D, ", ", D, "], got ", shape_str(cov));
   check_same_dtype(cov, mean, "cov", "mean");
-  check_same_device(count, mean, "count", "mean");
   check_same_device(cov, mean, "cov", "mean");
 }
 

@@ -56,6 +56,14 @@ void define_host_schemas(torch::Library& m) {
   // most max_iter iterations, stopping when no label changes or the centres move (squared,
   // summed) at most tol; labels[N] (int64) are those of the final centres[K, D].
   m.def("kmeans(Tensor x, Tensor init, int max_iter, float tol) -> (Tensor labels, Tensor centres)");
+  // SPEC 2. bin_stats_update_ in two halves, so that the covariance part of many batches
+  // is applied in one pass over the rows (BinStats defers it on the CPU): bin_stats_plan_
+  // merges a batch into count and mean now and returns the covariance update as a plan,
+  // S = min(n, B): bins[S] int64 (the present bins ascending, then -1), vec_offset[S + 1]
+  // int64, vecs[n + S, D], weights[n + S], keep[S] (the statistics' dtype); bin_stats_apply_
+  // applies plans in list order, to the bits of one bin_stats_update_ per batch.
+  m.def("bin_stats_plan_(Tensor(a!) count, Tensor(b!) mean, Tensor z, Tensor bin_index, float? momentum) -> (Tensor bins, Tensor vec_offset, Tensor vecs, Tensor weights, Tensor keep)");
+  m.def("bin_stats_apply_(Tensor(a!) cov, Tensor[] bins, Tensor[] vec_offset, Tensor[] vecs, Tensor[] weights, Tensor[] keep) -> ()");
 }
 
 }  // namespace

@@ -61,6 +61,19 @@ def _kmeans_fake(x, init, max_iter, tol):
     return x.new_empty((x.shape[0],), dtype=torch.int64), init.new_empty(init.shape)
 
 
+@torch.library.register_fake("irda_ext::bin_stats_plan_")  # host-only
+def _bin_stats_plan_fake(count, mean, z, bin_index, momentum):
+    n, (B, D) = z.shape[0], mean.shape
+    S = min(n, B)
+    return (count.new_empty((S,)), count.new_empty((S + 1,)), mean.new_empty((n + S, D)), mean.new_empty((n + S,)),
+            mean.new_empty((S,)))
+
+
+@torch.library.register_fake("irda_ext::bin_stats_apply_")  # host-only
+def _bin_stats_apply_fake(cov, bins, vec_offset, vecs, weights, keep):
+    return None
+
+
 @_fake("bin_stats_update_")
 def _bin_stats_update_fake(count, mean, cov, z, bin_index, momentum):
     return None
@@ -177,7 +190,8 @@ for _namespace in NAMESPACES:
     torch.library.register_autograd(f"{_namespace}::irda_surrogate_backward", _irda_surrogate_double_backward,
                                     setup_context=_irda_surrogate_backward_setup)
 
-# The ops with a CUDA kernel and an emulated twin; the host-only ``kmeans`` (the epoch-end
-# k-means, csrc/cpu/kmeans.cpp) has a CPU kernel only.
+# The ops with a CUDA kernel and an emulated twin; the host-only ones (``kmeans``, the epoch-end
+# k-means, csrc/cpu/kmeans.cpp; ``bin_stats_plan_`` and ``bin_stats_apply_``, BinStats' deferred
+# covariance updates, csrc/cpu/bin_stats.cpp) have a CPU kernel only.
 OP_NAMES = ("bin_moments", "bin_stats_update_", "merge_bin_moments_", "wfds_smooth", "irda_surrogate",
             "irda_surrogate_backward")

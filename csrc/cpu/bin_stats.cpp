@@ -6,6 +6,13 @@
 // covariance, row by row, applying the merge of merge_math.h:
 //   cov[d, :] = keep * cov[d, :] + sum_j w_j x_j[d] x_j[:]
 // Absent bins are never touched.
+//
+// The covariance part can also be deferred (host-only ops bin_stats_plan_ and
+// bin_stats_apply_): the plan of each batch (its centred vectors, weights and
+// factors) is built when the batch comes, and the plans of many batches are later
+// applied together, every row receiving each plan's update in turn while it is in
+// cache: the same operations in the same order as one bin_stats_update_ per batch,
+// hence the same bits, with one pass over the D x D rows instead of one per batch.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -50,16 +57,43 @@ Buckets bucket_by_bin(const at::Tensor& bin_index, int64_t num_bins) {
   return out;
 }
 
-// For each present bin: the vectors whose weighted outer products are added
-// (centred samples, then delta), their weights, and the factor on the old cov.
+// For each present bin p (bins[p]): the vectors whose weighted outer products are added
+// (centred samples, then delta), their weights, and the factor on the old cov. A view:
+// the arrays live in a PlanStorage or in the tensors of bin_stats_plan_.
 template <typename T>
 struct Plan {
-  int64_t D = 0;
-  std::vector<int64_t> vec_offset;  // vectors of present bin p: [vec_offset[p], vec_offset[p+1])
-  std::vector<T> vecs;              // [num_vectors, D]
-  std::vector<T> weights;           // [num_vectors]
-  std::vector<T> keep;              // [P]
+  int64_t D = 0, P = 0;
+  const int64_t* bins = nullptr;        // [P]
+  const int64_t* vec_offset = nullptr;  // vectors of present bin p: [vec_offset[p], vec_offset[p+1])
+  const T* vecs = nullptr;              // [num_vectors, D]
+  const T* weights = nullptr;           // [num_vectors]
+  const T* keep = nullptr;              // [P]
 };
+
+// Where build_plan writes; sized by plan_layout.
+template <typename T>
+struct PlanOut {
+  int64_t* vec_offset;
+  T* vecs;
+  T* weights;
+  T* keep;
+};
+
+template <typename T>
+struct PlanStorage {
+  std::vector<int64_t> vec_offset;
+  std::vector<T> vecs, weights, keep;
+};
+
+// vec_offset of the plan of `bk` (P + 1 entries): a bin's samples, and its delta when merging.
+inline void plan_layout(const Buckets& bk, bool plain_moments, int64_t* vec_offset) {
+  const int64_t P = static_cast<int64_t>(bk.bins.size());
+  vec_offset[0] = 0;
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t nb = bk.offset[p + 1] - bk.offset[p];
+    vec_offset[p + 1] = vec_offset[p] + nb + (plain_moments ? 0 : 1);
+  }
+}
 
 void check_finite(const at::Tensor& z) {
   TORCH_CHECK_VALUE(at::isfinite(z).all().item<bool>(), "z contains NaN or infinite features");
@@ -90,48 +124,52 @@ void bin_means(const Buckets& bk, const at::Tensor& zc, int64_t D, std::vector<d
   if (!finite) check_finite(zc);
 }
 
-// Updates mean/count in place (when merging) from the batch means m and builds the plan.
+// Updates mean/count in place (when merging) from the batch means m and writes the plan
+// into `out` (its vec_offset already laid out by plan_layout).
 template <typename T>
-Plan<T> build_plan(const Buckets& bk, const T* z, const std::vector<double>& means, int64_t D, int64_t* count,
-                   T* mean, double momentum, bool plain_moments) {
+void build_plan(const Buckets& bk, const T* z, const std::vector<double>& means, int64_t D, int64_t* count, T* mean,
+                double momentum, bool plain_moments, const PlanOut<T>& out) {
   const int64_t P = static_cast<int64_t>(bk.bins.size());
-  Plan<T> plan;
-  plan.D = D;
-  plan.vec_offset.resize(P + 1);
-  plan.vec_offset[0] = 0;
-  for (int64_t p = 0; p < P; ++p) {
-    const int64_t nb = bk.offset[p + 1] - bk.offset[p];
-    plan.vec_offset[p + 1] = plan.vec_offset[p] + nb + (plain_moments ? 0 : 1);
-  }
-  plan.vecs.assign(static_cast<size_t>(plan.vec_offset[P] * D), T(0));
-  plan.weights.assign(plan.vec_offset[P], T(0));
-  plan.keep.assign(P, T(0));
   at::parallel_for(0, P, grain_for(D * bk.order.size() / std::max<int64_t>(P, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t b = bk.bins[p];
       const int64_t lo = bk.offset[p], hi = bk.offset[p + 1], nb = hi - lo;
       const double* m = means.data() + p * D;
       const MergeCoef c = plain_moments ? moment_coefficients() : merge_coefficients(count[b], nb, momentum);
-      T* v = plan.vecs.data() + plan.vec_offset[p] * D;
+      T* v = out.vecs + out.vec_offset[p] * D;
       for (int64_t s = lo; s < hi; ++s, v += D) {
         const T* zi = z + bk.order[s] * D;
         for (int64_t d = 0; d < D; ++d) v[d] = static_cast<T>(static_cast<double>(zi[d]) - m[d]);
-        plan.weights[plan.vec_offset[p] + (s - lo)] = static_cast<T>(c.sample_w);
+        out.weights[out.vec_offset[p] + (s - lo)] = static_cast<T>(c.sample_w);
       }
       T* mb = mean + b * D;
       if (!plain_moments) {  // delta = m_b - mu_old, then the new mean
         for (int64_t d = 0; d < D; ++d) v[d] = static_cast<T>(m[d] - static_cast<double>(mb[d]));
-        plan.weights[plan.vec_offset[p + 1] - 1] = static_cast<T>(c.delta_w);
+        out.weights[out.vec_offset[p + 1] - 1] = static_cast<T>(c.delta_w);
         for (int64_t d = 0; d < D; ++d) mb[d] = static_cast<T>(merged_mean(c, static_cast<double>(mb[d]), m[d]));
         count[b] += nb;
       } else {
         for (int64_t d = 0; d < D; ++d) mb[d] = static_cast<T>(m[d]);
         count[b] = nb;
       }
-      plan.keep[p] = static_cast<T>(c.keep);
+      out.keep[p] = static_cast<T>(c.keep);
     }
   });
-  return plan;
+}
+
+// The plan of one batch in PlanStorage (bin_moments, bin_stats_update_).
+template <typename T>
+Plan<T> plan_batch(const Buckets& bk, const T* z, const std::vector<double>& means, int64_t D, int64_t* count,
+                   T* mean, double momentum, bool plain_moments, PlanStorage<T>& st) {
+  const int64_t P = static_cast<int64_t>(bk.bins.size());
+  st.vec_offset.resize(P + 1);
+  plan_layout(bk, plain_moments, st.vec_offset.data());
+  st.vecs.assign(static_cast<size_t>(st.vec_offset[P] * D), T(0));
+  st.weights.assign(st.vec_offset[P], T(0));
+  st.keep.assign(P, T(0));
+  build_plan<T>(bk, z, means, D, count, mean, momentum, plain_moments,
+                {st.vec_offset.data(), st.vecs.data(), st.weights.data(), st.keep.data()});
+  return {D, P, bk.bins.data(), st.vec_offset.data(), st.vecs.data(), st.weights.data(), st.keep.data()};
 }
 
 // The inner loop of the merge: row = keep * row + sum_j coef[j] * x_j, four
@@ -168,33 +206,62 @@ IRDA_TARGET_CLONES void row_update(double* row, const double* const* x, const do
   row_update_impl<double>(row, x, coef, nv, D, keep);
 }
 
-// One pass over the rows of every present bin's covariance.
+// Row d of present bin p's covariance receives the plan's update. Vectors whose
+// coefficient is zero in this row are skipped (ReLU features hold many zeros), but one is
+// kept so that a row is still written (and scaled by keep).
 template <typename T>
-void apply_plan(const Plan<T>& plan, const Buckets& bk, T* cov) {
-  const int64_t D = plan.D, P = static_cast<int64_t>(bk.bins.size());
+inline void update_row(const Plan<T>& plan, int64_t p, int64_t d, T* row, std::vector<const T*>& x,
+                       std::vector<T>& coef) {
+  const int64_t D = plan.D;
+  x.clear();
+  coef.clear();
+  for (int64_t v = plan.vec_offset[p]; v < plan.vec_offset[p + 1]; ++v) {
+    const T* xv = plan.vecs + v * D;
+    const T c = plan.weights[v] * xv[d];
+    if (c == T(0) && !x.empty()) continue;
+    x.push_back(xv);
+    coef.push_back(c);
+  }
+  row_update(row, x.data(), coef.data(), static_cast<int64_t>(x.size()), D, plan.keep[p]);
+}
+
+// Applies the plans, in their order, to the rows of every bin present in any of them: a
+// row gets all its updates while it is in cache. One plan is one batch's
+// bin_stats_update_; several give the bits of applying them one after another.
+template <typename T>
+void apply_plans(const std::vector<Plan<T>>& plans, int64_t num_bins, T* cov) {
+  if (plans.empty()) return;
+  const int64_t D = plans[0].D;
+  // where[t * B + b]: bin b's position in plan t, or -1
+  std::vector<int64_t> where(plans.size() * num_bins, -1);
+  std::vector<char> present(num_bins, 0);
+  for (size_t t = 0; t < plans.size(); ++t) {
+    for (int64_t p = 0; p < plans[t].P; ++p) {
+      where[t * num_bins + plans[t].bins[p]] = p;
+      present[plans[t].bins[p]] = 1;
+    }
+  }
+  std::vector<int64_t> bins;
+  for (int64_t b = 0; b < num_bins; ++b) {
+    if (present[b]) bins.push_back(b);
+  }
+  const int64_t U = static_cast<int64_t>(bins.size());
   // Rows of all present bins form one flat range, so both cores stay busy
   // however the samples are spread over bins.
-  at::parallel_for(0, P * D, grain_for(4 * D), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, U * D, grain_for(4 * D * static_cast<int64_t>(plans.size())), [&](int64_t begin, int64_t end) {
     std::vector<const T*> x;
     std::vector<T> coef;
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t p = r / D, d = r % D;
-      x.clear();
-      coef.clear();
-      for (int64_t v = plan.vec_offset[p]; v < plan.vec_offset[p + 1]; ++v) {
-        const T* xv = plan.vecs.data() + v * D;
-        const T c = plan.weights[v] * xv[d];
-        if (c == T(0) && !x.empty()) continue;  // keep one vector so a zero row is still written
-        x.push_back(xv);
-        coef.push_back(c);
-      }
+      const int64_t b = bins[r / D], d = r % D;
       if (r + 1 < end) {  // the next row comes from memory: ask for it while this one is computed
-        const int64_t pn = (r + 1) / D, dn = (r + 1) % D;
-        const char* next = reinterpret_cast<const char*>(cov + (bk.bins[pn] * D + dn) * D);
+        const char* next = reinterpret_cast<const char*>(cov + (bins[(r + 1) / D] * D + (r + 1) % D) * D);
         for (int64_t off = 0; off < D * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(next + off, 1);
       }
-      row_update(cov + (bk.bins[p] * D + d) * D, x.data(), coef.data(), static_cast<int64_t>(x.size()), D,
-                 plan.keep[p]);
+      T* row = cov + (b * D + d) * D;
+      for (size_t t = 0; t < plans.size(); ++t) {
+        const int64_t p = where[t * num_bins + b];
+        if (p >= 0) update_row(plans[t], p, d, row, x, coef);
+      }
     }
   });
 }
@@ -219,9 +286,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bin_moments_cpu(const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES(acc, "bin_moments_cpu", [&] {
     std::vector<double> means;
     bin_means<scalar_t>(bk, zc, D, means);
-    const Plan<scalar_t> plan = build_plan<scalar_t>(bk, zc.data_ptr<scalar_t>(), means, D, count.data_ptr<int64_t>(),
-                                                     mean.data_ptr<scalar_t>(), -1.0, /*plain_moments=*/true);
-    apply_plan(plan, bk, scatter.data_ptr<scalar_t>());
+    PlanStorage<scalar_t> st;
+    const Plan<scalar_t> plan = plan_batch<scalar_t>(bk, zc.data_ptr<scalar_t>(), means, D, count.data_ptr<int64_t>(),
+                                                     mean.data_ptr<scalar_t>(), -1.0, /*plain_moments=*/true, st);
+    apply_plans<scalar_t>({plan}, num_bins, scatter.data_ptr<scalar_t>());
   });
   return {count, mean, scatter};
 }
@@ -240,9 +308,98 @@ void bin_stats_update_cpu(at::Tensor& count, at::Tensor& mean, at::Tensor& cov, 
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "bin_stats_update_cpu", [&] {
     std::vector<double> means;
     bin_means<scalar_t>(bk, zc, D, means);
-    const Plan<scalar_t> plan = build_plan<scalar_t>(bk, zc.data_ptr<scalar_t>(), means, D, count.data_ptr<int64_t>(),
-                                                     mean.data_ptr<scalar_t>(), rho, /*plain_moments=*/false);
-    apply_plan(plan, bk, cov.data_ptr<scalar_t>());
+    PlanStorage<scalar_t> st;
+    const Plan<scalar_t> plan = plan_batch<scalar_t>(bk, zc.data_ptr<scalar_t>(), means, D, count.data_ptr<int64_t>(),
+                                                     mean.data_ptr<scalar_t>(), rho, /*plain_moments=*/false, st);
+    apply_plans<scalar_t>({plan}, B, cov.data_ptr<scalar_t>());
+  });
+}
+
+// bin_stats_update_'s merge of the batch into count and mean, now; its covariance part
+// returned as a plan for bin_stats_apply_. Shapes depend on the inputs only (S = min(n, B)
+// present bins at most): bins [S] (the present ones, ascending, then -1), vec_offset
+// [S + 1] (the last entry repeated after the present bins), vecs [n + S, D], weights
+// [n + S], keep [S] (unused entries zero).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bin_stats_plan_cpu(
+    at::Tensor& count, at::Tensor& mean, const at::Tensor& z, const at::Tensor& bin_index,
+    std::optional<double> momentum) {
+  check_count_mean(count, mean);
+  check_features(z, bin_index, mean.size(1));
+  TORCH_CHECK_VALUE(count.is_contiguous() && mean.is_contiguous(), "the statistics (count, mean) must be contiguous");
+  const double rho = checked_momentum(momentum);
+  const int64_t n = z.size(0), B = mean.size(0), D = mean.size(1), S = std::min(n, B);
+  at::Tensor bins = at::full({S}, -1, count.options());
+  at::Tensor vec_offset = at::zeros({S + 1}, count.options());
+  at::Tensor vecs = at::zeros({n + S, D}, mean.options());
+  at::Tensor weights = at::zeros({n + S}, mean.options());
+  at::Tensor keep = at::zeros({S}, mean.options());
+  if (n == 0 || D == 0) return {bins, vec_offset, vecs, weights, keep};
+  const at::Tensor zc = z.to(mean.scalar_type()).contiguous();
+  const Buckets bk = bucket_by_bin(bin_index.contiguous(), B);
+  const int64_t P = static_cast<int64_t>(bk.bins.size());
+  int64_t* offsets = vec_offset.data_ptr<int64_t>();
+  plan_layout(bk, /*plain_moments=*/false, offsets);
+  for (int64_t p = P + 1; p <= S; ++p) offsets[p] = offsets[P];
+  std::copy(bk.bins.begin(), bk.bins.end(), bins.data_ptr<int64_t>());
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "bin_stats_plan_cpu", [&] {
+    std::vector<double> means;
+    bin_means<scalar_t>(bk, zc, D, means);
+    build_plan<scalar_t>(bk, zc.data_ptr<scalar_t>(), means, D, count.data_ptr<int64_t>(), mean.data_ptr<scalar_t>(),
+                         rho, /*plain_moments=*/false,
+                         {offsets, vecs.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(), keep.data_ptr<scalar_t>()});
+  });
+  return {bins, vec_offset, vecs, weights, keep};
+}
+
+// Applies plans of bin_stats_plan_, in list order, to cov [B, D, D]: the bits of one
+// bin_stats_update_ per batch, each row of the covariances read and written once.
+void bin_stats_apply_cpu(at::Tensor& cov, at::TensorList bins, at::TensorList vec_offset, at::TensorList vecs,
+                         at::TensorList weights, at::TensorList keep) {
+  TORCH_CHECK_VALUE(cov.dim() == 3 && cov.size(1) == cov.size(2), "cov must have shape [B, D, D], got ",
+                    shape_str(cov));
+  TORCH_CHECK_TYPE(cov.scalar_type() == at::kFloat || cov.scalar_type() == at::kDouble,
+                   "cov must be float32 or float64, got ", cov.scalar_type());
+  TORCH_CHECK_VALUE(cov.is_contiguous(), "cov must be contiguous");
+  const size_t num_plans = bins.size();
+  TORCH_CHECK_VALUE(vec_offset.size() == num_plans && vecs.size() == num_plans && weights.size() == num_plans &&
+                        keep.size() == num_plans,
+                    "bin_stats_apply_: the plan lists must have one entry per plan, got ", bins.size(), ", ",
+                    vec_offset.size(), ", ", vecs.size(), ", ", weights.size(), ", ", keep.size());
+  const int64_t B = cov.size(0), D = cov.size(1);
+  AT_DISPATCH_FLOATING_TYPES(cov.scalar_type(), "bin_stats_apply_cpu", [&] {
+    std::vector<Plan<scalar_t>> plans;
+    for (size_t t = 0; t < num_plans; ++t) {
+      const at::Tensor &bt = bins[t], &ot = vec_offset[t], &vt = vecs[t], &wt = weights[t], &kt = keep[t];
+      TORCH_CHECK_TYPE(bt.scalar_type() == at::kLong && ot.scalar_type() == at::kLong,
+                       "plan ", t, ": bins and vec_offset must be int64");
+      for (const at::Tensor* x : {&vt, &wt, &kt}) {
+        TORCH_CHECK_TYPE(x->scalar_type() == cov.scalar_type(), "plan ", t, ": vecs, weights and keep must be ",
+                         cov.scalar_type(), " like cov, got ", x->scalar_type());
+      }
+      for (const at::Tensor* x : {&bt, &ot, &vt, &wt, &kt}) {
+        TORCH_CHECK_VALUE(x->device().is_cpu() && x->is_contiguous(), "plan ", t,
+                          ": tensors must be contiguous, on the CPU");
+      }
+      const int64_t S = bt.dim() == 1 ? bt.size(0) : -1;
+      TORCH_CHECK_VALUE(S >= 0 && ot.dim() == 1 && ot.size(0) == S + 1 && kt.dim() == 1 && kt.size(0) == S &&
+                            vt.dim() == 2 && vt.size(1) == D && wt.dim() == 1 && wt.size(0) == vt.size(0),
+                        "plan ", t, ": expected bins [S], vec_offset [S + 1], vecs [V, ", D, "], weights [V], keep [S] "
+                        "(bin_stats_plan_'s), got ", shape_str(bt), ", ", shape_str(ot), ", ", shape_str(vt), ", ",
+                        shape_str(wt), ", ", shape_str(kt));
+      const int64_t* b = bt.data_ptr<int64_t>();
+      const int64_t* o = ot.data_ptr<int64_t>();
+      int64_t P = 0;
+      while (P < S && b[P] >= 0) ++P;
+      TORCH_CHECK_VALUE(o[0] == 0, "plan ", t, ": vec_offset must start at 0");
+      for (int64_t p = 0; p < S; ++p) {
+        TORCH_CHECK_VALUE(p < P ? (b[p] < B && (p == 0 || b[p] > b[p - 1])) : b[p] == -1, "plan ", t,
+                          ": bins must be distinct ascending bins in [0, ", B, ") followed by -1");
+        TORCH_CHECK_VALUE(o[p + 1] >= o[p] && o[p + 1] <= vt.size(0) && (p >= P || o[p + 1] > o[p]), "plan ", t,
+                          ": vec_offset must increase within [0, ", vt.size(0), "], each present bin with a vector");
+      }
+      plans.push_back({D, P, b, o, vt.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), kt.data_ptr<scalar_t>()});
+    }
+    if (D > 0) apply_plans<scalar_t>(plans, B, cov.data_ptr<scalar_t>());
   });
 }
 
@@ -252,4 +409,6 @@ void bin_stats_update_cpu(at::Tensor& count, at::Tensor& mean, at::Tensor& cov, 
 TORCH_LIBRARY_IMPL(irda_ext, CPU, m) {
   m.impl("bin_moments", &irda::bin_moments_cpu);
   m.impl("bin_stats_update_", &irda::bin_stats_update_cpu);
+  m.impl("bin_stats_plan_", &irda::bin_stats_plan_cpu);
+  m.impl("bin_stats_apply_", &irda::bin_stats_apply_cpu);
 }

@@ -1,0 +1,215 @@
+"""BinStats' deferred covariance updates on the CPU (csrc/cpu/bin_stats.cpp, irda_ext/bin_stats.py):
+``bin_stats_plan_`` merges a batch into count and mean and returns its covariance update as a
+plan; ``bin_stats_apply_`` applies many plans in one pass over the rows. The results must be those
+of one ``bin_stats_update_`` per batch, bit for bit, whenever anything reads them."""
+import pytest
+import torch
+from testing import features
+
+import irda_ext
+import irda_ext.bin_stats as bin_stats
+from irda_ext import reference as ref
+
+OPS = torch.ops.irda_ext
+
+
+def relu_features(n, D, B, seed, dtype):
+    """Features with exact zeros (ReLU's), which the row update skips per row."""
+    z, b = features(n, D, B, dtype=dtype, seed=seed)
+    return z.clamp_min(0), b
+
+
+def immediate_and_planned(batches, B, D, dtype, momentum=None):
+    """(count, mean, cov) after ``bin_stats_update_`` per batch, and after ``bin_stats_plan_`` per
+    batch with every plan applied at the end."""
+    a = [torch.zeros(B, dtype=torch.int64), torch.zeros(B, D, dtype=dtype), torch.zeros(B, D, D, dtype=dtype)]
+    b = [t.clone() for t in a]
+    plans = []
+    for z, bins in batches:
+        OPS.bin_stats_update_(*a, z, bins, momentum)
+        plans.append(OPS.bin_stats_plan_(b[0], b[1], z, bins, momentum))
+    OPS.bin_stats_apply_(b[2], *[list(part) for part in zip(*plans)])
+    return a, b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,D,B", [(1, 1, 1), (8, 1, 4), (97, 13, 7), (40, 97, 3), (0, 4, 3), (5, 6, 97)])
+@pytest.mark.parametrize("momentum", [None, 0.9])
+def test_plans_give_the_bits_of_one_update_per_batch(dtype, n, D, B, momentum):
+    batches = [relu_features(n + k, D, B, seed=k, dtype=dtype) for k in range(5)]
+    immediate, planned = immediate_and_planned(batches, B, D, dtype, momentum)
+    for x, y in zip(immediate, planned):
+        assert torch.equal(x, y)
+
+
+def test_plans_match_the_reference_pooled_statistics():
+    batches = [relu_features(30, 6, 5, seed=k, dtype=torch.float64) for k in range(4)]
+    _, (count, mean, cov) = immediate_and_planned(batches, 5, 6, torch.float64)
+    want = ref.pooled_statistics(torch.cat([z for z, _ in batches]), torch.cat([b for _, b in batches]), 5)
+    torch.testing.assert_close(count, want[0].to(count))
+    torch.testing.assert_close(mean, want[1], rtol=1e-12, atol=1e-12)
+    seen = count >= 2
+    torch.testing.assert_close(cov[seen], want[2][seen], rtol=1e-10, atol=1e-12)
+
+
+def test_plan_shapes_depend_on_the_inputs_only():
+    z, b = features(10, 3, 50, bins=[4, 4, 9, 4, 9, 9, 9, 1, 4, 4])
+    count, mean = torch.zeros(50, dtype=torch.int64), torch.zeros(50, 3, dtype=torch.float64)
+    bins, vec_offset, vecs, weights, keep = OPS.bin_stats_plan_(count, mean, z, b, None)
+    S = 10  # min(n, B)
+    assert bins.tolist() == [1, 4, 9] + [-1] * (S - 3)
+    # a bin's samples, then its delta
+    assert vec_offset.tolist() == [0, 2, 8, 13] + [13] * (S - 3)
+    assert vecs.shape == (10 + S, 3) and weights.shape == (10 + S,) and keep.shape == (S,)
+    assert count[[1, 4, 9]].tolist() == [1, 5, 4] and count.sum() == 10
+
+
+def test_threads_give_the_same_bits():
+    batches = [relu_features(200, 64, 9, seed=k, dtype=torch.float32) for k in range(3)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _, one = immediate_and_planned(batches, 9, 64, torch.float32)
+        torch.set_num_threads(2)
+        _, two = immediate_and_planned(batches, 9, 64, torch.float32)
+    finally:
+        torch.set_num_threads(before)
+    for x, y in zip(one, two):
+        assert torch.equal(x, y)
+
+
+def test_opcheck_plan_and_apply():
+    z, b = relu_features(12, 5, 4, seed=0, dtype=torch.float64)
+    count, mean = torch.zeros(4, dtype=torch.int64), torch.zeros(4, 5, dtype=torch.float64)
+    torch.library.opcheck(OPS.bin_stats_plan_.default, (count.clone(), mean.clone(), z, b, None))
+    plans = [OPS.bin_stats_plan_(count, mean, z, b, None), OPS.bin_stats_plan_(count, mean, z * 2, b, None)]
+    torch.library.opcheck(OPS.bin_stats_apply_.default,
+                          (torch.zeros(4, 5, 5, dtype=torch.float64), *[list(part) for part in zip(*plans)]))
+
+
+def test_apply_rejects_what_is_not_a_plan():
+    count, mean = torch.zeros(4, dtype=torch.int64), torch.zeros(4, 3)
+    z, b = features(6, 3, 4, dtype=torch.float32)
+    plan = list(OPS.bin_stats_plan_(count, mean, z, b, None))
+    cov = torch.zeros(4, 3, 3)
+
+    def apply(**change):
+        parts = dict(zip(("bins", "vec_offset", "vecs", "weights", "keep"), plan), **change)
+        OPS.bin_stats_apply_(cov, *[[t] for t in parts.values()])
+
+    with pytest.raises(ValueError, match="bins must be distinct ascending"):
+        apply(bins=torch.tensor([0, 7, -1, -1]))
+    with pytest.raises(ValueError, match="bins must be distinct ascending"):
+        apply(bins=plan[0].flip(0))
+    with pytest.raises(ValueError, match="vec_offset must increase"):
+        apply(vec_offset=torch.tensor([0, 100, 100, 100, 100]))
+    with pytest.raises(ValueError, match="expected bins"):
+        apply(keep=plan[4][:2])
+    with pytest.raises(TypeError, match="like cov"):
+        apply(vecs=plan[2].double())
+    with pytest.raises(ValueError, match="one entry per plan"):
+        OPS.bin_stats_apply_(cov, [plan[0]], [], [plan[2]], [plan[3]], [plan[4]])
+    with pytest.raises(ValueError, match="non-finite|NaN or infinite"):
+        OPS.bin_stats_plan_(count, mean, torch.full((2, 3), float("nan")), torch.tensor([0, 1]), None)
+    with pytest.raises(TypeError, match="count must be int64"):
+        OPS.bin_stats_plan_(count.float(), mean, z, b, None)
+
+
+def epoch_pair(B=7, D=9):
+    """Two BinStats under "epoch": ``deferred`` defers as on the CPU, ``immediate`` applies every
+    batch at once (a cap of zero bytes flushes after each plan)."""
+    return irda_ext.BinStats(B, D, momentum=0.9), irda_ext.BinStats(B, D, momentum=0.9)
+
+
+def update_both(deferred, immediate, z, b, monkeypatch):
+    deferred.update(z, b)
+    with monkeypatch.context() as m:
+        m.setattr(bin_stats, "DEFERRED_BYTES", 0)
+        immediate.update(z, b)
+    assert not immediate._pending
+
+
+def assert_same_state(x, y):
+    sx, sy = x.state_dict(), y.state_dict()
+    assert sx.keys() == sy.keys()
+    for key in sx:
+        assert torch.equal(sx[key], sy[key]), key
+
+
+def test_deferred_epochs_give_the_immediate_bits(monkeypatch):
+    deferred, immediate = epoch_pair()
+    for epoch in range(4):
+        for step in range(5):
+            # bins 0-5 from the first epoch; bin 6 first appears in epoch 2 (its first epoch reads
+            # the epoch so far: a flush)
+            z, b = relu_features(23, 9, 6 if epoch < 2 else 7, seed=10 * epoch + step, dtype=torch.float32)
+            update_both(deferred, immediate, z, b, monkeypatch)
+            if epoch == 1:
+                assert deferred._pending  # after the first epoch, nothing reads epoch_cov within an epoch
+        deferred.end_epoch()
+        immediate.end_epoch()
+        assert not deferred._pending
+        assert_same_state(deferred, immediate)
+
+
+def test_reading_epoch_cov_applies_the_pending_updates(monkeypatch):
+    deferred, immediate = epoch_pair()
+    for step in range(3):
+        z, b = relu_features(30, 9, 7, seed=step, dtype=torch.float32)
+        update_both(deferred, immediate, z, b, monkeypatch)
+    deferred.end_epoch()
+    immediate.end_epoch()
+    z, b = relu_features(30, 9, 7, seed=99, dtype=torch.float32)
+    update_both(deferred, immediate, z, b, monkeypatch)
+    assert deferred._pending
+    assert torch.equal(deferred.epoch_cov, immediate.epoch_cov)  # the attribute flushes
+    assert not deferred._pending
+
+
+def test_state_dict_and_dtype_changes_see_the_pending_updates(monkeypatch):
+    deferred, immediate = epoch_pair()
+    for epoch in range(2):
+        for step in range(3):
+            z, b = relu_features(30, 9, 7, seed=10 * epoch + step, dtype=torch.float32)
+            update_both(deferred, immediate, z, b, monkeypatch)
+        if epoch == 0:
+            deferred.end_epoch()
+            immediate.end_epoch()
+    assert deferred._pending
+    assert_same_state(deferred, immediate)  # state_dict() flushes
+    z, b = relu_features(30, 9, 7, seed=50, dtype=torch.float32)
+    update_both(deferred, immediate, z, b, monkeypatch)
+    assert deferred._pending
+    assert torch.equal(deferred.double().epoch_cov, immediate.epoch_cov.double())  # .double() flushes first
+
+
+def test_loading_or_resetting_drops_the_pending_updates(monkeypatch):
+    deferred, immediate = epoch_pair()
+    z, b = relu_features(30, 9, 7, seed=0, dtype=torch.float32)
+    update_both(deferred, immediate, z, b, monkeypatch)
+    deferred.end_epoch()
+    immediate.end_epoch()
+    saved = {k: v.clone() for k, v in immediate.state_dict().items()}
+    deferred.update(*relu_features(30, 9, 7, seed=1, dtype=torch.float32))
+    assert deferred._pending
+    deferred.load_state_dict(saved)  # the pending plan belonged to the state replaced
+    assert not deferred._pending
+    assert_same_state(deferred, immediate)
+    deferred.update(*relu_features(30, 9, 7, seed=2, dtype=torch.float32))
+    deferred.reset()
+    assert not deferred._pending and deferred.epoch_cov.eq(0).all()
+
+
+def test_the_byte_cap_flushes(monkeypatch):
+    deferred, immediate = epoch_pair()
+    z, b = relu_features(30, 9, 7, seed=0, dtype=torch.float32)
+    update_both(deferred, immediate, z, b, monkeypatch)
+    deferred.end_epoch()
+    immediate.end_epoch()
+    plan_bytes = sum(t.numel() * t.element_size() for t in OPS.bin_stats_plan_(
+        torch.zeros(7, dtype=torch.int64), torch.zeros(7, 9), z, b, None))
+    monkeypatch.setattr(bin_stats, "DEFERRED_BYTES", 2 * plan_bytes)
+    deferred.update(z, b)
+    assert len(deferred._pending) == 1
+    deferred.update(z, b)  # the second plan reaches the cap
+    assert not deferred._pending
