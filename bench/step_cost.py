@@ -10,7 +10,8 @@ head, method, optimizer, loader), then trains ``--epochs`` epochs with the body 
 interleaved (a shared machine's slow spells fall on both), timing:
 
 * **one step**: the batch's features, the loss, ``zero_grad``, ``backward`` and ``optimizer.step``,
-  median over the steps of every epoch but the first;
+  the mean over an epoch's steps (a step that applies deferred work counts), median over every
+  epoch but the first;
 * **one epoch**: its steps (loader included) plus the method's ``end_epoch``, and
   ``end_epoch`` alone as a share of it (IRDA: the covariance updates ``BinStats`` deferred during
   the epoch, applied in one pass, the statistics' epoch merge, the W-FDS weights and k-means on
@@ -88,7 +89,7 @@ def measure(dataset: str, methods, epochs: int, threads: int) -> dict:
                 steps, epoch_s, end_s = next(runs[m])
                 if epoch == 0:
                     continue  # the first epoch: no statistics yet, no augmentation (ramp at 0)
-                times[m]["steps"] += steps
+                times[m]["steps"].append(statistics.fmean(steps))
                 times[m]["epochs"].append(epoch_s)
                 times[m]["ends"].append(end_s)
         rows = {}
@@ -118,7 +119,8 @@ def main(argv=None):
              f"(backbone features D = {base['feature_dim']}, {base['bins']} bins, batch {base['batch_size']}, "
              f"{base['steps_per_epoch']} steps an epoch), every method at its CLI defaults"
              + "".join(f" ({m}: K = {r['clusters']} clusters)" for m, r in rows.items() if r.get("clusters"))
-             + f"; medians over epochs 2-{args.epochs}, the methods' epochs interleaved.", "",
+             + f"; a step is the mean over an epoch's steps; medians over epochs 2-{args.epochs}, the methods' epochs "
+               "interleaved.", "",
              "| method | step (ms) | step / MSE step | epoch (ms) | epoch / MSE epoch | end_epoch (ms) | "
              "end_epoch share of the epoch |",
              "|---|---|---|---|---|---|---|"]

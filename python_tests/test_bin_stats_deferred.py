@@ -144,8 +144,8 @@ def test_deferred_epochs_give_the_immediate_bits(monkeypatch):
             # the epoch so far: a flush)
             z, b = relu_features(23, 9, 6 if epoch < 2 else 7, seed=10 * epoch + step, dtype=torch.float32)
             update_both(deferred, immediate, z, b, monkeypatch)
-            if epoch == 1:
-                assert deferred._pending  # after the first epoch, nothing reads epoch_cov within an epoch
+            if epoch == 1:  # after the first epoch only the batch cap applies them within an epoch
+                assert len(deferred._pending) == (step + 1) % bin_stats.DEFERRED_BATCHES
         deferred.end_epoch()
         immediate.end_epoch()
         assert not deferred._pending
@@ -198,6 +198,18 @@ def test_loading_or_resetting_drops_the_pending_updates(monkeypatch):
     deferred.update(*relu_features(30, 9, 7, seed=2, dtype=torch.float32))
     deferred.reset()
     assert not deferred._pending and deferred.epoch_cov.eq(0).all()
+
+
+def test_the_batch_cap_flushes(monkeypatch):
+    deferred, immediate = epoch_pair()
+    z, b = relu_features(30, 9, 7, seed=0, dtype=torch.float32)
+    update_both(deferred, immediate, z, b, monkeypatch)
+    deferred.end_epoch()
+    immediate.end_epoch()
+    for step in range(2 * bin_stats.DEFERRED_BATCHES + 1):
+        update_both(deferred, immediate, *relu_features(30, 9, 7, seed=step, dtype=torch.float32), monkeypatch)
+        assert len(deferred._pending) == (step + 1) % bin_stats.DEFERRED_BATCHES
+    assert_same_state(deferred, immediate)
 
 
 def test_the_byte_cap_flushes(monkeypatch):
