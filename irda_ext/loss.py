@@ -16,7 +16,8 @@ from .confusion import ConfusionCounter
 from ._validate import _on_host, check_nonnegative, check_positive
 from .isotropic import adjusted_quadratic, isotropic_adjustment
 from .noise_scale import NoiseScale
-from .surrogate import MODES, irda_surrogate
+from ._ops import ops
+from .surrogate import MODES, reduce_loss
 from .wfds import kernel_matrix, restrict_to_bins, wfds_smooth, wfds_weights
 
 
@@ -135,6 +136,7 @@ class IRDALoss(nn.Module):
         self.noise = NoiseScale(noise_sigma, learn=learn_sigma)
         self._restricted = None  # (smoothing version, has_data, weights): see restricted_smoothing
         self._smoothed = None  # (key, (mean_s, cov_s, lam, v)): see smoothed_statistics
+        self._in_dtype = None  # (key, (centers, eta, log_prior) in a dtype): see constants
 
     # ----- set-up and epoch-level estimates -------------------------------------------------
     @torch.no_grad()
@@ -221,10 +223,23 @@ class IRDALoss(nn.Module):
             self._smoothed = (key, result)
         return result
 
+    def constants(self, dtype: torch.dtype):
+        """``(centers, eta, log_prior)`` in ``dtype`` for the surrogate: the float64 buffers
+        change at epoch ends (and ``fit_prior``), so their copies are kept until a buffer's
+        version changes, instead of three copies a step (not while ``torch.compile`` traces)."""
+        buffers = (self.centers, self.eta, self.log_prior)
+        if torch.compiler.is_compiling():
+            return tuple(t.to(dtype) for t in buffers)
+        key = (dtype,) + tuple((t._version, t.data_ptr(), t.device) for t in buffers)
+        if self._in_dtype is None or self._in_dtype[0] != key:
+            self._in_dtype = (key, tuple(t.to(dtype) for t in buffers))
+        return self._in_dtype[1]
+
     def augmentation(self, head_weight: torch.Tensor, head_bias: torch.Tensor, mean_gate=None, cov_gate=None,
-                     v=None, twice_differentiable: bool = True):
+                     v=None, twice_differentiable: bool = True, smoothed_prediction: bool = True):
         """Per-bin ``shift_b = w (mu_s - mu)_b``, the smoothed-mean prediction
-        ``w mu_s_b + w0`` and ``q_b = w Sigma_bar_b w`` for the current statistics and the
+        ``w mu_s_b + w0`` (``None`` with ``smoothed_prediction=False``: exact mode does not
+        use it) and ``q_b = w Sigma_bar_b w`` for the current statistics and the
         head ``w = head_weight [1, D]``, ``w0 = head_bias [1]``.
 
         ``mean_gate``, ``cov_gate`` (``[B]``, scale ``mu_s - mu`` and ``Sigma_s``) and ``v``
@@ -241,7 +256,7 @@ class IRDALoss(nn.Module):
         if mean_gate is not None:
             shift = mean_gate * shift
             mean_s = stats.mean + mean_gate[:, None] * delta
-        smoothed_pred = mean_s @ w + head_bias.reshape(()).to(w.dtype)
+        smoothed_pred = mean_s @ w + head_bias.reshape(()).to(w.dtype) if smoothed_prediction else None
         q = adjusted_quadratic(w, cov_s, lam, v, twice_differentiable=twice_differentiable)
         if cov_gate is not None:
             q = cov_gate * q
@@ -317,7 +332,8 @@ class IRDALoss(nn.Module):
             pred = nn.functional.linear(features.to(head_weight.dtype), head_weight, head_bias)
         pred = pred.reshape(-1)
         dtype = pred.dtype if pred.dtype in (torch.float32, torch.float64) else torch.float32
-        shift_b, smoothed_pred, q = self.augmentation(head_weight, head_bias, twice_differentiable=lookahead, **gates)
+        shift_b, smoothed_pred, q = self.augmentation(head_weight, head_bias, twice_differentiable=lookahead,
+                                                      smoothed_prediction=self.mode == "paper", **gates)
         y = targets.to(device=pred.device, dtype=dtype)
         if self.mode == "exact":
             shift = shift_b[bin_index]
@@ -326,12 +342,15 @@ class IRDALoss(nn.Module):
         var = q[bin_index].clamp_min(0)
         alpha, beta = self.strength()
         noise_var = self.noise.var.to(dtype)
-        surrogate = irda_surrogate
+        centers, eta, log_prior = self.constants(dtype)
+        args = (pred.to(dtype), y, bin_index, centers, eta, log_prior, shift.to(dtype), var.to(dtype), alpha, beta)
         if lookahead:
-            noise_var, surrogate = noise_var.detach(), reference.irda_surrogate
-        loss = surrogate(pred.to(dtype), y, bin_index, self.centers.to(dtype), self.eta.to(dtype),
-                         self.log_prior.to(dtype), shift.to(dtype), var.to(dtype), alpha, beta, noise_var,
-                         mode=self.mode, reduction=reduction, weight=weight)
+            loss = reference.irda_surrogate(*args, noise_var.detach(), mode=self.mode, reduction=reduction,
+                                            weight=weight)
+        else:
+            # the fused op without irda_ext.irda_surrogate's checks: the inputs are built above
+            # (the kernel still checks their values), only `weight` comes from the caller
+            loss = reduce_loss(ops.irda_surrogate(*args, noise_var, self.mode)[0], reduction, weight)
         # Balanced-MSE's scaling: the gradient in pred then has the scale of MSE's.
         return loss * (2 * noise_var).detach()
 

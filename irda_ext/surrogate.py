@@ -66,10 +66,17 @@ def irda_surrogate(pred, target, bin_index, centers, eta, log_prior, shift, var,
                     values=False)
     loss, _ = ops.irda_surrogate(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta,
                                  noise_var, mode)
+    return reduce_loss(loss, reduction, weight)
+
+
+def reduce_loss(loss: torch.Tensor, reduction: str, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The per-sample ``loss [n]`` weighted (``weight [n]``, optional) and reduced as
+    ``irda_surrogate`` does: ``"mean"`` divides by ``n`` (an empty batch gives 0, not NaN)."""
+    check_reduction(reduction)
     if weight is not None:
         check_weight(weight, loss)
         loss = loss * weight
-    if reduction == "mean":  # an empty batch gives 0, not NaN
+    if reduction == "mean":
         return loss.sum() / max(loss.shape[0], 1)
     if reduction == "sum":
         return loss.sum()

@@ -234,3 +234,37 @@ def test_nan_predictions_are_named_not_an_index_error():
         head.bias.fill_(float("nan"))
     with pytest.raises(ValueError, match=r"NaN target\(s\).*diverged model"):
         criterion(torch.randn(6, 4), torch.rand(6) * 10, head)
+
+
+def test_the_surrogates_constants_in_its_dtype_follow_their_buffers():
+    """head_loss keeps float32 copies of centers, eta and log_prior between steps; a change to a
+    buffer (fit_prior, an epoch end's eta, a loaded state) must reach them."""
+    x, y = make_problem()
+    crit = IRDALoss(Bins(0, 20, 1), 2, 2, kmeans_samples=100)
+    crit.fit_prior(y)
+    first = crit.constants(torch.float32)
+    assert crit.constants(torch.float32)[2] is first[2]  # kept while nothing changes
+    crit.fit_prior(y[:50])
+    assert torch.equal(crit.constants(torch.float32)[2], crit.log_prior.float())
+    assert not torch.equal(crit.constants(torch.float32)[2], first[2])
+    crit.fit_prior(y)  # every sample's bin has a prior again
+    assert torch.equal(crit.constants(torch.float32)[2], first[2])
+    head = nn.Linear(2, 1)
+    crit(x, y, head).backward()
+    crit.end_epoch()
+    assert torch.equal(crit.constants(torch.float32)[1], crit.eta.float())
+    other = IRDALoss(Bins(0, 20, 1), 2, 2, kmeans_samples=100)
+    other.constants(torch.float32)
+    other.load_state_dict(crit.state_dict())
+    for got, buffer in zip(other.constants(torch.float32), (other.centers, other.eta, other.log_prior)):
+        assert torch.equal(got, buffer.float())
+    # and the loss through them is the loss of the public op on fresh copies
+    z = x.float()
+    got = crit.head_loss(z, y, head.weight, head.bias)
+    shift, _, q = crit.augmentation(head.weight, head.bias, twice_differentiable=False, smoothed_prediction=False)
+    b = crit.bins.index(y)
+    alpha, beta = crit.strength()
+    want = irda_ext.irda_surrogate(head(z).reshape(-1), y, b, crit.centers.float(), crit.eta.float(),
+                                   crit.log_prior.float(), shift[b], q[b].clamp_min(0), alpha, beta,
+                                   crit.noise.var.float()) * 2 * crit.noise.var.float().detach()
+    assert torch.equal(got, want)
