@@ -225,10 +225,11 @@ class IRDALoss(nn.Module):
 
     def constants(self, dtype: torch.dtype):
         """``(centers, eta, log_prior)`` in ``dtype`` for the surrogate: the float64 buffers
-        change at epoch ends (and ``fit_prior``), so their copies are kept until a buffer's
-        version changes, instead of three copies a step (not while ``torch.compile`` traces)."""
+        change at epoch ends (and ``fit_prior``), so on the CPU their copies are kept until a
+        buffer's version changes, instead of three copies a step (on a GPU, where a copy is an
+        asynchronous kernel, and while ``torch.compile`` traces, they are copied)."""
         buffers = (self.centers, self.eta, self.log_prior)
-        if torch.compiler.is_compiling():
+        if not _on_host(self.eta):
             return tuple(t.to(dtype) for t in buffers)
         key = (dtype,) + tuple((t._version, t.data_ptr(), t.device) for t in buffers)
         if self._in_dtype is None or self._in_dtype[0] != key:
