@@ -129,6 +129,16 @@ def update_both(deferred, immediate, z, b, monkeypatch):
     assert not immediate._pending
 
 
+def after_an_epoch(monkeypatch, steps=1):
+    """``epoch_pair()`` after an epoch of ``steps`` batches: every bin has statistics, nothing waits."""
+    deferred, immediate = epoch_pair()
+    for step in range(steps):
+        update_both(deferred, immediate, *relu_features(30, 9, 7, seed=step, dtype=torch.float32), monkeypatch)
+    deferred.end_epoch()
+    immediate.end_epoch()
+    return deferred, immediate
+
+
 def assert_same_state(x, y):
     sx, sy = x.state_dict(), y.state_dict()
     assert sx.keys() == sy.keys()
@@ -153,12 +163,7 @@ def test_deferred_epochs_give_the_immediate_bits(monkeypatch):
 
 
 def test_reading_epoch_cov_applies_the_pending_updates(monkeypatch):
-    deferred, immediate = epoch_pair()
-    for step in range(3):
-        z, b = relu_features(30, 9, 7, seed=step, dtype=torch.float32)
-        update_both(deferred, immediate, z, b, monkeypatch)
-    deferred.end_epoch()
-    immediate.end_epoch()
+    deferred, immediate = after_an_epoch(monkeypatch, steps=3)
     z, b = relu_features(30, 9, 7, seed=99, dtype=torch.float32)
     update_both(deferred, immediate, z, b, monkeypatch)
     assert deferred._pending
@@ -184,11 +189,7 @@ def test_state_dict_and_dtype_changes_see_the_pending_updates(monkeypatch):
 
 
 def test_loading_or_resetting_drops_the_pending_updates(monkeypatch):
-    deferred, immediate = epoch_pair()
-    z, b = relu_features(30, 9, 7, seed=0, dtype=torch.float32)
-    update_both(deferred, immediate, z, b, monkeypatch)
-    deferred.end_epoch()
-    immediate.end_epoch()
+    deferred, immediate = after_an_epoch(monkeypatch)
     saved = {k: v.clone() for k, v in immediate.state_dict().items()}
     deferred.update(*relu_features(30, 9, 7, seed=1, dtype=torch.float32))
     assert deferred._pending
@@ -201,11 +202,7 @@ def test_loading_or_resetting_drops_the_pending_updates(monkeypatch):
 
 
 def test_the_batch_cap_flushes(monkeypatch):
-    deferred, immediate = epoch_pair()
-    z, b = relu_features(30, 9, 7, seed=0, dtype=torch.float32)
-    update_both(deferred, immediate, z, b, monkeypatch)
-    deferred.end_epoch()
-    immediate.end_epoch()
+    deferred, immediate = after_an_epoch(monkeypatch)
     for step in range(2 * bin_stats.DEFERRED_BATCHES + 1):
         update_both(deferred, immediate, *relu_features(30, 9, 7, seed=step, dtype=torch.float32), monkeypatch)
         assert len(deferred._pending) == (step + 1) % bin_stats.DEFERRED_BATCHES
@@ -213,11 +210,8 @@ def test_the_batch_cap_flushes(monkeypatch):
 
 
 def test_the_byte_cap_flushes(monkeypatch):
-    deferred, immediate = epoch_pair()
+    deferred, _ = after_an_epoch(monkeypatch)
     z, b = relu_features(30, 9, 7, seed=0, dtype=torch.float32)
-    update_both(deferred, immediate, z, b, monkeypatch)
-    deferred.end_epoch()
-    immediate.end_epoch()
     plan_bytes = sum(t.numel() * t.element_size() for t in OPS.bin_stats_plan_(
         torch.zeros(7, dtype=torch.int64), torch.zeros(7, 9), z, b, None))
     monkeypatch.setattr(bin_stats, "DEFERRED_BYTES", 2 * plan_bytes)
