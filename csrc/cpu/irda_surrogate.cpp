@@ -148,6 +148,19 @@ __attribute__((always_inline)) inline T competitor_target(const SurrogateArgs<T>
   return a.grid_t[j] * (a.grid_id[j] == jb ? T(0) : T(1)) + (a.grid_id[j] == jb ? y : T(0));
 }
 
+// A sample's competitor targets and log-prior differences, the same for each of its
+// numerator clusters: rows[j] = competitor_target(j), rows[KV + j] = l_j - l_own, so the
+// K loops over the grid read them instead of computing them K times (the same values).
+template <typename T>
+__attribute__((always_inline)) inline void fill_sample_rows(const SurrogateArgs<T>& a, T jb, T y, T lp_own,
+                                                            T* __restrict rows) {
+  const int64_t KV = a.KV_padded;
+  for (int64_t j = 0; j < KV; ++j) {
+    rows[j] = competitor_target(a, j, jb, y);
+    rows[KV + j] = a.grid_lp[j] - lp_own;
+  }
+}
+
 // The denominators (a, 1 / r, -log(r) / 2) of competitor j for numerator share eo: read
 // from the pair's table (kTable; rows A, IR, HL of numerator cluster k) or computed here.
 // One template for both, so each loop below is written once and neither carries a branch.
@@ -163,39 +176,40 @@ __attribute__((always_inline)) inline ExactDenominator<T> denominator_at(const S
 }
 
 // Fs[j] = F of every competitor j of numerator cluster k (table: that cluster's rows, or
-// unused); exact_term_given(exact_term_denominator(...)) is exact_term, the same bits.
+// unused; rows: the sample's fill_sample_rows); exact_term_given(exact_term_denominator(...))
+// is exact_term, the same bits.
 template <bool kTable, typename T>
 __attribute__((always_inline)) inline void exact_row(const SurrogateArgs<T>& a, const T* __restrict A,
-                                                     const T* __restrict IR, const T* __restrict HL, T eo, T jb, T y,
-                                                     T lp_own, T m, T s2, T* __restrict Fs) {
+                                                     const T* __restrict IR, const T* __restrict HL, T eo, T y,
+                                                     const T* __restrict rows, T m, T s2, T* __restrict Fs) {
+  const T *__restrict t = rows, *__restrict lpd = rows + a.KV_padded;
   for (int64_t j = 0; j < a.KV_padded; ++j) {
-    const T t = competitor_target(a, j, jb, y);
     const ExactDenominator<T> den = denominator_at<kTable>(a, A, IR, HL, j, eo, s2);
-    Fs[j] = exact_term_given<T>(den, eo, a.grid_eta[j], y, t, a.grid_lp[j] - lp_own, m, s2, a.u).F;
+    Fs[j] = exact_term_given<T>(den, eo, a.grid_eta[j], y, t[j], lpd[j], m, s2, a.u).F;
   }
 }
 
-// Forward of sample i; Fs is scratch of K * V values.
+// Forward of sample i; Fs is scratch of K * V values, rows of 2 KV_padded (fill_sample_rows).
 // `table`: the sample's denominators ([3, K, KV_padded]: a, 1 / r, -log(r) / 2; see
 // DenominatorPlan), or nullptr to compute them here.
 template <typename T>
 __attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse,
-                                                              T* __restrict Fs, const T* table) {
+                                                              T* __restrict Fs, T* __restrict rows, const T* table) {
   const int64_t b = a.bin[i], B = a.B, K = a.K, KV = a.KV_padded;
   const T jb = static_cast<T>(a.grid_pos[b]);  // the own bin has a prior (checked)
   const T y = a.target[i];
   const T m = a.pred[i] + a.alpha * a.shift[i];
   T s2;
   sample_variance(a, i, &s2);
-  const T lp_own = a.log_prior[b];
+  fill_sample_rows(a, jb, y, a.log_prior[b], rows);
   T total = 0;
   for (int64_t k = 0; k < K; ++k) {
     const T eo = a.eta[k * B + b];
     if (table != nullptr) {
       const T* A = table + k * KV;
-      exact_row<true>(a, A, A + K * KV, A + 2 * K * KV, eo, jb, y, lp_own, m, s2, Fs);
+      exact_row<true>(a, A, A + K * KV, A + 2 * K * KV, eo, y, rows, m, s2, Fs);
     } else {
-      exact_row<false, T>(a, nullptr, nullptr, nullptr, eo, jb, y, lp_own, m, s2, Fs);
+      exact_row<false, T>(a, nullptr, nullptr, nullptr, eo, y, rows, m, s2, Fs);
     }
     lse[k] = row_logsumexp(Fs, KV);
     total += lse[k];
@@ -208,16 +222,16 @@ __attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArg
 template <bool kTable, typename T>
 __attribute__((always_inline)) inline void exact_row_gradient(const SurrogateArgs<T>& a, const T* __restrict A,
                                                               const T* __restrict IR, const T* __restrict HL, T eo,
-                                                              T jb, T y, T lp_own, T m, T s2, T lk,
+                                                              T y, const T* __restrict rows, T m, T s2, T lk,
                                                               T* __restrict acc_m, T* __restrict acc_s2,
                                                               T* __restrict acc_u) {
   constexpr int64_t kLanes = kGridPad;
+  const T *__restrict t = rows, *__restrict lpd = rows + a.KV_padded;
   for (int64_t j0 = 0; j0 < a.KV_padded; j0 += kLanes) {
     for (int64_t l = 0; l < kLanes; ++l) {
       const int64_t j = j0 + l;
-      const T t = competitor_target(a, j, jb, y);
       const ExactDenominator<T> den = denominator_at<kTable>(a, A, IR, HL, j, eo, s2);
-      const ExactTerm<T> e = exact_term_given<T>(den, eo, a.grid_eta[j], y, t, a.grid_lp[j] - lp_own, m, s2, a.u);
+      const ExactTerm<T> e = exact_term_given<T>(den, eo, a.grid_eta[j], y, t[j], lpd[j], m, s2, a.u);
       const T p = exp_clamped<T>(e.F - lk);
       acc_m[l] += p * e.dF_dm;
       acc_s2[l] += p * e.dF_ds2;
@@ -230,14 +244,14 @@ __attribute__((always_inline)) inline void exact_row_gradient(const SurrogateArg
 template <typename T>
 __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateArgs<T>& a, int64_t i, const T* lse,
                                                                T grad, T* g_pred, T* g_shift, T* g_var, T* g_nv,
-                                                               const T* table) {
+                                                               T* __restrict rows, const T* table) {
   const int64_t b = a.bin[i], B = a.B, K = a.K, KV = a.KV_padded;
   const T jb = static_cast<T>(a.grid_pos[b]);
   const T y = a.target[i];
   const T m = a.pred[i] + a.alpha * a.shift[i];
   T s2;
   const bool capped = sample_variance(a, i, &s2);
-  const T lp_own = a.log_prior[b];
+  fill_sample_rows(a, jb, y, a.log_prior[b], rows);
   // Lane-wise partial sums over blocks of kLanes competitors (the grid is padded to
   // whole blocks): gcc turns the fixed-length inner loop into vector code, where it
   // gave up on the same loop under `omp simd` with reductions.
@@ -247,11 +261,9 @@ __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateAr
     const T eo = a.eta[k * B + b];
     if (table != nullptr) {
       const T* A = table + k * KV;
-      exact_row_gradient<true>(a, A, A + K * KV, A + 2 * K * KV, eo, jb, y, lp_own, m, s2, lse[k], acc_m, acc_s2,
-                               acc_u);
+      exact_row_gradient<true>(a, A, A + K * KV, A + 2 * K * KV, eo, y, rows, m, s2, lse[k], acc_m, acc_s2, acc_u);
     } else {
-      exact_row_gradient<false, T>(a, nullptr, nullptr, nullptr, eo, jb, y, lp_own, m, s2, lse[k], acc_m, acc_s2,
-                                   acc_u);
+      exact_row_gradient<false, T>(a, nullptr, nullptr, nullptr, eo, y, rows, m, s2, lse[k], acc_m, acc_s2, acc_u);
     }
   }
   T gm = 0, gs2 = 0, gu = 0;
@@ -275,13 +287,13 @@ __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateAr
 // Compiled once per instruction set; overloads per dtype (target_clones and
 // templates do not mix).
 #define IRDA_EXACT_ENTRY_POINTS(T)                                                                                  \
-  IRDA_TARGET_CLONES void exact_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse, T* Fs,              \
+  IRDA_TARGET_CLONES void exact_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse, T* Fs, T* rows,     \
                                         const T* table) {                                                           \
-    exact_forward_impl<T>(a, i, loss, lse, Fs, table);                                                              \
+    exact_forward_impl<T>(a, i, loss, lse, Fs, rows, table);                                                        \
   }                                                                                                                 \
   IRDA_TARGET_CLONES void exact_backward(const SurrogateArgs<T>& a, int64_t i, const T* lse, T grad, T* g_pred,    \
-                                         T* g_shift, T* g_var, T* g_nv, const T* table) {                           \
-    exact_backward_impl<T>(a, i, lse, grad, g_pred, g_shift, g_var, g_nv, table);                                   \
+                                         T* g_shift, T* g_var, T* g_nv, T* rows, const T* table) {                  \
+    exact_backward_impl<T>(a, i, lse, grad, g_pred, g_shift, g_var, g_nv, rows, table);                             \
   }
 IRDA_EXACT_ENTRY_POINTS(float)
 IRDA_EXACT_ENTRY_POINTS(double)
@@ -571,13 +583,15 @@ std::tuple<at::Tensor, at::Tensor> irda_surrogate_cpu(const at::Tensor& pred, co
     scalar_t* loss_ptr = loss.data_ptr<scalar_t>();
     scalar_t* lse_ptr = lse.data_ptr<scalar_t>();
     at::parallel_for(0, p.n, sample_grain(p, exact), [&](int64_t begin, int64_t end) {
-      // one sample's row of logits over the padded grid, and (paper) its own-bin shares
-      std::vector<scalar_t> scratch(2 * a.KV_padded);
+      // one sample's row of logits over the padded grid, then (exact) its two rows of
+      // fill_sample_rows or (paper) its own-bin shares
+      std::vector<scalar_t> scratch(3 * a.KV_padded);
       ThreadDenominators<scalar_t> tables(plan, a);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t i = plan.sample_at(r);
         if (exact) {
-          exact_forward(a, i, loss_ptr + i, lse_ptr + i * L, scratch.data(), tables.of(i));
+          exact_forward(a, i, loss_ptr + i, lse_ptr + i * L, scratch.data(), scratch.data() + a.KV_padded,
+                        tables.of(i));
         } else {
           paper_forward(a, i, loss_ptr + i, lse_ptr + i * L, scratch.data(), scratch.data() + a.KV_padded);
         }
@@ -617,14 +631,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backwa
     scalar_t* o_var = g_var.data_ptr<scalar_t>();
     scalar_t* o_nv = g_nv.data_ptr<scalar_t>();
     at::parallel_for(0, p.n, sample_grain(p, exact), [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> own_eta(exact ? 0 : a.KV_padded);
+      // (exact) the sample's two rows of fill_sample_rows, or (paper) its own-bin shares
+      std::vector<scalar_t> scratch((exact ? 2 : 1) * a.KV_padded);
       ThreadDenominators<scalar_t> tables(plan, a);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t i = plan.sample_at(r);
         if (exact) {
-          exact_backward(a, i, lp + i * L, gp[i], o_pred + i, o_shift + i, o_var + i, o_nv + i, tables.of(i));
+          exact_backward(a, i, lp + i * L, gp[i], o_pred + i, o_shift + i, o_var + i, o_nv + i, scratch.data(),
+                         tables.of(i));
         } else {
-          paper_backward(a, i, lp + i * L, gp[i], o_pred + i, o_shift + i, o_var + i, o_nv + i, own_eta.data());
+          paper_backward(a, i, lp + i * L, gp[i], o_pred + i, o_shift + i, o_var + i, o_nv + i, scratch.data());
         }
       }
     });
