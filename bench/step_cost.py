@@ -1,6 +1,6 @@
 """What IRDA costs in a real training step, against MSE, on the bundled abalone MLP.
 
-    python bench/step_cost.py                  # abalone, 1 thread, 12 epochs a method
+    python bench/step_cost.py                  # abalone, 1 thread, 30 epochs a method
     python bench/step_cost.py --dataset bikeshare --threads 2
 
 In one run, for ``--method vanilla-mse`` (MSE) and ``--method irda`` (the CLI defaults), the
@@ -103,7 +103,7 @@ def measure(dataset: str, methods, epochs: int, threads: int) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="abalone")
-    parser.add_argument("--epochs", type=int, default=12, help="epochs per method (the first is not timed)")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs per method (the first is not timed)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", nargs="+", default=["vanilla-mse", "irda"])
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
