@@ -36,7 +36,7 @@ ESTIMATORS = ("epoch", "batch", "cumulative")
 # hold this many bytes (and whenever epoch_cov is read): each row of the covariances is then
 # read and written once per DEFERRED_BATCHES batches, and the epoch end has at most that many
 # batches' worth left to apply.
-DEFERRED_BATCHES = 4
+DEFERRED_BATCHES = 8
 DEFERRED_BYTES = 64 * 2**20
 
 
@@ -91,9 +91,9 @@ class BinStats(nn.Module):
     (``bin_stats_apply_``: each row of the ``[B, D, D]`` buffer read and written once, not once
     per batch; the same bits) when ``epoch_cov`` is read (the epoch end, a bin's first epoch, a
     state dict) or when :data:`DEFERRED_BATCHES` batches or :data:`DEFERRED_BYTES` wait. Where the
-    covariances outgrow the caches this saves most of the update's memory traffic (8 updates of n = 256, B = 100, one
-    thread: 1.45x faster at D = 512, 2.1x at D = 2048, flush included); at small D the update is
-    arithmetic, which the epoch end then does.
+    covariances outgrow the caches this saves most of the update's memory traffic (8 updates of
+    n = 256, B = 100, flush included, one thread: about 2x faster at D = 2048, 1.0-1.2x at
+    D = 512); at small D the update is arithmetic, which then moves to the epoch end.
 
     Args:
         num_bins: ``B``. dim: feature dimension ``D``.
