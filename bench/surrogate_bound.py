@@ -44,19 +44,21 @@ from report import write_results  # noqa: E402
 
 # Floating-point operations per term (float32), counted from the source; selects, compares
 # used as masks and bit manipulation are not counted, a division counts as one.
-#   exact_term's F (surrogate_math.h): 30, plus log_positive (simd.h): 20; the competitor's
-#   target and log-prior difference: 3; forward's log-sum-exp: a max (1) and exp_clamped of
-#   the difference with the sum (26). Backward recomputes F (53) and adds the four derivatives
-#   (27), exp_clamped(F - lse) (25) and three weighted sums (6).
+#   exact_term's F (surrogate_math.h): 30, plus log_positive (simd.h): 20; forward's
+#   log-sum-exp: a max (1) and exp_clamped of the difference with the sum (26). Backward
+#   recomputes F (50) and adds the four derivatives (27), exp_clamped(F - lse) (25) and three
+#   weighted sums (6). A competitor's target and log-prior difference (3) are computed once per
+#   sample, forward and backward (fill_sample_rows), and read by its K numerator clusters.
 #   paper_term's Z: 17 (the own-bin shares are filled per sample); forward's log-sum-exp 27;
 #   backward recomputes Z (17), its four derivatives (10), exp (25) and four sums (8).
 #   With a var per bin (IRDALoss's case) exact mode reads a, 1 / r and -log(r) / 2 from a table
 #   built once per (bin, s2) (DenominatorTables in csrc/cpu/irda_surrogate.cpp): a term then
 #   skips a (1), r (3), the division (1) and log_positive (20), forward and backward, and each
 #   table costs those 25 per (numerator cluster, competitor), once forward and once backward.
-FLOPS_PER_TERM = {"exact": {"forward": 80, "backward": 111}, "paper": {"forward": 44, "backward": 60},
-                  "exact, var per bin": {"forward": 55, "backward": 86}}
+FLOPS_PER_TERM = {"exact": {"forward": 77, "backward": 108}, "paper": {"forward": 44, "backward": 60},
+                  "exact, var per bin": {"forward": 52, "backward": 83}}
 TABLE_FLOPS = 25  # per table entry, forward and backward each
+ROW_FLOPS = 3  # exact mode, per (sample, competitor), forward and backward each
 MODES = {"exact": "exact", "paper": "paper", "exact, var per bin": "exact"}
 TARGETS = {"exact_bound": 4.0, "exact_dense": 15.0, "paper_dense": 15.0}
 
@@ -112,6 +114,8 @@ def measure(max_threads):
         torch.testing.assert_close(fused_loss, dense_loss, rtol=1e-4, atol=1e-4)
         terms = grid_terms(args, mode)
         flops = terms * (FLOPS_PER_TERM[label]["forward"] + FLOPS_PER_TERM[label]["backward"])
+        if mode == "exact":  # the sample's rows: terms / K (sample, competitor) pairs
+            flops += 2 * ROW_FLOPS * terms // args[4].shape[0]
         if label == "exact, var per bin":
             flops += 2 * TABLE_FLOPS * table_entries(args)
         row = {"terms": terms, "flops": flops, "raw_ms": 1e3 * median_time(raw),
