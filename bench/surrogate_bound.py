@@ -52,7 +52,8 @@ from report import write_results  # noqa: E402
 #   paper_term's Z: 17 (the own-bin shares are filled per sample); forward's log-sum-exp 27;
 #   backward recomputes Z (17), its four derivatives (10), exp (25) and four sums (8).
 #   With a var per bin (IRDALoss's case) exact mode reads a, 1 / r and -log(r) / 2 from a table
-#   built once per (bin, s2) (DenominatorTables in csrc/cpu/irda_surrogate.cpp): a term then
+#   built once per (bin, s2) and thread (DenominatorPlan, ThreadDenominators in
+#   csrc/cpu/irda_surrogate.cpp; this count takes one per (bin, s2), the one-thread case): a term then
 #   skips a (1), r (3), the division (1) and log_positive (20), forward and backward, and each
 #   table costs those 25 per (numerator cluster, competitor), once forward and once backward.
 FLOPS_PER_TERM = {"exact": {"forward": 77, "backward": 108}, "paper": {"forward": 44, "backward": 60},
