@@ -72,6 +72,13 @@ def paragraph() -> str:
                      f"{irda['epoch_s'] / mse['epoch_s']:.2f}x), "
                      f"and `end_epoch` is {irda['end_epoch_s'] / irda['epoch_s']:.0%} of an IRDA epoch "
                      f"({machine(step['env'])}; `step_cost.md`).")
+        floor = step.get("kernel_floor")
+        if floor:
+            parts.append(f"IRDA's own kernels in that step (the fused surrogate forward and backward, the quadratic "
+                         f"forms, `BinStats.update`), timed alone, take {floor['floor_s'] * 1e3:.2f} ms with hot caches "
+                         f"and {floor['cold_floor_s'] * 1e3:.2f} ms with cold ones: no IRDA step can go under "
+                         f"{(mse['step_s'] + floor['floor_s']) / mse['step_s']:.2f}x an MSE step with these kernels, "
+                         f"and the rest of the measured step is glue (small tensor ops, autograd nodes, records).")
     e = growth["exponents"]
     parts.append("An `IRDALoss` step grows as " + ", ".join(f"{name}^{e[name]['step']:.2f}" for name in e)
                  + f" from n = {growth['base']['n']}, B = {growth['base']['B']}, K = {growth['base']['K']}, "
