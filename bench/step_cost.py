@@ -18,12 +18,13 @@ interleaved (a shared machine's slow spells fall on both), timing:
   the feature reservoir). Work a step defers is paid here: the epoch ratio is the whole cost.
 
 Then IRDA's own arithmetic in such a step, each piece timed alone on the inputs of a real step
-(captured after the timed epochs), hot, best of many repetitions: the fused surrogate's forward and
-backward ops, the quadratic forms ``w^T Sigma_b w`` over the smoothed covariances, and
-``BinStats.update`` (a step's share of an epoch's updates and the flush of the deferred work). Their
-sum is a floor no glue can go under: the MSE step plus this floor, over the MSE step, is the
-smallest step ratio that leaves the kernels as they are; the rest of the IRDA step is glue (small
-tensor ops, autograd nodes, the optimizer's second parameter group).
+(``capture_step``: a separate 3-epoch run of the same configuration), best of many calls with hot
+caches and with cold ones: the fused surrogate's forward and backward ops, the quadratic forms
+``w^T Sigma_b w`` over the smoothed covariances, and ``BinStats.update`` (a step's share of an
+epoch's updates and the flush of the deferred work). The MSE step plus their hot sum, over the MSE
+step, is the smallest step ratio these kernels allow whatever the glue around them; the rest of the
+measured IRDA step is glue (small tensor ops, autograd nodes, the records a step keeps, the
+optimizer's second parameter group) and caches.
 
 Targets (issue 16): an IRDA step at most 1.5x an MSE step; ``end_epoch`` at most 10% of an epoch.
 Writes bench/results/step_cost.{md,json}.
