@@ -1,25 +1,13 @@
 """bench/step_cost.py's kernel floor times what a training step computes: the inputs it captures
 are the ones the step's kernels received."""
 import copy
-import importlib.util
-import os
-import sys
 
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_step_cost():
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    spec = importlib.util.spec_from_file_location("step_cost", os.path.join(ROOT, "bench", "step_cost.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from testing import load_bench
 
 
 def test_captured_step_replays_the_epoch_and_the_floor_sums_its_pieces():
-    step_cost = load_step_cost()
+    step_cost = load_bench("step_cost")
     step = step_cost.capture_step("abalone", threads=1, epochs=2)
     crit = step.criterion
     # a full batch, not the epoch's short last one

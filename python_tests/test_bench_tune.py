@@ -1,20 +1,13 @@
 """bench/tune.py end to end on a tiny budget: the search reads validation only, the chosen
 configurations run on test through bench/dir_table.py, the report and the README paragraph
 are written from the results, and a second invocation reuses every finished run."""
-import importlib.util
 import json
-import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from testing import load_bench
 
 
 def load_tune():
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    spec = importlib.util.spec_from_file_location("tune", os.path.join(ROOT, "bench", "tune.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("tune")
 
 
 def test_configurations_start_with_the_defaults_and_are_reproducible():

@@ -108,3 +108,17 @@ def features(n, D, B, device="cpu", dtype=torch.float64, seed=0, offset=0.0, bin
 
 __all__ = ["devices", "gpu_devices", "emulated", "emulated_cuda", "has_cuda", "surrogate_inputs", "features",
            "irda_ext"]
+
+
+def load_bench(name: str):
+    """``bench/<name>.py`` as a module (bench/ on the path, as its scripts expect)."""
+    import importlib.util
+    import os
+    import sys
+
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+    sys.path.insert(0, bench)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(bench, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
