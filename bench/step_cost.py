@@ -30,6 +30,7 @@ Targets (issue 16): an IRDA step at most 1.5x an MSE step; ``end_epoch`` at most
 Writes bench/results/step_cost.{md,json}.
 """
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -105,18 +106,16 @@ def best_time(fn, reps: int = 200, cold: bool = False) -> float:
 
 
 def capture_step(dataset: str, threads: int, epochs: int = 3) -> SimpleNamespace:
-    """The driver's IRDA run (CLI defaults) trained ``epochs`` epochs, the last without its
-    ``end_epoch`` (statistics, shares and prior in place, the ramp under way), and what its
-    kernels were given in that last epoch: ``op_args``, a full batch's inputs of the fused
-    surrogate (the op ``head_loss`` calls); ``updates``, every step's ``(z, bin_index)`` as
-    ``IRDALoss.forward`` passes them to ``BinStats.update``; ``stats_before``, the statistics
-    before them. Also ``run`` (``build_run``'s) and ``criterion`` (the ``IRDALoss``)."""
-    import copy
-
+    """The driver's IRDA run (CLI defaults) trained ``epochs`` epochs by the driver's
+    ``train_epoch``, the last without its ``end_epoch`` (statistics, shares and prior in place, the
+    ramp under way), and what its kernels were given in that last epoch: ``op_args``, a full
+    batch's inputs of the fused surrogate (the op ``head_loss`` calls); ``updates``, every step's
+    ``(z, bin_index)`` passed to ``BinStats.update``; ``stats_before``, the statistics before them.
+    Also ``run`` (``build_run``'s) and ``criterion`` (the ``IRDALoss``)."""
     from irda_ext import _ops
     from irda_ext.train import build_parser
     from irda_ext.train.driver import build_run
-    from irda_ext.train.loop import batch_features
+    from irda_ext.train.loop import train_epoch
 
     with tempfile.TemporaryDirectory() as out:
         args = build_parser().parse_args(["--dataset", dataset, "--method", "irda", "--epochs", str(epochs),
@@ -126,36 +125,31 @@ def capture_step(dataset: str, threads: int, epochs: int = 3) -> SimpleNamespace
         r = build_run(args, torch.device("cpu"), out)
         crit = r.method.criterion
         seen = SimpleNamespace(run=r, criterion=crit, op_args=None, updates=[], stats_before=None)
-        surrogate = _ops.ops.irda_surrogate
+        surrogate, update = _ops.ops.irda_surrogate, crit.stats.update
 
         def keep_surrogate(*op_args):  # a full batch's inputs kept (the epoch's last batch is short)
             if op_args[0].shape[0] == args.batch_size:
                 seen.op_args = [a.detach() if torch.is_tensor(a) else a for a in op_args]
             return surrogate(*op_args)
 
-        mean, scale = r.standard
+        def keep_update(z, bin_index):
+            seen.updates.append((z.clone(), bin_index.clone()))
+            return update(z, bin_index)
+
         _ops.ops.irda_surrogate = keep_surrogate
         try:
             for epoch in range(epochs):
                 last = epoch == epochs - 1
-                if last:
+                if last:  # the copy first: it must not carry the hook
                     seen.stats_before = copy.deepcopy(crit.stats)
-                r.model.train()
-                for batch in r.train_loader:
-                    features, targets = batch_features(r.trained, batch, r.data.kind, r.device)
-                    y = (targets - mean) / scale
-                    features = r.method.transform_features(features, y, epoch, training=True)
-                    if last:  # what IRDALoss.forward passes to BinStats.update
-                        seen.updates.append((features.detach().clone(),
-                                             crit.bins.index(y.reshape(-1), clamp=crit.clamp_targets)))
-                    loss = r.method.loss(features, y, r.head)
-                    r.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    r.optimizer.step()
+                    crit.stats.update = keep_update
+                train_epoch(r.trained, r.head, r.method, r.train_loader, r.optimizer, epoch, r.data.kind, r.device,
+                            r.standard, False)
                 if not last:
                     r.method.end_epoch(epoch, epochs)
         finally:
             _ops.ops.irda_surrogate = surrogate
+            crit.stats.__dict__.pop("update", None)
     if seen.op_args is None:
         raise RuntimeError(f"no full batch of {args.batch_size} in {dataset}'s last epoch")
     return seen
@@ -167,8 +161,6 @@ def kernel_floor(step: SimpleNamespace) -> dict:
     inputs, the quadratic forms over the smoothed covariances (one product over all ``B D`` rows,
     then with ``w``: what the training step computes; its gradient is a small product), and the
     epoch's ``BinStats.update`` calls with the flush, per step, on a copy of the statistics."""
-    import copy
-
     op_args = step.op_args
     loss, lse = torch.ops.irda_ext.irda_surrogate(*op_args)
     grad = torch.ones_like(loss)
