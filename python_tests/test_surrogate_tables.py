@@ -1,8 +1,7 @@
 """Exact mode's denominator tables (csrc/cpu/irda_surrogate.cpp, DenominatorPlan and
 ThreadDenominators): when the samples of a bin share their var, as IRDALoss gives them, the
 CPU kernel computes a, 1 / r and -log(r) / 2 once per (bin, s2) and thread instead of once per
-sample. The results must be the per-sample
-path's bit for bit, and the reference's."""
+sample. The results must be the per-sample path's bit for bit, and the reference's."""
 import os
 import sys
 

@@ -8,12 +8,17 @@ kernels exist. An emulated test sees device "cpu" (its tensors live there) while
 twin; :func:`emulated` says whether it is on.
 """
 import contextlib
+import importlib.util
+import os
+import sys
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import irda_ext
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 
 
 def has_cuda():
@@ -106,19 +111,15 @@ def features(n, D, B, device="cpu", dtype=torch.float64, seed=0, offset=0.0, bin
     return z.to(device), b.to(device)
 
 
-__all__ = ["devices", "gpu_devices", "emulated", "emulated_cuda", "has_cuda", "surrogate_inputs", "features",
-           "irda_ext"]
-
-
 def load_bench(name: str):
-    """``bench/<name>.py`` as a module (bench/ on the path, as its scripts expect)."""
-    import importlib.util
-    import os
-    import sys
-
-    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
-    sys.path.insert(0, bench)
-    spec = importlib.util.spec_from_file_location(name, os.path.join(bench, f"{name}.py"))
+    """``bench/<name>.py`` as a module (bench/ on the path, as its scripts import their neighbours)."""
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+__all__ = ["devices", "gpu_devices", "emulated", "emulated_cuda", "has_cuda", "surrogate_inputs", "features",
+           "irda_ext", "load_bench"]
