@@ -53,9 +53,11 @@ def _extension():
     # No -std flag: torch.utils.cpp_extension adds the standard its headers need
     # (C++17 up to torch 2.9, C++20 after).
     # -fno-math-errno: sqrt in a loop vectorises (the kernels never read errno).
-    # -ffp-contract=off: no fused multiply-adds in the AVX2/AVX-512 clones, so the
-    # surrogate's backward recomputes each logit bit for bit as forward did (in float32
-    # a logit of 1e6 rounded differently by an FMA moved gradients by percents).
+    # -ffp-contract=off: no fused multiply-adds of the compiler's choosing in the AVX2/AVX-512
+    # clones, so the surrogate's backward recomputes each logit bit for bit as forward did (in
+    # float32 a logit of 1e6 rounded differently by an FMA moved gradients by percents); the
+    # exp and log polynomials fuse theirs explicitly (mul_add in csrc/cpu/simd.h), the same
+    # way wherever they are called.
     # -fno-trapping-math: a float comparison may not raise, so gcc turns the kernels' selects
     # (the clamps in exp, the own-bin test) into blends and vectorises the surrogate's loops
     # for AVX2 and SSE2 too; without it only AVX-512's masked instructions could, and an AVX2
@@ -70,7 +72,7 @@ def _extension():
     if isa:
         if isa not in ("avx2", "avx512f", "default"):
             sys.exit(f"irda_ext: IRDA_CPU_ISA must be avx2, avx512f or default, got {isa!r}")
-        cxx_flags.append("-DIRDA_TARGET_CLONES=" + ("" if isa == "default" else f'__attribute__((target("{isa}")))'))
+        cxx_flags.append(f"-DIRDA_CPU_ISA_{isa.upper()}")  # simd.h: one target instead of the clones
     if not want_cuda:
         _say(f"building the CPU kernels only ({reason})")
         from torch.utils.cpp_extension import CppExtension

@@ -43,7 +43,8 @@ from machine import cpu_description, describe  # noqa: E402
 from report import write_results  # noqa: E402
 
 # Floating-point operations per term (float32), counted from the source; selects, compares
-# used as masks and bit manipulation are not counted, a division counts as one.
+# used as masks and bit manipulation are not counted, a division counts as one, a fused multiply-add
+# (mul_add in csrc/cpu/simd.h, where the CPU has FMA) as two.
 #   exact_term's F (surrogate_math.h): 30, plus log_positive (simd.h): 20; forward's
 #   log-sum-exp: a max (1) and exp_clamped of the difference with the sum (26). Backward
 #   recomputes F (50) and adds the four derivatives (27), exp_clamped(F - lse) (25) and three

@@ -114,7 +114,7 @@ bool sample_variance(const SurrogateArgs<T>& a, int64_t i, T* s2) {
 
 // log sum_j exp(x[j]) of a row padded to whole blocks of kGridPad: lane-wise maxima,
 // then lane-wise sums of exp(x - max), in fixed-length loops gcc vectorises.
-template <typename T>
+template <bool kFma, typename T>
 __attribute__((always_inline)) inline T row_logsumexp(const T* __restrict x, int64_t n) {
   constexpr int64_t kLanes = kGridPad;
   T lane[kLanes];
@@ -128,7 +128,7 @@ __attribute__((always_inline)) inline T row_logsumexp(const T* __restrict x, int
   for (int64_t l = 1; l < kLanes; ++l) mx = lane[l] > mx ? lane[l] : mx;
   for (int64_t l = 0; l < kLanes; ++l) lane[l] = T(0);
   for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) lane[l] += exp_clamped<T>(x[j0 + l] - mx);
+    for (int64_t l = 0; l < kLanes; ++l) lane[l] += exp_clamped<kFma, T>(x[j0 + l] - mx);
   }
   T sum = 0;
   for (int64_t l = 0; l < kLanes; ++l) sum += lane[l];
@@ -136,10 +136,11 @@ __attribute__((always_inline)) inline T row_logsumexp(const T* __restrict x, int
 }
 
 // exact_term's logarithm on the CPU: the polynomial log_positive, which vectorises.
+template <bool kFma>
 struct PolyLog {
   template <typename T>
   __attribute__((always_inline)) static T log(T x) {
-    return log_positive<T>(x);
+    return log_positive<kFma, T>(x);
   }
 };
 
@@ -166,27 +167,27 @@ __attribute__((always_inline)) inline void fill_sample_rows(const SurrogateArgs<
 // The denominators (a, 1 / r, -log(r) / 2) of competitor j for numerator share eo: read
 // from the pair's table (kTable; rows A, IR, HL of numerator cluster k) or computed here.
 // One template for both, so each loop below is written once and neither carries a branch.
-template <bool kTable, typename T>
+template <bool kTable, bool kFma, typename T>
 __attribute__((always_inline)) inline ExactDenominator<T> denominator_at(const SurrogateArgs<T>& a, const T* A,
                                                                          const T* IR, const T* HL, int64_t j, T eo,
                                                                          T s2) {
   if constexpr (kTable) {
     return {A[j], IR[j], HL[j]};
   } else {
-    return exact_term_denominator<T, PolyLog>(eo, a.grid_eta[j], s2, a.u);
+    return exact_term_denominator<T, PolyLog<kFma>>(eo, a.grid_eta[j], s2, a.u);
   }
 }
 
 // Fs[j] = F of every competitor j of numerator cluster k (table: that cluster's rows, or
 // unused; rows: the sample's fill_sample_rows); exact_term_given(exact_term_denominator(...))
 // is exact_term, the same bits.
-template <bool kTable, typename T>
+template <bool kTable, bool kFma, typename T>
 __attribute__((always_inline)) inline void exact_row(const SurrogateArgs<T>& a, const T* __restrict A,
                                                      const T* __restrict IR, const T* __restrict HL, T eo, T y,
                                                      const T* __restrict rows, T m, T s2, T* __restrict Fs) {
   const T *__restrict t = rows, *__restrict lpd = rows + a.KV_padded;
   for (int64_t j = 0; j < a.KV_padded; ++j) {
-    const ExactDenominator<T> den = denominator_at<kTable>(a, A, IR, HL, j, eo, s2);
+    const ExactDenominator<T> den = denominator_at<kTable, kFma>(a, A, IR, HL, j, eo, s2);
     Fs[j] = exact_term_given<T>(den, eo, a.grid_eta[j], y, t[j], lpd[j], m, s2, a.u).F;
   }
 }
@@ -194,7 +195,7 @@ __attribute__((always_inline)) inline void exact_row(const SurrogateArgs<T>& a, 
 // Forward of sample i; Fs is scratch of K * V values, rows of 2 KV_padded (fill_sample_rows).
 // `table`: the sample's denominators ([3, K, KV_padded]: a, 1 / r, -log(r) / 2; see
 // DenominatorPlan), or nullptr to compute them here.
-template <typename T>
+template <bool kFma, typename T>
 __attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse,
                                                               T* __restrict Fs, T* __restrict rows, const T* table) {
   const int64_t b = a.bin[i], B = a.B, K = a.K, KV = a.KV_padded;
@@ -209,11 +210,11 @@ __attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArg
     const T eo = a.eta[k * B + b];
     if (table != nullptr) {
       const T* A = table + k * KV;
-      exact_row<true>(a, A, A + K * KV, A + 2 * K * KV, eo, y, rows, m, s2, Fs);
+      exact_row<true, kFma>(a, A, A + K * KV, A + 2 * K * KV, eo, y, rows, m, s2, Fs);
     } else {
-      exact_row<false, T>(a, nullptr, nullptr, nullptr, eo, y, rows, m, s2, Fs);
+      exact_row<false, kFma, T>(a, nullptr, nullptr, nullptr, eo, y, rows, m, s2, Fs);
     }
-    lse[k] = row_logsumexp(Fs, KV);
+    lse[k] = row_logsumexp<kFma>(Fs, KV);
     total += lse[k];
   }
   *loss = total / T(K);
@@ -221,7 +222,7 @@ __attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArg
 
 // The lane-wise sums over the competitors of numerator cluster k (log-sum-exp lk) of
 // exp(F - lk) times F's derivatives in m, s2 and u.
-template <bool kTable, typename T>
+template <bool kTable, bool kFma, typename T>
 __attribute__((always_inline)) inline void exact_row_gradient(const SurrogateArgs<T>& a, const T* __restrict A,
                                                               const T* __restrict IR, const T* __restrict HL, T eo,
                                                               T y, const T* __restrict rows, T m, T s2, T lk,
@@ -232,18 +233,18 @@ __attribute__((always_inline)) inline void exact_row_gradient(const SurrogateArg
   for (int64_t j0 = 0; j0 < a.KV_padded; j0 += kLanes) {
     for (int64_t l = 0; l < kLanes; ++l) {
       const int64_t j = j0 + l;
-      const ExactDenominator<T> den = denominator_at<kTable>(a, A, IR, HL, j, eo, s2);
+      const ExactDenominator<T> den = denominator_at<kTable, kFma>(a, A, IR, HL, j, eo, s2);
       const ExactTerm<T> e = exact_term_given<T>(den, eo, a.grid_eta[j], y, t[j], lpd[j], m, s2, a.u);
-      const T p = exp_clamped<T>(e.F - lk);
-      acc_m[l] += p * e.dF_dm;
-      acc_s2[l] += p * e.dF_ds2;
-      acc_u[l] += p * e.dF_du;
+      const T p = exp_clamped<kFma, T>(e.F - lk);
+      acc_m[l] = mul_add<kFma>(p, e.dF_dm, acc_m[l]);
+      acc_s2[l] = mul_add<kFma>(p, e.dF_ds2, acc_s2[l]);
+      acc_u[l] = mul_add<kFma>(p, e.dF_du, acc_u[l]);
     }
   }
 }
 
 // d loss_i / d (pred, shift, var, noise_var) from the saved LSEs.
-template <typename T>
+template <bool kFma, typename T>
 __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateArgs<T>& a, int64_t i, const T* lse,
                                                                T grad, T* g_pred, T* g_shift, T* g_var, T* g_nv,
                                                                T* __restrict rows, const T* table) {
@@ -263,9 +264,11 @@ __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateAr
     const T eo = a.eta[k * B + b];
     if (table != nullptr) {
       const T* A = table + k * KV;
-      exact_row_gradient<true>(a, A, A + K * KV, A + 2 * K * KV, eo, y, rows, m, s2, lse[k], acc_m, acc_s2, acc_u);
+      exact_row_gradient<true, kFma>(a, A, A + K * KV, A + 2 * K * KV, eo, y, rows, m, s2, lse[k], acc_m, acc_s2,
+                                       acc_u);
     } else {
-      exact_row_gradient<false, T>(a, nullptr, nullptr, nullptr, eo, y, rows, m, s2, lse[k], acc_m, acc_s2, acc_u);
+      exact_row_gradient<false, kFma, T>(a, nullptr, nullptr, nullptr, eo, y, rows, m, s2, lse[k], acc_m, acc_s2,
+                                          acc_u);
     }
   }
   T gm = 0, gs2 = 0, gu = 0;
@@ -286,44 +289,50 @@ __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateAr
   *g_nv = gu * (T(-2) * a.u * a.u);
 }
 
-// Compiled once per instruction set; overloads per dtype (target_clones and
-// templates do not mix).
-#define IRDA_EXACT_ENTRY_POINTS(T)                                                                                  \
-  IRDA_TARGET_CLONES void exact_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse, T* Fs, T* rows,     \
-                                        const T* table) {                                                           \
-    exact_forward_impl<T>(a, i, loss, lse, Fs, rows, table);                                                        \
+// Compiled once per instruction set (IRDA_FMA_VARIANTS, simd.h: where it has FMA the
+// polynomials' multiply-adds are fused), overloads per dtype (multi-versioned functions
+// cannot be templates).
+#define IRDA_EXACT_ENTRY_POINTS(TARGET, FMA, T)                                                                     \
+  TARGET void exact_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse, T* Fs, T* rows,                 \
+                            const T* table) {                                                                       \
+    exact_forward_impl<FMA, T>(a, i, loss, lse, Fs, rows, table);                                                   \
   }                                                                                                                 \
-  IRDA_TARGET_CLONES void exact_backward(const SurrogateArgs<T>& a, int64_t i, const T* lse, T grad, T* g_pred,    \
-                                         T* g_shift, T* g_var, T* g_nv, T* rows, const T* table) {                  \
-    exact_backward_impl<T>(a, i, lse, grad, g_pred, g_shift, g_var, g_nv, rows, table);                             \
+  TARGET void exact_backward(const SurrogateArgs<T>& a, int64_t i, const T* lse, T grad, T* g_pred, T* g_shift,     \
+                             T* g_var, T* g_nv, T* rows, const T* table) {                                          \
+    exact_backward_impl<FMA, T>(a, i, lse, grad, g_pred, g_shift, g_var, g_nv, rows, table);                        \
   }
-IRDA_EXACT_ENTRY_POINTS(float)
-IRDA_EXACT_ENTRY_POINTS(double)
+#define IRDA_EXACT_VARIANT(TARGET, FMA) \
+  IRDA_EXACT_ENTRY_POINTS(TARGET, FMA, float) IRDA_EXACT_ENTRY_POINTS(TARGET, FMA, double)
+IRDA_FMA_VARIANTS(IRDA_EXACT_VARIANT)
+#undef IRDA_EXACT_VARIANT
 #undef IRDA_EXACT_ENTRY_POINTS
 
 // One table of exact-mode denominators for bin b and variance s2: [3, K, KV_padded], the
 // a, 1 / r and -log(r) / 2 of exact_term_denominator(eta[k, b], eta_j, s2) for every
 // numerator cluster k and competitor j.
-template <typename T>
+template <bool kFma, typename T>
 __attribute__((always_inline)) inline void fill_denominators_impl(const SurrogateArgs<T>& a, int64_t b, T s2,
                                                                   T* __restrict table) {
   const int64_t KV = a.KV_padded, size = a.K * KV;
   for (int64_t k = 0; k < a.K; ++k) {
     const T eo = a.eta[k * a.B + b];
     for (int64_t j = 0; j < KV; ++j) {
-      const ExactDenominator<T> den = exact_term_denominator<T, PolyLog>(eo, a.grid_eta[j], s2, a.u);
+      const ExactDenominator<T> den = exact_term_denominator<T, PolyLog<kFma>>(eo, a.grid_eta[j], s2, a.u);
       table[k * KV + j] = den.a;
       table[size + k * KV + j] = den.inv_r;
       table[2 * size + k * KV + j] = den.half_log_r;
     }
   }
 }
-IRDA_TARGET_CLONES void fill_denominators(const SurrogateArgs<float>& a, int64_t b, float s2, float* table) {
-  fill_denominators_impl<float>(a, b, s2, table);
-}
-IRDA_TARGET_CLONES void fill_denominators(const SurrogateArgs<double>& a, int64_t b, double s2, double* table) {
-  fill_denominators_impl<double>(a, b, s2, table);
-}
+#define IRDA_DENOMINATOR_VARIANT(TARGET, FMA)                                                         \
+  TARGET void fill_denominators(const SurrogateArgs<float>& a, int64_t b, float s2, float* table) {    \
+    fill_denominators_impl<FMA, float>(a, b, s2, table);                                              \
+  }                                                                                                   \
+  TARGET void fill_denominators(const SurrogateArgs<double>& a, int64_t b, double s2, double* table) { \
+    fill_denominators_impl<FMA, double>(a, b, s2, table);                                             \
+  }
+IRDA_FMA_VARIANTS(IRDA_DENOMINATOR_VARIANT)
+#undef IRDA_DENOMINATOR_VARIANT
 
 // In exact mode a competitor's a, 1 / r and -log(r) / 2 (a division and a log, most of a
 // term's cost) depend on the sample only through its bin and its s2; IRDALoss gives
@@ -408,7 +417,7 @@ __attribute__((always_inline)) inline void fill_own_eta(const SurrogateArgs<T>& 
   std::fill(Es + a.K * a.V, Es + a.KV_padded, T(0));
 }
 
-template <typename T>
+template <bool kFma, typename T>
 __attribute__((always_inline)) inline void paper_forward_impl(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse,
                                                               T* __restrict Zs, T* __restrict Es) {
   const int64_t b = a.bin[i], K = a.K, V = a.V, KV = a.KV_padded;
@@ -421,11 +430,11 @@ __attribute__((always_inline)) inline void paper_forward_impl(const SurrogateArg
   }
   T own = 0;
   for (int64_t kc = 0; kc < K; ++kc) own += Zs[kc * V + a.grid_pos[b]];
-  lse[0] = row_logsumexp(Zs, KV);
+  lse[0] = row_logsumexp<kFma>(Zs, KV);
   *loss = lse[0] - own / T(K);
 }
 
-template <typename T>
+template <bool kFma, typename T>
 __attribute__((always_inline)) inline void paper_backward_impl(const SurrogateArgs<T>& a, int64_t i, const T* lse,
                                                                T grad, T* g_pred, T* g_shift, T* g_var, T* g_nv,
                                                                T* __restrict Es) {
@@ -441,11 +450,11 @@ __attribute__((always_inline)) inline void paper_backward_impl(const SurrogateAr
       const int64_t j = j0 + l;
       const T t = competitor_target(a, j, jb, y);
       const PaperTerm<T> z = paper_term<T>(Es[j], a.grid_eta[j], y, t, a.grid_lp[j], p, shift, var, a.alpha, a.beta, u);
-      const T w = exp_clamped<T>(z.Z - l0);
-      acc_p[l] += w * z.dZ_dp;
-      acc_sh[l] += w * z.dZ_dshift;
-      acc_v[l] += w * z.dZ_dvar;
-      acc_u[l] += w * z.dZ_du;
+      const T w = exp_clamped<kFma, T>(z.Z - l0);
+      acc_p[l] = mul_add<kFma>(w, z.dZ_dp, acc_p[l]);
+      acc_sh[l] = mul_add<kFma>(w, z.dZ_dshift, acc_sh[l]);
+      acc_v[l] = mul_add<kFma>(w, z.dZ_dvar, acc_v[l]);
+      acc_u[l] = mul_add<kFma>(w, z.dZ_du, acc_u[l]);
     }
   }
   T gp = 0, gsh = 0, gv = 0, gu = 0;
@@ -469,16 +478,18 @@ __attribute__((always_inline)) inline void paper_backward_impl(const SurrogateAr
   *g_nv = grad * (gu - ou / T(K)) * (T(-2) * a.u * a.u);
 }
 
-#define IRDA_PAPER_ENTRY_POINTS(T)                                                                                  \
-  IRDA_TARGET_CLONES void paper_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse, T* Zs, T* Es) {     \
-    paper_forward_impl<T>(a, i, loss, lse, Zs, Es);                                                                 \
+#define IRDA_PAPER_ENTRY_POINTS(TARGET, FMA, T)                                                                     \
+  TARGET void paper_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse, T* Zs, T* Es) {                 \
+    paper_forward_impl<FMA, T>(a, i, loss, lse, Zs, Es);                                                            \
   }                                                                                                                 \
-  IRDA_TARGET_CLONES void paper_backward(const SurrogateArgs<T>& a, int64_t i, const T* lse, T grad, T* g_pred,    \
-                                         T* g_shift, T* g_var, T* g_nv, T* Es) {                                    \
-    paper_backward_impl<T>(a, i, lse, grad, g_pred, g_shift, g_var, g_nv, Es);                                      \
+  TARGET void paper_backward(const SurrogateArgs<T>& a, int64_t i, const T* lse, T grad, T* g_pred, T* g_shift,     \
+                             T* g_var, T* g_nv, T* Es) {                                                            \
+    paper_backward_impl<FMA, T>(a, i, lse, grad, g_pred, g_shift, g_var, g_nv, Es);                                 \
   }
-IRDA_PAPER_ENTRY_POINTS(float)
-IRDA_PAPER_ENTRY_POINTS(double)
+#define IRDA_PAPER_VARIANT(TARGET, FMA) \
+  IRDA_PAPER_ENTRY_POINTS(TARGET, FMA, float) IRDA_PAPER_ENTRY_POINTS(TARGET, FMA, double)
+IRDA_FMA_VARIANTS(IRDA_PAPER_VARIANT)
+#undef IRDA_PAPER_VARIANT
 #undef IRDA_PAPER_ENTRY_POINTS
 
 struct Prepared {
