@@ -141,9 +141,10 @@ def markdown(results, variants, datasets, seeds, epochs, seconds, title="DIR ben
     total = sum(r["timing"]["train_seconds"] for d in results.values() for v in d.values() for r in v.values())
     lines.append(f"Training time of all runs in the table: {total / 60:.1f} min (single-threaded CPU runs, two at "
                  f"a time on a shared 2-core machine; `s/epoch` is the median training time per epoch; supcr's "
-                 f"includes its encoder pre-training). The time columns are indicative only, as the machine was "
-                 f"shared; `step_cost.md` and `meta_irda_timing.md` measure IRDA against MSE and Meta-IRDA "
-                 f"against IRDA in one run.")
+                 f"includes its encoder pre-training). The time columns are indicative only: the machine was "
+                 f"shared, and a method's runs are re-run when its kernels change, so rows may come from "
+                 f"different sessions' machines; `step_cost.md` and `meta_irda_timing.md` measure IRDA against "
+                 f"MSE and Meta-IRDA against IRDA in one run.")
     return "\n".join(lines) + "\n"
 
 
