@@ -65,9 +65,9 @@ def _extension():
     # no code reads the floating-point exception flags.
     cxx_flags = opt + ["-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
                        "-DIRDA_PYTHON_MODULE"]
-    # IRDA_CPU_ISA=avx2 compiles the vectorised CPU loops for AVX2 only instead of AVX-512, AVX2
-    # and baseline chosen at load time: how bench/surrogate_bound.py measures an AVX2 machine on
-    # an AVX-512 one. Not for installs.
+    # IRDA_CPU_ISA=avx2 compiles the vectorised CPU loops for AVX2 only (x86-64-v3: with FMA, as
+    # every AVX2 server has) instead of AVX-512, AVX2 and baseline chosen at load time: how
+    # bench/surrogate_bound.py measures an AVX2 machine on an AVX-512 one. Not for installs.
     isa = os.environ.get("IRDA_CPU_ISA")
     if isa:
         if isa not in ("avx2", "avx512f", "default"):
