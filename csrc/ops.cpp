@@ -64,6 +64,15 @@ void define_host_schemas(torch::Library& m) {
   // applies plans in list order, to the bits of one bin_stats_update_ per batch.
   m.def("bin_stats_plan_(Tensor(a!) count, Tensor(b!) mean, Tensor z, Tensor bin_index, float? momentum) -> (Tensor bins, Tensor vec_offset, Tensor vecs, Tensor weights, Tensor keep)");
   m.def("bin_stats_apply_(Tensor(a!) cov, Tensor[] bins, Tensor[] vec_offset, Tensor[] vecs, Tensor[] weights, Tensor[] keep) -> ()");
+  // SPEC 6. irda_surrogate when a gradient will follow (its autograd on the CPU,
+  // csrc/autograd.cpp): loss and lse as irda_surrogate's, the same bits, and per-sample
+  // partials[n, 5] (exact mode: the softmax-weighted sums of the terms' derivatives in m,
+  // s^2 and u, then s^2 and whether it was capped; paper mode: d loss_i / d (pred, shift,
+  // var, u), then 0), each term evaluated once;
+  // irda_surrogate_partials_backward scales them by grad_loss into
+  // irda_surrogate_backward's four outputs, to its bits.
+  m.def("irda_surrogate_with_partials(Tensor pred, Tensor target, Tensor bin_index, Tensor centers, Tensor eta, Tensor log_prior, Tensor shift, Tensor var, float alpha, float beta, Tensor noise_var, str mode) -> (Tensor loss, Tensor lse, Tensor partials)");
+  m.def("irda_surrogate_partials_backward(Tensor grad_loss, Tensor partials, float alpha, float beta, Tensor noise_var, int num_clusters, str mode) -> (Tensor grad_pred, Tensor grad_shift, Tensor grad_var, Tensor grad_noise_var)");
 }
 
 }  // namespace

@@ -74,6 +74,19 @@ def _bin_stats_apply_fake(cov, bins, vec_offset, vecs, weights, keep):
     return None
 
 
+@torch.library.register_fake("irda_ext::irda_surrogate_with_partials")  # host-only (csrc/autograd.cpp's CPU path)
+def _irda_surrogate_with_partials_fake(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta,
+                                       noise_var, mode):
+    loss, lse = _irda_surrogate_fake(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta,
+                                     noise_var, mode)
+    return loss, lse, pred.new_empty((pred.shape[0], 5))
+
+
+@torch.library.register_fake("irda_ext::irda_surrogate_partials_backward")  # host-only
+def _irda_surrogate_partials_backward_fake(grad_loss, partials, alpha, beta, noise_var, num_clusters, mode):
+    return tuple(partials.new_empty((partials.shape[0],)) for _ in range(4))
+
+
 @_fake("bin_stats_update_")
 def _bin_stats_update_fake(count, mean, cov, z, bin_index, momentum):
     return None
@@ -192,6 +205,8 @@ for _namespace in NAMESPACES:
 
 # The ops with a CUDA kernel and an emulated twin; the host-only ones (``kmeans``, the epoch-end
 # k-means, csrc/cpu/kmeans.cpp; ``bin_stats_plan_`` and ``bin_stats_apply_``, BinStats' deferred
-# covariance updates, csrc/cpu/bin_stats.cpp) have a CPU kernel only.
+# covariance updates, csrc/cpu/bin_stats.cpp; ``irda_surrogate_with_partials`` and
+# ``irda_surrogate_partials_backward``, the surrogate's autograd path on the CPU,
+# csrc/autograd.cpp) have a CPU kernel only.
 OP_NAMES = ("bin_moments", "bin_stats_update_", "merge_bin_moments_", "wfds_smooth", "irda_surrogate",
             "irda_surrogate_backward")

@@ -71,6 +71,97 @@ def test_opcheck(device, mode):
                           (torch.rand_like(loss), *plain, mode, lse))
 
 
+def _per_bin_var(args):
+    """IRDALoss's case: one var per bin (exact mode's denominator tables)."""
+    args = list(args)
+    per_bin = torch.rand(args[3].shape[0], dtype=args[7].dtype, generator=torch.Generator().manual_seed(1)) * 2
+    args[7] = per_bin[args[2]].requires_grad_()
+    return args
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,K,B,case", [(1, 1, 1, "plain"), (97, 3, 11, "plain"), (9, 2, 97, "plain"),
+                                        (200, 3, 23, "var per bin"), (40, 2, 9, "capped"), (0, 2, 4, "plain")])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_cpu_training_path_gives_the_recomputing_backwards_bits(mode, dtype, n, K, B, case, threads):
+    """On the CPU, autograd runs irda_surrogate_with_partials (each term once, per-sample partials)
+    and irda_surrogate_partials_backward: the loss and every gradient are bit for bit those of
+    irda_surrogate and irda_surrogate_backward, which recomputes the grid."""
+    args = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            for a in surrogate_inputs(n, K, B, "cpu", dead_bins=(B // 2,) if B > 2 else ())]
+    if case == "var per bin":
+        args = _per_bin_var(args)
+    if case == "capped":
+        args[7] = args[7] * 1e3 + 50
+    plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    for j in (0, 6, 7, 10):
+        args[j] = plain[j].clone().requires_grad_()
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.profiler.profile() as prof:
+            loss, lse = torch.ops.irda_ext.irda_surrogate(*args, mode)
+            weight = torch.linspace(0.5, 1.5, n, dtype=dtype)
+            grads = torch.autograd.grad((loss * weight).sum(), [args[0], args[6], args[7], args[10]])
+        want_loss, want_lse = torch.ops.irda_ext.irda_surrogate(*plain, mode)
+        want = torch.ops.irda_ext.irda_surrogate_backward(weight, *plain, mode, want_lse)
+    finally:
+        torch.set_num_threads(old_threads)
+    ran = {e.name for e in prof.events()}
+    assert {"irda_ext::irda_surrogate_with_partials", "irda_ext::irda_surrogate_partials_backward"} <= ran
+    assert "irda_ext::irda_surrogate_backward" not in ran
+    assert torch.equal(loss.detach(), want_loss) and torch.equal(lse, want_lse)
+    for got, w in zip(grads[:3], want[:3]):
+        assert torch.equal(got, w)
+    assert torch.equal(grads[3], want[3].sum().reshape(()))
+    if case == "capped" and mode == "exact" and n:
+        assert grads[2].eq(0).any()  # the cap is reached
+
+
+def test_the_partials_path_only_where_a_gradient_follows():
+    """Without a gradient to compute (no_grad, or no input that requires one) the forward is the plain
+    irda_surrogate, which evaluates no derivatives."""
+    args = surrogate_inputs(9, 3, 8, "cpu", requires_grad=True)
+    plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    for label, call in (("no_grad", lambda: torch.no_grad()), ("plain inputs", None)):
+        with torch.profiler.profile() as prof:
+            if call is None:
+                irda_ext.irda_surrogate(*plain)
+            else:
+                with call():
+                    irda_ext.irda_surrogate(*args)
+        assert "irda_ext::irda_surrogate_with_partials" not in {e.name for e in prof.events()}, label
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_opcheck_of_the_cpu_training_path(mode):
+    args = surrogate_inputs(9, 3, 8, "cpu", dead_bins=(2,))
+    torch.library.opcheck(torch.ops.irda_ext.irda_surrogate_with_partials.default, (*args, mode))
+    _, _, partials = torch.ops.irda_ext.irda_surrogate_with_partials(*args, mode)
+    torch.library.opcheck(torch.ops.irda_ext.irda_surrogate_partials_backward.default,
+                          (torch.rand(9, dtype=torch.float64), partials, 0.5, 0.75, args[10], 3, mode))
+
+
+def test_partials_backward_bad_input():
+    args = surrogate_inputs(5, 2, 6, "cpu")
+    _, _, partials = torch.ops.irda_ext.irda_surrogate_with_partials(*args, "exact")
+    g, nv = torch.ones(5, dtype=torch.float64), args[10]
+    op = torch.ops.irda_ext.irda_surrogate_partials_backward
+    with pytest.raises(ValueError, match=r"partials must have shape \[n, 5\]"):
+        op(g, partials[:, :4], 0.5, 0.75, nv, 2, "exact")
+    with pytest.raises(ValueError, match=r"grad_loss must have shape \[5\]"):
+        op(g[:4], partials, 0.5, 0.75, nv, 2, "exact")
+    with pytest.raises(ValueError, match="noise_var must be positive"):
+        op(g, partials, 0.5, 0.75, torch.tensor(0.0, dtype=torch.float64), 2, "exact")
+    with pytest.raises(ValueError, match="mode must be"):
+        op(g, partials, 0.5, 0.75, nv, 2, "other")
+    with pytest.raises(ValueError, match="num_clusters must be positive"):
+        op(g, partials, 0.5, 0.75, nv, 0, "exact")
+    with pytest.raises(TypeError, match="float32 or float64"):
+        op(g, partials.half(), 0.5, 0.75, nv, 2, "exact")
+
+
 @pytest.mark.parametrize("device", devices())
 def test_modes_agree_without_augmentation(device):
     args = list(surrogate_inputs(40, 3, 15, device, dead_bins=(4, 9)))

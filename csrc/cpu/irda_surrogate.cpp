@@ -1,7 +1,10 @@
 // Fused IRDA surrogate (SPEC 6) on the CPU: one task per sample streams over the
 // (cluster, bin) grid and saves one LSE per (sample, numerator cluster); backward
-// recomputes the grid from it. Nothing of size [n, K, K, B] or [n, K, B] is ever
-// built.
+// recomputes the grid from it. When a gradient will follow, autograd calls
+// irda_surrogate_with_partials instead, which evaluates each term with its derivatives
+// once and keeps five partial sums per sample; its backward only scales them. Both
+// backwards run one pass (the *_partials functions) and give the same bits. Nothing of
+// size [n, K, K, B] or [n, K, B] is ever built.
 //
 // The loops run over a compacted grid of the bins with a finite prior and use a
 // polynomial exp, so the compiler vectorises them (AVX-512, AVX2 or SSE2, picked at
@@ -12,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -220,34 +224,44 @@ __attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArg
   *loss = total / T(K);
 }
 
-// The lane-wise sums over the competitors of numerator cluster k (log-sum-exp lk) of
-// exp(F - lk) times F's derivatives in m, s2 and u.
+// Every competitor's F of numerator cluster k and its derivatives in m, s2 and u, stored
+// as four rows: row[0] = F, row[1..3] = dF/dm, dF/ds2, dF/du (rows of KV_padded each).
 template <bool kTable, bool kFma, typename T>
-__attribute__((always_inline)) inline void exact_row_gradient(const SurrogateArgs<T>& a, const T* __restrict A,
-                                                              const T* __restrict IR, const T* __restrict HL, T eo,
-                                                              T y, const T* __restrict rows, T m, T s2, T lk,
-                                                              T* __restrict acc_m, T* __restrict acc_s2,
-                                                              T* __restrict acc_u) {
-  constexpr int64_t kLanes = kGridPad;
+__attribute__((always_inline)) inline void exact_row_terms(const SurrogateArgs<T>& a, const T* __restrict A,
+                                                           const T* __restrict IR, const T* __restrict HL, T eo, T y,
+                                                           const T* __restrict rows, T m, T s2, T* __restrict F,
+                                                           T* __restrict dm, T* __restrict ds2, T* __restrict du) {
   const T *__restrict t = rows, *__restrict lpd = rows + a.KV_padded;
-  for (int64_t j0 = 0; j0 < a.KV_padded; j0 += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) {
-      const int64_t j = j0 + l;
-      const ExactDenominator<T> den = denominator_at<kTable, kFma>(a, A, IR, HL, j, eo, s2);
-      const ExactTerm<T> e = exact_term_given<T>(den, eo, a.grid_eta[j], y, t[j], lpd[j], m, s2, a.u);
-      const T p = exp_clamped<kFma, T>(e.F - lk);
-      acc_m[l] = mul_add<kFma>(p, e.dF_dm, acc_m[l]);
-      acc_s2[l] = mul_add<kFma>(p, e.dF_ds2, acc_s2[l]);
-      acc_u[l] = mul_add<kFma>(p, e.dF_du, acc_u[l]);
-    }
+  for (int64_t j = 0; j < a.KV_padded; ++j) {
+    const ExactDenominator<T> den = denominator_at<kTable, kFma>(a, A, IR, HL, j, eo, s2);
+    const ExactTerm<T> e = exact_term_given<T>(den, eo, a.grid_eta[j], y, t[j], lpd[j], m, s2, a.u);
+    F[j] = e.F;
+    dm[j] = e.dF_dm;
+    ds2[j] = e.dF_ds2;
+    du[j] = e.dF_du;
   }
 }
 
-// d loss_i / d (pred, shift, var, noise_var) from the saved LSEs.
+// Sample i's gradient, exact mode, before the incoming gradient: the sums over numerator
+// clusters k and competitors of exp(F - lse_k) times F's derivatives in m, s2, u, and
+// whether s2 was capped, with s2 itself. The backward scales them (exact_gradient).
+template <typename T>
+struct ExactPartials {
+  T m, s2, u, s2_value, capped;  // capped: 1 or 0 (the columns of a partials tensor)
+};
+constexpr int64_t kPartials = 5;  // the columns of the partials tensor (both modes)
+
+// The loss of sample i and its ExactPartials in one pass over the grid, each row's terms
+// and derivatives computed once. The LSEs come from `lse_in` (the backward of a forward
+// that saved them) or are computed here (lse_out, loss: a forward that needs the
+// gradient). Scratch: rows (2 KV_padded, fill_sample_rows) and terms (4 KV_padded).
+// The terms, the LSEs and every sum are those of exact_forward_impl and of a backward
+// that recomputes each term in its sum: the same operations in the same order.
 template <bool kFma, typename T>
-__attribute__((always_inline)) inline void exact_backward_impl(const SurrogateArgs<T>& a, int64_t i, const T* lse,
-                                                               T grad, T* g_pred, T* g_shift, T* g_var, T* g_nv,
-                                                               T* __restrict rows, const T* table) {
+__attribute__((always_inline)) inline ExactPartials<T> exact_partials_impl(const SurrogateArgs<T>& a, int64_t i,
+                                                                           const T* lse_in, T* lse_out, T* loss,
+                                                                           T* __restrict rows, T* __restrict terms,
+                                                                           const T* table) {
   const int64_t b = a.bin[i], B = a.B, K = a.K, KV = a.KV_padded;
   const T jb = static_cast<T>(a.grid_pos[b]);
   const T y = a.target[i];
@@ -255,38 +269,65 @@ __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateAr
   T s2;
   const bool capped = sample_variance(a, i, &s2);
   fill_sample_rows(a, jb, y, a.log_prior[b], rows);
+  T* F = terms;
+  const T *dm = terms + KV, *ds2 = terms + 2 * KV, *du = terms + 3 * KV;
   // Lane-wise partial sums over blocks of kLanes competitors (the grid is padded to
   // whole blocks): gcc turns the fixed-length inner loop into vector code, where it
   // gave up on the same loop under `omp simd` with reductions.
   constexpr int64_t kLanes = kGridPad;
   T acc_m[kLanes] = {}, acc_s2[kLanes] = {}, acc_u[kLanes] = {};
+  T total = 0;
   for (int64_t k = 0; k < K; ++k) {
     const T eo = a.eta[k * B + b];
     if (table != nullptr) {
       const T* A = table + k * KV;
-      exact_row_gradient<true, kFma>(a, A, A + K * KV, A + 2 * K * KV, eo, y, rows, m, s2, lse[k], acc_m, acc_s2,
-                                       acc_u);
+      exact_row_terms<true, kFma>(a, A, A + K * KV, A + 2 * K * KV, eo, y, rows, m, s2, F, terms + KV, terms + 2 * KV,
+                                  terms + 3 * KV);
     } else {
-      exact_row_gradient<false, kFma, T>(a, nullptr, nullptr, nullptr, eo, y, rows, m, s2, lse[k], acc_m, acc_s2,
-                                          acc_u);
+      exact_row_terms<false, kFma, T>(a, nullptr, nullptr, nullptr, eo, y, rows, m, s2, F, terms + KV,
+                                      terms + 2 * KV, terms + 3 * KV);
+    }
+    T lk;
+    if (lse_in != nullptr) {
+      lk = lse_in[k];
+    } else {
+      lk = lse_out[k] = row_logsumexp<kFma>(F, KV);
+      total += lk;
+    }
+    for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const T p = exp_clamped<kFma, T>(F[j0 + l] - lk);
+        acc_m[l] = mul_add<kFma>(p, dm[j0 + l], acc_m[l]);
+        acc_s2[l] = mul_add<kFma>(p, ds2[j0 + l], acc_s2[l]);
+        acc_u[l] = mul_add<kFma>(p, du[j0 + l], acc_u[l]);
+      }
     }
   }
+  if (loss != nullptr) *loss = total / T(K);
   T gm = 0, gs2 = 0, gu = 0;
   for (int64_t l = 0; l < kLanes; ++l) {
     gm += acc_m[l];
     gs2 += acc_s2[l];
     gu += acc_u[l];
   }
+  return {gm, gs2, gu, s2, capped ? T(1) : T(0)};
+}
+
+// d loss_i / d (pred, shift, var, noise_var) from sample i's ExactPartials and the
+// incoming gradient `grad` (one formula for both backwards, so both give the same bits).
+template <typename T>
+inline void exact_gradient(const ExactPartials<T>& s, T grad, T alpha, T beta, T u, int64_t K, T* g_pred, T* g_shift,
+                           T* g_var, T* g_nv) {
   const T scale = grad / T(K);
-  gm *= scale;
-  gs2 *= scale;
-  gu *= scale;
+  const T gm = s.m * scale, gs2 = s.s2 * scale;
+  T gu = s.u * scale;
+  const bool capped = s.capped != T(0);
   // A capped s2 = (1 - 1e-3) / (2 u spread) no longer depends on var, but on u.
-  if (capped) gu += gs2 * (-s2 / a.u);
+  if (capped) gu += gs2 * (-s.s2_value / u);
   *g_pred = gm;
-  *g_shift = a.alpha * gm;
-  *g_var = capped ? T(0) : a.beta * gs2;
-  *g_nv = gu * (T(-2) * a.u * a.u);
+  *g_shift = alpha * gm;
+  *g_var = capped ? T(0) : beta * gs2;
+  *g_nv = gu * (T(-2) * u * u);
 }
 
 // Compiled once per instruction set (IRDA_FMA_VARIANTS, simd.h: where it has FMA the
@@ -297,9 +338,9 @@ __attribute__((always_inline)) inline void exact_backward_impl(const SurrogateAr
                             const T* table) {                                                                       \
     exact_forward_impl<FMA, T>(a, i, loss, lse, Fs, rows, table);                                                   \
   }                                                                                                                 \
-  TARGET void exact_backward(const SurrogateArgs<T>& a, int64_t i, const T* lse, T grad, T* g_pred, T* g_shift,     \
-                             T* g_var, T* g_nv, T* rows, const T* table) {                                          \
-    exact_backward_impl<FMA, T>(a, i, lse, grad, g_pred, g_shift, g_var, g_nv, rows, table);                        \
+  TARGET ExactPartials<T> exact_partials(const SurrogateArgs<T>& a, int64_t i, const T* lse_in, T* lse_out,         \
+                                         T* loss, T* rows, T* terms, const T* table) {                              \
+    return exact_partials_impl<FMA, T>(a, i, lse_in, lse_out, loss, rows, terms, table);                            \
   }
 #define IRDA_EXACT_VARIANT(TARGET, FMA) \
   IRDA_EXACT_ENTRY_POINTS(TARGET, FMA, float) IRDA_EXACT_ENTRY_POINTS(TARGET, FMA, double)
@@ -434,35 +475,68 @@ __attribute__((always_inline)) inline void paper_forward_impl(const SurrogateArg
   *loss = lse[0] - own / T(K);
 }
 
+// Every competitor's Z of a sample (paper_term) and its derivatives in pred, shift, var and
+// u, stored as five rows (restrict parameters: gcc vectorises the loop).
+template <typename T>
+__attribute__((always_inline)) inline void paper_row_terms(const SurrogateArgs<T>& a, const T* __restrict Es, T jb,
+                                                           T y, T p, T shift, T var, T* __restrict Z,
+                                                           T* __restrict dp, T* __restrict dsh, T* __restrict dv,
+                                                           T* __restrict du) {
+  for (int64_t j = 0; j < a.KV_padded; ++j) {
+    const T t = competitor_target(a, j, jb, y);
+    const PaperTerm<T> z =
+        paper_term<T>(Es[j], a.grid_eta[j], y, t, a.grid_lp[j], p, shift, var, a.alpha, a.beta, a.u);
+    Z[j] = z.Z;
+    dp[j] = z.dZ_dp;
+    dsh[j] = z.dZ_dshift;
+    dv[j] = z.dZ_dvar;
+    du[j] = z.dZ_du;
+  }
+}
+
+// Sample i's loss (lse_in == nullptr: lse_out and loss are written) and its gradient
+// before the incoming one, paper mode, in one pass over the grid: the terms Z and their
+// four derivatives stored as rows (scratch: Es, KV_padded, then terms, 5 KV_padded), the
+// softmax-weighted sums of the derivatives less the numerator terms' (averaged over k):
+// d loss_i / d (pred, shift, var, u). The same operations in the same order as
+// paper_forward_impl and a backward that recomputes each term in its sum.
 template <bool kFma, typename T>
-__attribute__((always_inline)) inline void paper_backward_impl(const SurrogateArgs<T>& a, int64_t i, const T* lse,
-                                                               T grad, T* g_pred, T* g_shift, T* g_var, T* g_nv,
-                                                               T* __restrict Es) {
-  constexpr int64_t kLanes = kGridPad;
-  const int64_t b = a.bin[i], K = a.K, KV = a.KV_padded;
+__attribute__((always_inline)) inline std::array<T, 4> paper_partials_impl(const SurrogateArgs<T>& a, int64_t i,
+                                                                          const T* lse_in, T* lse_out, T* loss,
+                                                                          T* __restrict Es, T* __restrict terms) {
+  const int64_t b = a.bin[i], K = a.K, V = a.V, KV = a.KV_padded;
   const T jb = static_cast<T>(a.grid_pos[b]);
   const T y = a.target[i], p = a.pred[i], shift = a.shift[i], var = a.var[i], u = a.u;
-  const T l0 = lse[0];
   fill_own_eta(a, b, Es);
+  T *Z = terms, *dp = terms + KV, *dsh = terms + 2 * KV, *dv = terms + 3 * KV, *du = terms + 4 * KV;
+  paper_row_terms(a, Es, jb, y, p, shift, var, Z, dp, dsh, dv, du);
+  T l0;
+  if (lse_in != nullptr) {
+    l0 = lse_in[0];
+  } else {
+    T own = 0;
+    for (int64_t kc = 0; kc < K; ++kc) own += Z[kc * V + a.grid_pos[b]];
+    l0 = lse_out[0] = row_logsumexp<kFma>(Z, KV);
+    *loss = l0 - own / T(K);
+  }
+  constexpr int64_t kLanes = kGridPad;
   T acc_p[kLanes] = {}, acc_sh[kLanes] = {}, acc_v[kLanes] = {}, acc_u[kLanes] = {};
   for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
     for (int64_t l = 0; l < kLanes; ++l) {
       const int64_t j = j0 + l;
-      const T t = competitor_target(a, j, jb, y);
-      const PaperTerm<T> z = paper_term<T>(Es[j], a.grid_eta[j], y, t, a.grid_lp[j], p, shift, var, a.alpha, a.beta, u);
-      const T w = exp_clamped<kFma, T>(z.Z - l0);
-      acc_p[l] = mul_add<kFma>(w, z.dZ_dp, acc_p[l]);
-      acc_sh[l] = mul_add<kFma>(w, z.dZ_dshift, acc_sh[l]);
-      acc_v[l] = mul_add<kFma>(w, z.dZ_dvar, acc_v[l]);
-      acc_u[l] = mul_add<kFma>(w, z.dZ_du, acc_u[l]);
+      const T w = exp_clamped<kFma, T>(Z[j] - l0);
+      acc_p[l] = mul_add<kFma>(w, dp[j], acc_p[l]);
+      acc_sh[l] = mul_add<kFma>(w, dsh[j], acc_sh[l]);
+      acc_v[l] = mul_add<kFma>(w, dv[j], acc_v[l]);
+      acc_u[l] = mul_add<kFma>(w, du[j], acc_u[l]);
     }
   }
-  T gp = 0, gsh = 0, gv = 0, gu = 0;
+  T g[4] = {0, 0, 0, 0};
   for (int64_t l = 0; l < kLanes; ++l) {
-    gp += acc_p[l];
-    gsh += acc_sh[l];
-    gv += acc_v[l];
-    gu += acc_u[l];
+    g[0] += acc_p[l];
+    g[1] += acc_sh[l];
+    g[2] += acc_v[l];
+    g[3] += acc_u[l];
   }
   // the numerator terms Z[k, b], averaged over k (their shift and var terms vanish)
   T op = 0, ou = 0;
@@ -472,19 +546,25 @@ __attribute__((always_inline)) inline void paper_backward_impl(const SurrogateAr
     op += z.dZ_dp;
     ou += z.dZ_du;
   }
-  *g_pred = grad * (gp - op / T(K));
-  *g_shift = grad * gsh;
-  *g_var = grad * gv;
-  *g_nv = grad * (gu - ou / T(K)) * (T(-2) * a.u * a.u);
+  return {g[0] - op / T(K), g[1], g[2], g[3] - ou / T(K)};
+}
+
+// d loss_i / d (pred, shift, var, noise_var) from paper_partials and the incoming gradient.
+template <typename T>
+inline void paper_gradient(const T* partials, T grad, T u, T* g_pred, T* g_shift, T* g_var, T* g_nv) {
+  *g_pred = grad * partials[0];
+  *g_shift = grad * partials[1];
+  *g_var = grad * partials[2];
+  *g_nv = grad * partials[3] * (T(-2) * u * u);
 }
 
 #define IRDA_PAPER_ENTRY_POINTS(TARGET, FMA, T)                                                                     \
   TARGET void paper_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse, T* Zs, T* Es) {                 \
     paper_forward_impl<FMA, T>(a, i, loss, lse, Zs, Es);                                                            \
   }                                                                                                                 \
-  TARGET void paper_backward(const SurrogateArgs<T>& a, int64_t i, const T* lse, T grad, T* g_pred, T* g_shift,     \
-                             T* g_var, T* g_nv, T* Es) {                                                            \
-    paper_backward_impl<FMA, T>(a, i, lse, grad, g_pred, g_shift, g_var, g_nv, Es);                                 \
+  TARGET std::array<T, 4> paper_partials(const SurrogateArgs<T>& a, int64_t i, const T* lse_in, T* lse_out,        \
+                                         T* loss, T* Es, T* terms) {                                                \
+    return paper_partials_impl<FMA, T>(a, i, lse_in, lse_out, loss, Es, terms);                                     \
   }
 #define IRDA_PAPER_VARIANT(TARGET, FMA) \
   IRDA_PAPER_ENTRY_POINTS(TARGET, FMA, float) IRDA_PAPER_ENTRY_POINTS(TARGET, FMA, double)
@@ -577,6 +657,26 @@ SurrogateArgs<T> make_args(const Prepared& p, double alpha, double beta, const C
 // Work per sample: the grid, about 20 flops a point.
 int64_t sample_grain(const Prepared& p, bool exact) { return grain_for(20 * p.B * p.K * (exact ? p.K : 1)); }
 
+// Calls fn(i, scratch, table) once for every sample i, in parallel over samples: scratch
+// holds `scratch_rows` rows of KV_padded values, the thread's own; table is the sample's
+// exact-mode denominators (ThreadDenominators) or nullptr.
+template <typename T, typename Fn>
+void for_each_sample(const Prepared& p, const SurrogateArgs<T>& a, bool exact, int64_t scratch_rows, const Fn& fn) {
+  const DenominatorPlan<T> plan = exact ? DenominatorPlan<T>(a) : DenominatorPlan<T>();
+  at::parallel_for(0, p.n, sample_grain(p, exact), [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch(scratch_rows * a.KV_padded);
+    ThreadDenominators<T> tables(plan, a);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t i = plan.sample_at(r);
+      fn(i, scratch.data(), tables.of(i));
+    }
+  });
+}
+
+// Scratch rows of the partials' passes: exact, fill_sample_rows (2) and a row's terms (4);
+// paper, the own-bin shares (1) and the terms (5).
+constexpr int64_t kPartialScratchRows = 6;
+
 std::tuple<at::Tensor, at::Tensor> irda_surrogate_cpu(const at::Tensor& pred, const at::Tensor& target,
                                                       const at::Tensor& bin_index, const at::Tensor& centers,
                                                       const at::Tensor& eta, const at::Tensor& log_prior,
@@ -592,26 +692,56 @@ std::tuple<at::Tensor, at::Tensor> irda_surrogate_cpu(const at::Tensor& pred, co
     const CompactGrid<scalar_t> grid(p.centers.data_ptr<scalar_t>(), p.log_prior.data_ptr<scalar_t>(),
                                      p.eta.data_ptr<scalar_t>(), p.K, p.B);
     const SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
-    const DenominatorPlan<scalar_t> plan = exact ? DenominatorPlan<scalar_t>(a) : DenominatorPlan<scalar_t>();
     scalar_t* loss_ptr = loss.data_ptr<scalar_t>();
     scalar_t* lse_ptr = lse.data_ptr<scalar_t>();
-    at::parallel_for(0, p.n, sample_grain(p, exact), [&](int64_t begin, int64_t end) {
-      // one sample's row of logits over the padded grid, then (exact) its two rows of
-      // fill_sample_rows or (paper) its own-bin shares
-      std::vector<scalar_t> scratch(3 * a.KV_padded);
-      ThreadDenominators<scalar_t> tables(plan, a);
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t i = plan.sample_at(r);
-        if (exact) {
-          exact_forward(a, i, loss_ptr + i, lse_ptr + i * L, scratch.data(), scratch.data() + a.KV_padded,
-                        tables.of(i));
-        } else {
-          paper_forward(a, i, loss_ptr + i, lse_ptr + i * L, scratch.data(), scratch.data() + a.KV_padded);
-        }
+    // one sample's row of logits over the padded grid, then (exact) its two rows of
+    // fill_sample_rows or (paper) its own-bin shares
+    for_each_sample(p, a, exact, 3, [&](int64_t i, scalar_t* s, const scalar_t* table) {
+      if (exact) {
+        exact_forward(a, i, loss_ptr + i, lse_ptr + i * L, s, s + a.KV_padded, table);
+      } else {
+        paper_forward(a, i, loss_ptr + i, lse_ptr + i * L, s, s + a.KV_padded);
       }
     });
   });
   return {loss, lse};
+}
+
+// The forward when a gradient will follow (csrc/autograd.cpp, on the CPU): loss and lse as
+// irda_surrogate's, the same bits, and each sample's partials [n, 5] (ExactPartials, or
+// paper_partials and a 0), which irda_surrogate_partials_backward scales by the incoming
+// gradient: every term is evaluated once per step instead of twice.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> irda_surrogate_with_partials_cpu(
+    const at::Tensor& pred, const at::Tensor& target, const at::Tensor& bin_index, const at::Tensor& centers,
+    const at::Tensor& eta, const at::Tensor& log_prior, const at::Tensor& shift, const at::Tensor& var, double alpha,
+    double beta, const at::Tensor& noise_var, c10::string_view mode) {
+  const Prepared p = prepare(pred, target, bin_index, centers, eta, log_prior, shift, var, noise_var, mode);
+  const bool exact = mode == "exact";
+  const int64_t L = exact ? p.K : 1;
+  at::Tensor loss = at::empty({p.n}, pred.options());
+  at::Tensor lse = at::empty({p.n, L}, pred.options());
+  at::Tensor partials = at::empty({p.n, kPartials}, pred.options());
+  AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "irda_surrogate_with_partials_cpu", [&] {
+    const CompactGrid<scalar_t> grid(p.centers.data_ptr<scalar_t>(), p.log_prior.data_ptr<scalar_t>(),
+                                     p.eta.data_ptr<scalar_t>(), p.K, p.B);
+    const SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
+    scalar_t* loss_ptr = loss.data_ptr<scalar_t>();
+    scalar_t* lse_ptr = lse.data_ptr<scalar_t>();
+    scalar_t* out = partials.data_ptr<scalar_t>();
+    for_each_sample(p, a, exact, kPartialScratchRows, [&](int64_t i, scalar_t* s, const scalar_t* table) {
+      scalar_t* o = out + i * kPartials;
+      if (exact) {
+        const ExactPartials<scalar_t> e =
+            exact_partials(a, i, nullptr, lse_ptr + i * L, loss_ptr + i, s, s + 2 * a.KV_padded, table);
+        o[0] = e.m, o[1] = e.s2, o[2] = e.u, o[3] = e.s2_value, o[4] = e.capped;
+      } else {
+        const std::array<scalar_t, 4> g = paper_partials(a, i, nullptr, lse_ptr + i * L, loss_ptr + i, s,
+                                                         s + a.KV_padded);
+        o[0] = g[0], o[1] = g[1], o[2] = g[2], o[3] = g[3], o[4] = scalar_t(0);
+      }
+    });
+  });
+  return {loss, lse, partials};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backward_cpu(
@@ -636,27 +766,67 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backwa
     const CompactGrid<scalar_t> grid(p.centers.data_ptr<scalar_t>(), p.log_prior.data_ptr<scalar_t>(),
                                      p.eta.data_ptr<scalar_t>(), p.K, p.B);
     const SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
-    const DenominatorPlan<scalar_t> plan = exact ? DenominatorPlan<scalar_t>(a) : DenominatorPlan<scalar_t>();
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const scalar_t* lp = lse_c.data_ptr<scalar_t>();
     scalar_t* o_pred = g_pred.data_ptr<scalar_t>();
     scalar_t* o_shift = g_shift.data_ptr<scalar_t>();
     scalar_t* o_var = g_var.data_ptr<scalar_t>();
     scalar_t* o_nv = g_nv.data_ptr<scalar_t>();
-    at::parallel_for(0, p.n, sample_grain(p, exact), [&](int64_t begin, int64_t end) {
-      // (exact) the sample's two rows of fill_sample_rows, or (paper) its own-bin shares
-      std::vector<scalar_t> scratch((exact ? 2 : 1) * a.KV_padded);
-      ThreadDenominators<scalar_t> tables(plan, a);
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t i = plan.sample_at(r);
-        if (exact) {
-          exact_backward(a, i, lp + i * L, gp[i], o_pred + i, o_shift + i, o_var + i, o_nv + i, scratch.data(),
-                         tables.of(i));
-        } else {
-          paper_backward(a, i, lp + i * L, gp[i], o_pred + i, o_shift + i, o_var + i, o_nv + i, scratch.data());
-        }
+    // the partials' pass from the saved LSEs: the grid is recomputed
+    for_each_sample(p, a, exact, kPartialScratchRows, [&](int64_t i, scalar_t* s, const scalar_t* table) {
+      if (exact) {
+        const ExactPartials<scalar_t> e = exact_partials(a, i, lp + i * L, nullptr, nullptr, s, s + 2 * a.KV_padded,
+                                                         table);
+        exact_gradient(e, gp[i], a.alpha, a.beta, a.u, a.K, o_pred + i, o_shift + i, o_var + i, o_nv + i);
+      } else {
+        const std::array<scalar_t, 4> part = paper_partials(a, i, lp + i * L, nullptr, nullptr, s, s + a.KV_padded);
+        paper_gradient(part.data(), gp[i], a.u, o_pred + i, o_shift + i, o_var + i, o_nv + i);
       }
     });
+  });
+  return {g_pred, g_shift, g_var, g_nv};
+}
+
+// irda_surrogate's gradients from irda_surrogate_with_partials' partials: an O(n) pass, the
+// bits of irda_surrogate_backward (the same formula, exact_gradient or paper_gradient).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_partials_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& partials, double alpha, double beta, const at::Tensor& noise_var,
+    int64_t num_clusters, c10::string_view mode) {
+  TORCH_CHECK_VALUE(mode == "exact" || mode == "paper", "mode must be 'exact' or 'paper', got '", mode, "'");
+  TORCH_CHECK_VALUE(partials.dim() == 2 && partials.size(1) == kPartials, "partials must have shape [n, ", kPartials,
+                    "], got ", shape_str(partials));
+  TORCH_CHECK_TYPE(partials.scalar_type() == at::kFloat || partials.scalar_type() == at::kDouble,
+                   "partials must be float32 or float64, got ", partials.scalar_type());
+  const int64_t n = partials.size(0);
+  TORCH_CHECK_VALUE(grad_loss.dim() == 1 && grad_loss.size(0) == n, "grad_loss must have shape [", n, "], got ",
+                    shape_str(grad_loss));
+  TORCH_CHECK_VALUE(num_clusters >= 1, "num_clusters must be positive, got ", num_clusters);
+  TORCH_CHECK_VALUE(noise_var.numel() == 1, "noise_var must be a scalar tensor, got ", shape_str(noise_var));
+  const double nv = noise_var.item<double>();
+  TORCH_CHECK_VALUE(nv > 0 && std::isfinite(nv), "noise_var must be positive and finite, got ", nv);
+  const bool exact = mode == "exact";
+  const at::Tensor g = grad_loss.to(partials.scalar_type()).contiguous();
+  const at::Tensor part = partials.contiguous();
+  at::Tensor g_pred = at::empty({n}, partials.options());
+  at::Tensor g_shift = at::empty({n}, partials.options());
+  at::Tensor g_var = at::empty({n}, partials.options());
+  at::Tensor g_nv = at::empty({n}, partials.options());
+  AT_DISPATCH_FLOATING_TYPES(partials.scalar_type(), "irda_surrogate_partials_backward_cpu", [&] {
+    using T = scalar_t;
+    const T a = static_cast<T>(alpha), b = static_cast<T>(beta), u = static_cast<T>(0.5 / nv);  // as make_args
+    const T* gp = g.data_ptr<T>();
+    const T* pp = part.data_ptr<T>();
+    T *o_pred = g_pred.data_ptr<T>(), *o_shift = g_shift.data_ptr<T>(), *o_var = g_var.data_ptr<T>();
+    T* o_nv = g_nv.data_ptr<T>();
+    for (int64_t i = 0; i < n; ++i) {
+      const T* s = pp + i * kPartials;
+      if (exact) {
+        exact_gradient(ExactPartials<T>{s[0], s[1], s[2], s[3], s[4]}, gp[i], a, b, u, num_clusters, o_pred + i,
+                       o_shift + i, o_var + i, o_nv + i);
+      } else {
+        paper_gradient(s, gp[i], u, o_pred + i, o_shift + i, o_var + i, o_nv + i);
+      }
+    }
   });
   return {g_pred, g_shift, g_var, g_nv};
 }
@@ -667,4 +837,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backwa
 TORCH_LIBRARY_IMPL(irda_ext, CPU, m) {
   m.impl("irda_surrogate", &irda::irda_surrogate_cpu);
   m.impl("irda_surrogate_backward", &irda::irda_surrogate_backward_cpu);
+  m.impl("irda_surrogate_with_partials", &irda::irda_surrogate_with_partials_cpu);
+  m.impl("irda_surrogate_partials_backward", &irda::irda_surrogate_partials_backward_cpu);
 }
