@@ -19,7 +19,8 @@ interleaved (a shared machine's slow spells fall on both), timing:
 
 Then IRDA's own arithmetic in such a step, each piece timed alone on the inputs of a real step
 (``capture_step``: a separate 3-epoch run of the same configuration), best of many calls with hot
-caches and with cold ones: the fused surrogate's forward and backward ops, the quadratic forms
+caches and with cold ones: the fused surrogate's forward and backward ops (those autograd runs on
+the CPU: ``irda_surrogate_with_partials``, ``irda_surrogate_partials_backward``), the quadratic forms
 ``w^T Sigma_b w`` over the smoothed covariances, and ``BinStats.update`` (a step's share of an
 epoch's updates and the flush of the deferred work). The MSE step plus their hot sum, over the MSE
 step, is the smallest step ratio these kernels allow whatever the glue around them; the rest of the
@@ -158,17 +159,19 @@ def capture_step(dataset: str, threads: int, epochs: int = 3) -> SimpleNamespace
 def kernel_floor(step: SimpleNamespace) -> dict:
     """IRDA's arithmetic in one step of ``step`` (``capture_step``'s), in seconds, each piece
     alone, hot and cold (``best_time``): the surrogate's forward and backward ops on the captured
-    inputs, the quadratic forms over the smoothed covariances (one product over all ``B D`` rows,
+    inputs (the pair autograd runs on the CPU: the forward with its partials, the O(n) backward), the quadratic forms over the smoothed covariances (one product over all ``B D`` rows,
     then with ``w``: what the training step computes; its gradient is a small product), and the
     epoch's ``BinStats.update`` calls with the flush, per step, on a copy of the statistics."""
     op_args = step.op_args
-    loss, lse = torch.ops.irda_ext.irda_surrogate(*op_args)
+    loss, _, partials = torch.ops.irda_ext.irda_surrogate_with_partials(*op_args)
     grad = torch.ones_like(loss)
+    alpha, beta, noise_var, clusters, mode = op_args[8], op_args[9], op_args[10], op_args[4].shape[0], op_args[11]
     _, cov_s, _, _ = step.criterion.smoothed_statistics()
     w = step.run.head.weight.detach().reshape(-1).to(cov_s.dtype)
     rows = cov_s.reshape(-1, cov_s.shape[-1])
-    timed = {"surrogate_forward_s": lambda: torch.ops.irda_ext.irda_surrogate(*op_args),
-             "surrogate_backward_s": lambda: torch.ops.irda_ext.irda_surrogate_backward(grad, *op_args, lse),
+    timed = {"surrogate_forward_s": lambda: torch.ops.irda_ext.irda_surrogate_with_partials(*op_args),
+             "surrogate_backward_s": lambda: torch.ops.irda_ext.irda_surrogate_partials_backward(
+                 grad, partials, alpha, beta, noise_var, clusters, mode),
              "quadratic_forms_s": lambda: (rows @ w).reshape(cov_s.shape[0], -1) @ w}
     hot = {key: best_time(fn) for key, fn in timed.items()}
     cold = {key: best_time(fn, reps=50, cold=True) for key, fn in timed.items()}
@@ -256,8 +259,8 @@ def main(argv=None):
                       "(best of 50, each after 64 MiB written elsewhere, as a step's other work leaves the caches); "
                       "BinStats.update is an epoch's updates and the flush, per step, in both:", "",
                   "| piece | hot (ms) | cold (ms) | cold, share of the MSE step |", "|---|---|---|---|"]
-        names = {"surrogate_forward_s": "fused surrogate, forward op", "surrogate_backward_s":
-                 "fused surrogate, backward op", "quadratic_forms_s": f"quadratic forms w^T Sigma_b w "
+        names = {"surrogate_forward_s": "fused surrogate, forward with partials", "surrogate_backward_s":
+                 "fused surrogate, backward from the partials", "quadratic_forms_s": f"quadratic forms w^T Sigma_b w "
                  f"({floor['covariance_mib']:.1f} MiB of {floor['covariance_dtype']} covariances)",
                  "stats_update_s": "BinStats.update"}
         for key, name in names.items():
