@@ -74,6 +74,11 @@ def _bin_stats_apply_fake(cov, bins, vec_offset, vecs, weights, keep):
     return None
 
 
+@torch.library.register_fake("irda_ext::bin_index")  # host-only (Bins.index on CPU tensors)
+def _bin_index_fake(y, low, high, width, num_bins, clamp):
+    return y.new_empty(y.shape, dtype=torch.int64), y.new_empty((), dtype=torch.int64)
+
+
 @torch.library.register_fake("irda_ext::irda_surrogate_with_partials")  # host-only (csrc/autograd.cpp's CPU path)
 def _irda_surrogate_with_partials_fake(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta,
                                        noise_var, mode):
@@ -205,7 +210,8 @@ for _namespace in NAMESPACES:
 
 # The ops with a CUDA kernel and an emulated twin; the host-only ones (``kmeans``, the epoch-end
 # k-means, csrc/cpu/kmeans.cpp; ``bin_stats_plan_`` and ``bin_stats_apply_``, BinStats' deferred
-# covariance updates, csrc/cpu/bin_stats.cpp; ``irda_surrogate_with_partials`` and
+# covariance updates, csrc/cpu/bin_stats.cpp; ``bin_index``, Bins.index on CPU tensors,
+# csrc/cpu/bin_index.cpp; ``irda_surrogate_with_partials`` and
 # ``irda_surrogate_partials_backward``, the surrogate's autograd path on the CPU,
 # csrc/autograd.cpp) have a CPU kernel only.
 OP_NAMES = ("bin_moments", "bin_stats_update_", "merge_bin_moments_", "wfds_smooth", "irda_surrogate",

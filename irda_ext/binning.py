@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from ._ops import ops
 from ._validate import _on_host
 
 # A bin costs IRDA a [D, D] covariance and a row of two [B, B] matrices; past this many bins
@@ -63,6 +64,12 @@ class Bins:
             y = torch.as_tensor(y, dtype=torch.float64)
         if not (y.is_floating_point() or y.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
             raise TypeError(f"Bins.index: targets must be a real tensor, got dtype {y.dtype}")
+        if _on_host(y):
+            # one pass in C++ (csrc/cpu/bin_index.cpp), the same arithmetic; the tensor ops below
+            # name a bad target
+            index, bad = ops.bin_index(y, self.low, self.high, self.width, self.num_bins, clamp)
+            if not int(bad):
+                return index
         y64 = y.to(torch.float64)
         bad = torch.isnan(y64)
         if not clamp:
