@@ -677,71 +677,73 @@ void for_each_sample(const Prepared& p, const SurrogateArgs<T>& a, bool exact, i
 // paper, the own-bin shares (1) and the terms (5).
 constexpr int64_t kPartialScratchRows = 6;
 
+// The forward: loss [n] and lse [n, L]; with `partials` (a gradient will follow:
+// csrc/autograd.cpp, on the CPU) also each sample's partials [n, 5] (ExactPartials, or
+// paper_partials and a 0), which irda_surrogate_partials_backward scales by the incoming
+// gradient, so that every term is evaluated once per step instead of twice. loss and lse
+// are the same bits either way.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> surrogate_forward(
+    const at::Tensor& pred, const at::Tensor& target, const at::Tensor& bin_index, const at::Tensor& centers,
+    const at::Tensor& eta, const at::Tensor& log_prior, const at::Tensor& shift, const at::Tensor& var, double alpha,
+    double beta, const at::Tensor& noise_var, c10::string_view mode, bool with_partials) {
+  const Prepared p = prepare(pred, target, bin_index, centers, eta, log_prior, shift, var, noise_var, mode);
+  const bool exact = mode == "exact";
+  const int64_t L = exact ? p.K : 1;
+  at::Tensor loss = at::empty({p.n}, pred.options());
+  at::Tensor lse = at::empty({p.n, L}, pred.options());
+  at::Tensor partials = with_partials ? at::empty({p.n, kPartials}, pred.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "irda_surrogate_cpu", [&] {
+    const CompactGrid<scalar_t> grid(p.centers.data_ptr<scalar_t>(), p.log_prior.data_ptr<scalar_t>(),
+                                     p.eta.data_ptr<scalar_t>(), p.K, p.B);
+    const SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
+    const int64_t KV = a.KV_padded;
+    scalar_t* loss_ptr = loss.data_ptr<scalar_t>();
+    scalar_t* lse_ptr = lse.data_ptr<scalar_t>();
+    if (!with_partials) {
+      // one sample's row of logits over the padded grid, then (exact) its two rows of
+      // fill_sample_rows or (paper) its own-bin shares
+      for_each_sample(p, a, exact, 3, [&](int64_t i, scalar_t* s, const scalar_t* table) {
+        if (exact) {
+          exact_forward(a, i, loss_ptr + i, lse_ptr + i * L, s, s + KV, table);
+        } else {
+          paper_forward(a, i, loss_ptr + i, lse_ptr + i * L, s, s + KV);
+        }
+      });
+      return;
+    }
+    scalar_t* out = partials.data_ptr<scalar_t>();
+    for_each_sample(p, a, exact, kPartialScratchRows, [&](int64_t i, scalar_t* s, const scalar_t* table) {
+      scalar_t* o = out + i * kPartials;
+      if (exact) {
+        const ExactPartials<scalar_t> e = exact_partials(a, i, nullptr, lse_ptr + i * L, loss_ptr + i, s, s + 2 * KV,
+                                                         table);
+        o[0] = e.m, o[1] = e.s2, o[2] = e.u, o[3] = e.s2_value, o[4] = e.capped;
+      } else {
+        const std::array<scalar_t, 4> g = paper_partials(a, i, nullptr, lse_ptr + i * L, loss_ptr + i, s, s + KV);
+        o[0] = g[0], o[1] = g[1], o[2] = g[2], o[3] = g[3], o[4] = scalar_t(0);
+      }
+    });
+  });
+  return {loss, lse, partials};
+}
+
 std::tuple<at::Tensor, at::Tensor> irda_surrogate_cpu(const at::Tensor& pred, const at::Tensor& target,
                                                       const at::Tensor& bin_index, const at::Tensor& centers,
                                                       const at::Tensor& eta, const at::Tensor& log_prior,
                                                       const at::Tensor& shift, const at::Tensor& var, double alpha,
                                                       double beta, const at::Tensor& noise_var,
                                                       c10::string_view mode) {
-  const Prepared p = prepare(pred, target, bin_index, centers, eta, log_prior, shift, var, noise_var, mode);
-  const bool exact = mode == "exact";
-  const int64_t L = exact ? p.K : 1;
-  at::Tensor loss = at::empty({p.n}, pred.options());
-  at::Tensor lse = at::empty({p.n, L}, pred.options());
-  AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "irda_surrogate_cpu", [&] {
-    const CompactGrid<scalar_t> grid(p.centers.data_ptr<scalar_t>(), p.log_prior.data_ptr<scalar_t>(),
-                                     p.eta.data_ptr<scalar_t>(), p.K, p.B);
-    const SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
-    scalar_t* loss_ptr = loss.data_ptr<scalar_t>();
-    scalar_t* lse_ptr = lse.data_ptr<scalar_t>();
-    // one sample's row of logits over the padded grid, then (exact) its two rows of
-    // fill_sample_rows or (paper) its own-bin shares
-    for_each_sample(p, a, exact, 3, [&](int64_t i, scalar_t* s, const scalar_t* table) {
-      if (exact) {
-        exact_forward(a, i, loss_ptr + i, lse_ptr + i * L, s, s + a.KV_padded, table);
-      } else {
-        paper_forward(a, i, loss_ptr + i, lse_ptr + i * L, s, s + a.KV_padded);
-      }
-    });
-  });
+  auto [loss, lse, unused] = surrogate_forward(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha,
+                                               beta, noise_var, mode, /*with_partials=*/false);
   return {loss, lse};
 }
 
-// The forward when a gradient will follow (csrc/autograd.cpp, on the CPU): loss and lse as
-// irda_surrogate's, the same bits, and each sample's partials [n, 5] (ExactPartials, or
-// paper_partials and a 0), which irda_surrogate_partials_backward scales by the incoming
-// gradient: every term is evaluated once per step instead of twice.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> irda_surrogate_with_partials_cpu(
     const at::Tensor& pred, const at::Tensor& target, const at::Tensor& bin_index, const at::Tensor& centers,
     const at::Tensor& eta, const at::Tensor& log_prior, const at::Tensor& shift, const at::Tensor& var, double alpha,
     double beta, const at::Tensor& noise_var, c10::string_view mode) {
-  const Prepared p = prepare(pred, target, bin_index, centers, eta, log_prior, shift, var, noise_var, mode);
-  const bool exact = mode == "exact";
-  const int64_t L = exact ? p.K : 1;
-  at::Tensor loss = at::empty({p.n}, pred.options());
-  at::Tensor lse = at::empty({p.n, L}, pred.options());
-  at::Tensor partials = at::empty({p.n, kPartials}, pred.options());
-  AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "irda_surrogate_with_partials_cpu", [&] {
-    const CompactGrid<scalar_t> grid(p.centers.data_ptr<scalar_t>(), p.log_prior.data_ptr<scalar_t>(),
-                                     p.eta.data_ptr<scalar_t>(), p.K, p.B);
-    const SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
-    scalar_t* loss_ptr = loss.data_ptr<scalar_t>();
-    scalar_t* lse_ptr = lse.data_ptr<scalar_t>();
-    scalar_t* out = partials.data_ptr<scalar_t>();
-    for_each_sample(p, a, exact, kPartialScratchRows, [&](int64_t i, scalar_t* s, const scalar_t* table) {
-      scalar_t* o = out + i * kPartials;
-      if (exact) {
-        const ExactPartials<scalar_t> e =
-            exact_partials(a, i, nullptr, lse_ptr + i * L, loss_ptr + i, s, s + 2 * a.KV_padded, table);
-        o[0] = e.m, o[1] = e.s2, o[2] = e.u, o[3] = e.s2_value, o[4] = e.capped;
-      } else {
-        const std::array<scalar_t, 4> g = paper_partials(a, i, nullptr, lse_ptr + i * L, loss_ptr + i, s,
-                                                         s + a.KV_padded);
-        o[0] = g[0], o[1] = g[1], o[2] = g[2], o[3] = g[3], o[4] = scalar_t(0);
-      }
-    });
-  });
-  return {loss, lse, partials};
+  return surrogate_forward(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta, noise_var, mode,
+                           /*with_partials=*/true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backward_cpu(
