@@ -7,8 +7,11 @@
 // CPU, when a gradient will follow, the forward is irda_surrogate_with_partials instead:
 // it evaluates each term and its derivatives once and keeps per-sample partial sums, and
 // the backward (irda_surrogate_partials_backward) is an O(n) scaling of them, to the same
-// bits as the recomputing backward (the surrogate's share of a training step about halves:
-// bench/results/surrogate_bound.md).
+// bits as the recomputing backward: forward and backward together cost a fifth to a half
+// less (less where IRDALoss gives a bin one var and the kernel's tables already spare most
+// of a term; bench/results/surrogate_bound.md). A forward under grad mode that no backward
+// follows (an evaluation without no_grad) pays the derivatives for nothing, and a backward
+// that builds a graph pays both passes.
 // torch.library.register_autograd cost ~0.4 ms of Python per training step around a
 // kernel that takes ~0.2 ms at the bundled data sets' sizes; this costs a few
 // microseconds. Every kernel (CPU, CUDA) runs below it, and a second derivative still
@@ -142,8 +145,13 @@ std::tuple<at::Tensor, at::Tensor> irda_surrogate_autograd(const at::Tensor& pre
   // backward will read them; the CUDA kernels recompute in their backward. Under a Python
   // dispatch mode (fake tensors, tracing, the tests' emulated CUDA) the mode sees the
   // canonical pair irda_surrogate / irda_surrogate_backward.
+  // Every tensor on the CPU: the partials op has no CUDA kernel, and a misplaced input must
+  // meet irda_surrogate's device check, not a missing kernel.
+  const bool on_cpu = pred.device().is_cpu() && target.device().is_cpu() && bin_index.device().is_cpu() &&
+                      centers.device().is_cpu() && eta.device().is_cpu() && log_prior.device().is_cpu() &&
+                      shift.device().is_cpu() && var.device().is_cpu() && noise_var.device().is_cpu();
   const bool with_partials =
-      at::GradMode::is_enabled() && pred.device().is_cpu() && !c10::impl::dispatch_mode_enabled() &&
+      at::GradMode::is_enabled() && on_cpu && !c10::impl::dispatch_mode_enabled() &&
       (pred.requires_grad() || shift.requires_grad() || var.requires_grad() || noise_var.requires_grad());
   variable_list out = Surrogate::apply(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta,
                                        noise_var, mode, with_partials);

@@ -76,10 +76,13 @@ def test_the_host_kernel_gives_the_tensor_ops_bins(low, high, width, dtype):
                    torch.tensor([low, high], dtype=torch.float64)]).clamp(low, high)
     y = y.to(dtype) if dtype.is_floating_point else y.round().clamp(max(low, 0), high).to(dtype)
     y = y[(y.to(torch.float64) >= low) & (y.to(torch.float64) <= high)]
-    got = bins.index(y)
-    assert got.dtype == torch.int64 and torch.equal(got, _index_by_tensor_ops(bins, y))
     wide = torch.cat([y.to(torch.float64), torch.tensor([low - 5.0, high + 5.0, float("inf"), -float("inf")])])
-    assert torch.equal(bins.index(wide, clamp=True), _index_by_tensor_ops(bins, wide))
+    for targets, clamp in ((y, False), (wide, True)):
+        want = _index_by_tensor_ops(bins, targets)
+        # the kernel itself (Bins.index falls back to the tensor ops when it reports a bad target)
+        index, bad = torch.ops.irda_ext.bin_index(targets, bins.low, bins.high, bins.width, bins.num_bins, clamp)
+        assert int(bad) == 0 and index.dtype == torch.int64 and torch.equal(index, want)
+        assert torch.equal(bins.index(targets, clamp=clamp), want)
 
 
 def test_the_host_kernel_keeps_shapes_and_layouts():
@@ -102,6 +105,10 @@ def test_the_host_kernel_names_the_bad_target_as_before():
         bins.index(torch.tensor([1.0, float("nan"), 50.0]), clamp=True)
     with pytest.raises(TypeError, match="targets must be a real tensor"):
         bins.index(torch.tensor([True, False]))
+    index, bad = torch.ops.irda_ext.bin_index(torch.tensor([-0.5, 3.0, 11.0, float("nan")]), 0.0, 10.0, 1.0, 10, False)
+    assert int(bad) == 3 and index[1] == 3  # the kernel counts what the message names
+    _, bad = torch.ops.irda_ext.bin_index(torch.tensor([-0.5, 3.0, 11.0, float("nan")]), 0.0, 10.0, 1.0, 10, True)
+    assert int(bad) == 1
 
 
 def test_bin_index_op():

@@ -1,7 +1,7 @@
 """The fused IRDA surrogate against the dense reference (SPEC 6)."""
 import pytest
 import torch
-from testing import devices, surrogate_inputs
+from testing import devices, emulated_cuda, surrogate_inputs
 
 import irda_ext
 from irda_ext import reference as ref
@@ -132,6 +132,28 @@ def test_the_partials_path_only_where_a_gradient_follows():
                 with call():
                     irda_ext.irda_surrogate(*args)
         assert "irda_ext::irda_surrogate_with_partials" not in {e.name for e in prof.events()}, label
+    # under a dispatch mode (here the tests' emulated CUDA) the mode sees irda_surrogate and its
+    # recomputing backward, the CUDA kernels' pair
+    with torch.profiler.profile() as prof:
+        with emulated_cuda():
+            torch.autograd.grad(irda_ext.irda_surrogate(*args), [args[0]])
+    ran = {e.name for e in prof.events()}
+    assert "irda_ext::irda_surrogate_with_partials" not in ran
+    assert {"irda_ext_emulated::irda_surrogate", "irda_ext_emulated::irda_surrogate_backward"} <= ran
+
+
+def test_the_partials_path_when_only_sigma_is_learned():
+    """Only noise_var requires a gradient (a fixed head): the partials path, the recomputing bits."""
+    args = list(surrogate_inputs(30, 3, 9, "cpu", dead_bins=(4,)))
+    plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    args[10] = plain[10].clone().requires_grad_()
+    with torch.profiler.profile() as prof:
+        loss, _ = torch.ops.irda_ext.irda_surrogate(*args, "exact")
+        g, = torch.autograd.grad(loss.sum(), [args[10]])
+    assert "irda_ext::irda_surrogate_with_partials" in {e.name for e in prof.events()}
+    _, lse = torch.ops.irda_ext.irda_surrogate(*plain, "exact")
+    want = torch.ops.irda_ext.irda_surrogate_backward(torch.ones(30, dtype=torch.float64), *plain, "exact", lse)
+    assert torch.equal(g, want[3].sum())
 
 
 @pytest.mark.parametrize("mode", MODES)
