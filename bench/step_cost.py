@@ -159,7 +159,8 @@ def capture_step(dataset: str, threads: int, epochs: int = 3) -> SimpleNamespace
 def kernel_floor(step: SimpleNamespace) -> dict:
     """IRDA's arithmetic in one step of ``step`` (``capture_step``'s), in seconds, each piece
     alone, hot and cold (``best_time``): the surrogate's forward and backward ops on the captured
-    inputs (the pair autograd runs on the CPU: the forward with its partials, the O(n) backward), the quadratic forms over the smoothed covariances (one product over all ``B D`` rows,
+    inputs (the pair autograd runs on the CPU: the forward with its partials, the O(n) backward),
+    the quadratic forms over the smoothed covariances (one product over all ``B D`` rows,
     then with ``w``: what the training step computes; its gradient is a small product), and the
     epoch's ``BinStats.update`` calls with the flush, per step, on a copy of the statistics."""
     op_args = step.op_args

@@ -22,6 +22,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <initializer_list>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -147,9 +148,10 @@ std::tuple<at::Tensor, at::Tensor> irda_surrogate_autograd(const at::Tensor& pre
   // canonical pair irda_surrogate / irda_surrogate_backward.
   // Every tensor on the CPU: the partials op has no CUDA kernel, and a misplaced input must
   // meet irda_surrogate's device check, not a missing kernel.
-  const bool on_cpu = pred.device().is_cpu() && target.device().is_cpu() && bin_index.device().is_cpu() &&
-                      centers.device().is_cpu() && eta.device().is_cpu() && log_prior.device().is_cpu() &&
-                      shift.device().is_cpu() && var.device().is_cpu() && noise_var.device().is_cpu();
+  bool on_cpu = true;
+  for (const at::Tensor* t : {&pred, &target, &bin_index, &centers, &eta, &log_prior, &shift, &var, &noise_var}) {
+    on_cpu = on_cpu && t->device().is_cpu();
+  }
   const bool with_partials =
       at::GradMode::is_enabled() && on_cpu && !c10::impl::dispatch_mode_enabled() &&
       (pred.requires_grad() || shift.requires_grad() || var.requires_grad() || noise_var.requires_grad());
