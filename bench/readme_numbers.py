@@ -75,11 +75,11 @@ def paragraph() -> str:
                      f"({machine(step['env'])}; `step_cost.md`).")
         floor = step.get("kernel_floor")
         if floor:
-            parts.append(f"IRDA's own kernels in that step (the fused surrogate forward and backward, the quadratic "
-                         f"forms, `BinStats.update`), timed alone, take {floor['floor_s'] * 1e3:.2f} ms with hot caches "
+            parts.append(f"IRDA's own kernels in that step (the fused loss's forward and backward: the surrogate and "
+                         f"the quadratic forms; `BinStats.update`), timed alone, take {floor['floor_s'] * 1e3:.2f} ms with hot caches "
                          f"and {floor['cold_floor_s'] * 1e3:.2f} ms with cold ones: with these kernels no IRDA step can go "
                          f"under {(mse['step_s'] + floor['floor_s']) / mse['step_s']:.2f}x an MSE step (every cache "
-                         f"hot), and the rest of the measured step is glue (small tensor ops, autograd nodes, records) "
+                         f"hot), and the rest of the measured step is glue (autograd nodes, records, the optimizer) "
                          f"and caches.")
     e = growth["exponents"]
     parts.append("An `IRDALoss` step grows as " + ", ".join(f"{name}^{e[name]['step']:.2f}" for name in e)

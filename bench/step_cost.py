@@ -19,10 +19,10 @@ interleaved (a shared machine's slow spells fall on both), timing:
 
 Then IRDA's own arithmetic in such a step, each piece timed alone on the inputs of a real step
 (``capture_step``: a separate 3-epoch run of the same configuration), best of many calls with hot
-caches and with cold ones: the fused surrogate's forward and backward ops (those autograd runs on
-the CPU: ``irda_surrogate_with_partials``, ``irda_surrogate_partials_backward``), the quadratic forms
-``w^T Sigma_b w`` over the smoothed covariances, and ``BinStats.update`` (a step's share of an
-epoch's updates and the flush of the deferred work). The MSE step plus their hot sum, over the MSE
+caches and with cold ones: the fused loss of the head's forward and backward ops (those autograd
+runs on the CPU: ``irda_head_loss``, whose fused surrogate and quadratic forms ``w^T Sigma_b w``
+over the smoothed covariances are most of it, and ``irda_head_loss_backward``), and
+``BinStats.update`` (a step's share of an epoch's updates and the flush of the deferred work). The MSE step plus their hot sum, over the MSE
 step, is the smallest step ratio these kernels allow whatever the glue around them; the rest of the
 measured IRDA step is glue (small tensor ops, autograd nodes, the records a step keeps, the
 optimizer's second parameter group) and caches.
@@ -110,7 +110,7 @@ def capture_step(dataset: str, threads: int, epochs: int = 3) -> SimpleNamespace
     """The driver's IRDA run (CLI defaults) trained ``epochs`` epochs by the driver's
     ``train_epoch``, the last without its ``end_epoch`` (statistics, shares and prior in place, the
     ramp under way), and what its kernels were given in that last epoch: ``op_args``, a full
-    batch's inputs of the fused surrogate (the op ``head_loss`` calls); ``updates``, every step's
+    batch's inputs of ``irda_head_loss`` (the op ``head_loss`` calls); ``updates``, every step's
     ``(z, bin_index)`` passed to ``BinStats.update``; ``stats_before``, the statistics before them.
     Also ``run`` (``build_run``'s) and ``criterion`` (the ``IRDALoss``)."""
     from irda_ext import _ops
@@ -126,18 +126,18 @@ def capture_step(dataset: str, threads: int, epochs: int = 3) -> SimpleNamespace
         r = build_run(args, torch.device("cpu"), out)
         crit = r.method.criterion
         seen = SimpleNamespace(run=r, criterion=crit, op_args=None, updates=[], stats_before=None)
-        surrogate, update = _ops.ops.irda_surrogate, crit.stats.update
+        head_loss, update = _ops.ops.irda_head_loss, crit.stats.update
 
-        def keep_surrogate(*op_args):  # a full batch's inputs kept (the epoch's last batch is short)
+        def keep_head_loss(*op_args):  # a full batch's inputs kept (the epoch's last batch is short)
             if op_args[0].shape[0] == args.batch_size:
                 seen.op_args = [a.detach() if torch.is_tensor(a) else a for a in op_args]
-            return surrogate(*op_args)
+            return head_loss(*op_args)
 
         def keep_update(z, bin_index):
             seen.updates.append((z.clone(), bin_index.clone()))
             return update(z, bin_index)
 
-        _ops.ops.irda_surrogate = keep_surrogate
+        _ops.ops.irda_head_loss = keep_head_loss
         try:
             for epoch in range(epochs):
                 last = epoch == epochs - 1
@@ -149,7 +149,7 @@ def capture_step(dataset: str, threads: int, epochs: int = 3) -> SimpleNamespace
                 if not last:
                     r.method.end_epoch(epoch, epochs)
         finally:
-            _ops.ops.irda_surrogate = surrogate
+            _ops.ops.irda_head_loss = head_loss
             crit.stats.__dict__.pop("update", None)
     if seen.op_args is None:
         raise RuntimeError(f"no full batch of {args.batch_size} in {dataset}'s last epoch")
@@ -158,22 +158,26 @@ def capture_step(dataset: str, threads: int, epochs: int = 3) -> SimpleNamespace
 
 def kernel_floor(step: SimpleNamespace) -> dict:
     """IRDA's arithmetic in one step of ``step`` (``capture_step``'s), in seconds, each piece
-    alone, hot and cold (``best_time``): the surrogate's forward and backward ops on the captured
-    inputs (the pair autograd runs on the CPU: the forward with its partials, the O(n) backward),
-    the quadratic forms over the smoothed covariances (one product over all ``B D`` rows,
-    then with ``w``: what the training step computes; its gradient is a small product), and the
+    alone, hot and cold (``best_time``): the fused loss's forward and backward ops on the captured
+    inputs (the pair autograd runs on the CPU: the forward, with the per-bin shift and quadratic
+    forms of the head and the surrogate's partials, and the O(n + B D) backward), and the
     epoch's ``BinStats.update`` calls with the flush, per step, on a copy of the statistics."""
     op_args = step.op_args
-    loss, _, partials = torch.ops.irda_ext.irda_surrogate_with_partials(*op_args)
+    (pred, target, bin_index, weight, bias, offset, cov_s, keep, iso, centers, eta, log_prior, alpha, beta,
+     log_sigma, mode, reduction) = op_args
+    head = torch.ops.irda_ext.irda_head_loss
+    with torch.no_grad():
+        loss, bin_shift, bin_var, cov_w, partials = head(*op_args)
     grad = torch.ones_like(loss)
-    alpha, beta, noise_var, clusters, mode = op_args[8], op_args[9], op_args[10], op_args[4].shape[0], op_args[11]
-    _, cov_s, _, _ = step.criterion.smoothed_statistics()
-    w = step.run.head.weight.detach().reshape(-1).to(cov_s.dtype)
-    rows = cov_s.reshape(-1, cov_s.shape[-1])
-    timed = {"surrogate_forward_s": lambda: torch.ops.irda_ext.irda_surrogate_with_partials(*op_args),
-             "surrogate_backward_s": lambda: torch.ops.irda_ext.irda_surrogate_partials_backward(
-                 grad, partials, alpha, beta, noise_var, clusters, mode),
-             "quadratic_forms_s": lambda: (rows @ w).reshape(cov_s.shape[0], -1) @ w}
+    backward_args = (grad, target, bin_index, weight, bias, offset, keep, iso, bin_shift, bin_var, cov_w, partials,
+                     alpha, beta, log_sigma, eta.shape[0], mode, reduction)
+
+    def forward():
+        with torch.no_grad():
+            head(*op_args)
+
+    timed = {"head_forward_s": forward,
+             "head_backward_s": lambda: torch.ops.irda_ext.irda_head_loss_backward(*backward_args)}
     hot = {key: best_time(fn) for key, fn in timed.items()}
     cold = {key: best_time(fn, reps=50, cold=True) for key, fn in timed.items()}
 
@@ -188,7 +192,7 @@ def kernel_floor(step: SimpleNamespace) -> dict:
     hot["stats_update_s"] = min(epoch_of_updates() for _ in range(20)) / len(step.updates)
     cold["stats_update_s"] = hot["stats_update_s"]  # an epoch's updates: the caches as in training
     return {"hot": hot, "cold": cold, "floor_s": sum(hot.values()), "cold_floor_s": sum(cold.values()),
-            "batch": op_args[0].shape[0], "covariance_dtype": str(cov_s.dtype).replace("torch.", ""),
+            "batch": pred.shape[0], "covariance_dtype": str(cov_s.dtype).replace("torch.", ""),
             "covariance_mib": cov_s.numel() * cov_s.element_size() / 2**20}
 
 
@@ -260,10 +264,9 @@ def main(argv=None):
                       "(best of 50, each after 64 MiB written elsewhere, as a step's other work leaves the caches); "
                       "BinStats.update is an epoch's updates and the flush, per step, in both:", "",
                   "| piece | hot (ms) | cold (ms) | cold, share of the MSE step |", "|---|---|---|---|"]
-        names = {"surrogate_forward_s": "fused surrogate, forward with partials", "surrogate_backward_s":
-                 "fused surrogate, backward from the partials", "quadratic_forms_s": f"quadratic forms w^T Sigma_b w "
-                 f"({floor['covariance_mib']:.1f} MiB of {floor['covariance_dtype']} covariances)",
-                 "stats_update_s": "BinStats.update"}
+        names = {"head_forward_s": f"fused loss, forward (the surrogate with partials; w^T Sigma_b w over "
+                                   f"{floor['covariance_mib']:.1f} MiB of {floor['covariance_dtype']} covariances)",
+                 "head_backward_s": "fused loss, backward", "stats_update_s": "BinStats.update"}
         for key, name in names.items():
             hot, cold = floor["hot"][key], floor["cold"][key]
             lines.append(f"| {name} | {hot * 1e3:.2f} | {cold * 1e3:.2f} | {cold / mse:.0%} |")
@@ -274,7 +277,7 @@ def main(argv=None):
                       f"{(mse + floor['floor_s']) / mse:.2f}x with every cache hot, "
                       f"{(mse + floor['cold_floor_s']) / mse:.2f}x with cold ones; the measured step is "
                       f"{irda['step_s'] / mse:.2f}x, so about {glue * 1e3:.2f} ms of it ({glue / mse:.0%} of an MSE "
-                      "step) is glue: small tensor ops and their autograd nodes, the records a step keeps (bins, "
+                      "step) is glue: the head's and the loss's autograd nodes, the records a step keeps (bins, "
                       "confusion, reservoir), the optimizer's second parameter group, and the MLP's own work slowed "
                       "by the caches IRDA's data takes."]
     write_results(args.out, "step_cost", lines, {"env": env, "dataset": args.dataset, "rows": rows,

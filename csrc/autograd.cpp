@@ -1,4 +1,4 @@
-// Autograd of irda_ext::irda_surrogate, in C++.
+// Autograd of irda_ext::irda_surrogate and irda_ext::irda_head_loss, in C++.
 //
 // The same rule as the Python registration that the emulated namespace keeps
 // (irda_ext/_ops.py): save the inputs and the per-(sample, cluster) log-sum-exps, and in
@@ -160,7 +160,116 @@ std::tuple<at::Tensor, at::Tensor> irda_surrogate_autograd(const at::Tensor& pre
   return {out[0], out[1]};
 }
 
+// irda_head_loss (host-only, csrc/cpu/irda_head.cpp): the forward op returns what its
+// backward op reads; differentiable in pred, weight, bias (mode "paper"; in mode "exact" the
+// bias reaches the loss only through pred) and log_sigma. The statistics and the grid are
+// constants: a graph through them is refused rather than given zero gradients.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> head_loss_forward(
+    const at::Tensor& pred, const at::Tensor& target, const at::Tensor& bin_index, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& offset, const at::Tensor& cov, const at::Tensor& keep,
+    const at::Tensor& iso, const at::Tensor& centers, const at::Tensor& eta, const at::Tensor& log_prior, double alpha,
+    double beta, const at::Tensor& log_sigma, c10::string_view mode, c10::string_view reduction) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("irda_ext::irda_head_loss", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
+                           const at::Tensor&, c10::string_view, c10::string_view)>();
+  return op.call(pred, target, bin_index, weight, bias, offset, cov, keep, iso, centers, eta, log_prior, alpha, beta,
+                 log_sigma, mode, reduction);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> head_loss_backward(
+    const at::Tensor& grad, const at::Tensor& target, const at::Tensor& bin_index, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& offset, const at::Tensor& keep, const at::Tensor& iso,
+    const at::Tensor& bin_shift, const at::Tensor& bin_var, const at::Tensor& cov_w, const at::Tensor& partials,
+    double alpha, double beta, const at::Tensor& log_sigma, int64_t num_clusters, c10::string_view mode,
+    c10::string_view reduction) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("irda_ext::irda_head_loss_backward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
+                           const at::Tensor&, int64_t, c10::string_view, c10::string_view)>();
+  return op.call(grad, target, bin_index, weight, bias, offset, keep, iso, bin_shift, bin_var, cov_w, partials, alpha,
+                 beta, log_sigma, num_clusters, mode, reduction);
+}
+
+class HeadLoss : public torch::autograd::Function<HeadLoss> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& pred, const at::Tensor& target,
+                               const at::Tensor& bin_index, const at::Tensor& weight, const at::Tensor& bias,
+                               const at::Tensor& offset, const at::Tensor& cov, const at::Tensor& keep,
+                               const at::Tensor& iso, const at::Tensor& centers, const at::Tensor& eta,
+                               const at::Tensor& log_prior, double alpha, double beta, const at::Tensor& log_sigma,
+                               c10::string_view mode, c10::string_view reduction) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [loss, bin_shift, bin_var, cov_w, partials] = head_loss_forward(
+        pred, target, bin_index, weight, bias, offset, cov, keep, iso, centers, eta, log_prior, alpha, beta, log_sigma,
+        mode, reduction);
+    ctx->saved_data["alpha"] = alpha;
+    ctx->saved_data["beta"] = beta;
+    ctx->saved_data["mode"] = std::string(mode);
+    ctx->saved_data["reduction"] = std::string(reduction);
+    ctx->saved_data["num_clusters"] = eta.size(0);
+    ctx->save_for_backward({target, bin_index, weight, bias, offset, keep, iso, bin_shift, bin_var, cov_w, partials,
+                            log_sigma});
+    ctx->mark_non_differentiable({bin_shift, bin_var, cov_w, partials});
+    return {loss, bin_shift, bin_var, cov_w, partials};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list s = ctx->get_saved_variables();
+    const std::string mode = ctx->saved_data["mode"].toStringRef();
+    const std::string reduction = ctx->saved_data["reduction"].toStringRef();
+    const at::Tensor grad = grads[0].defined()          ? grads[0]
+                            : reduction == "none" ? at::zeros_like(s[0])
+                                                  : at::zeros({}, s[0].options());
+    auto call = [&] {
+      return head_loss_backward(grad, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10],
+                                ctx->saved_data["alpha"].toDouble(), ctx->saved_data["beta"].toDouble(), s[11],
+                                ctx->saved_data["num_clusters"].toInt(), mode, reduction);
+    };
+    at::Tensor g_pred, g_weight, g_bias, g_log_sigma;
+    if (at::GradMode::is_enabled()) {
+      // create_graph: through the backward op's autograd (irda_ext/_ops.py), which raises
+      // at a second derivative instead of giving a silent zero
+      std::tie(g_pred, g_weight, g_bias, g_log_sigma) = call();
+    } else {
+      at::AutoDispatchBelowADInplaceOrView below;
+      std::tie(g_pred, g_weight, g_bias, g_log_sigma) = call();
+    }
+    const at::Tensor none;
+    return {g_pred, none, none, g_weight, mode == "paper" ? g_bias : none, none, none, none, none, none, none, none,
+            none, none, g_log_sigma, none, none};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_head_loss_autograd(
+    const at::Tensor& pred, const at::Tensor& target, const at::Tensor& bin_index, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& offset, const at::Tensor& cov, const at::Tensor& keep,
+    const at::Tensor& iso, const at::Tensor& centers, const at::Tensor& eta, const at::Tensor& log_prior, double alpha,
+    double beta, const at::Tensor& log_sigma, c10::string_view mode, c10::string_view reduction) {
+  if (at::GradMode::is_enabled()) {
+    const char* names[] = {"target", "offset", "cov", "keep", "iso", "centers", "eta", "log_prior"};
+    const at::Tensor* constants[] = {&target, &offset, &cov, &keep, &iso, &centers, &eta, &log_prior};
+    for (int j = 0; j < 8; ++j) {
+      TORCH_CHECK_VALUE(!constants[j]->requires_grad(), "irda_head_loss is differentiable in pred, weight, bias and ",
+                        "log_sigma only; ", names[j], " requires grad (IRDALoss.head_loss takes the unfused path ",
+                        "for learned statistics)");
+    }
+  }
+  variable_list out = HeadLoss::apply(pred, target, bin_index, weight, bias, offset, cov, keep, iso, centers, eta,
+                                      log_prior, alpha, beta, log_sigma, mode, reduction);
+  return {out[0], out[1], out[2], out[3], out[4]};
+}
+
 }  // namespace
 }  // namespace irda
 
-TORCH_LIBRARY_IMPL(irda_ext, Autograd, m) { m.impl("irda_surrogate", &irda::irda_surrogate_autograd); }
+TORCH_LIBRARY_IMPL(irda_ext, Autograd, m) {
+  m.impl("irda_surrogate", &irda::irda_surrogate_autograd);
+  m.impl("irda_head_loss", &irda::irda_head_loss_autograd);
+}

@@ -92,6 +92,20 @@ def _irda_surrogate_partials_backward_fake(grad_loss, partials, alpha, beta, noi
     return tuple(partials.new_empty((partials.shape[0],)) for _ in range(4))
 
 
+@torch.library.register_fake("irda_ext::irda_head_loss")  # host-only (IRDALoss.head_loss on the CPU)
+def _irda_head_loss_fake(pred, target, bin_index, weight, bias, offset, cov, keep, iso, centers, eta, log_prior,
+                         alpha, beta, log_sigma, mode, reduction):
+    n, (B, D) = pred.shape[0], offset.shape
+    loss = pred.new_empty(() if reduction in ("mean", "sum") else (n,))
+    return loss, pred.new_empty((B,)), pred.new_empty((B,)), offset.new_empty((B, D)), pred.new_empty((n, 5))
+
+
+@torch.library.register_fake("irda_ext::irda_head_loss_backward")  # host-only
+def _irda_head_loss_backward_fake(grad, target, bin_index, weight, bias, offset, keep, iso, bin_shift, bin_var, cov_w,
+                                  partials, alpha, beta, log_sigma, num_clusters, mode, reduction):
+    return target.new_empty(target.shape), torch.empty_like(weight), torch.empty_like(bias), torch.empty_like(log_sigma)
+
+
 @_fake("bin_stats_update_")
 def _bin_stats_update_fake(count, mean, cov, z, bin_index, momentum):
     return None
@@ -207,12 +221,17 @@ for _namespace in NAMESPACES:
     # A second derivative through the fused op raises, instead of silently giving zeros.
     torch.library.register_autograd(f"{_namespace}::irda_surrogate_backward", _irda_surrogate_double_backward,
                                     setup_context=_irda_surrogate_backward_setup)
+# irda_head_loss's autograd is in C++ (csrc/autograd.cpp); a backward that builds a graph runs
+# its backward op through this, which raises at a second derivative.
+torch.library.register_autograd("irda_ext::irda_head_loss_backward", _irda_surrogate_double_backward,
+                                setup_context=_irda_surrogate_backward_setup)
 
 # The ops with a CUDA kernel and an emulated twin; the host-only ones (``kmeans``, the epoch-end
 # k-means, csrc/cpu/kmeans.cpp; ``bin_stats_plan_`` and ``bin_stats_apply_``, BinStats' deferred
 # covariance updates, csrc/cpu/bin_stats.cpp; ``bin_index``, Bins.index on CPU tensors,
 # csrc/cpu/bin_index.cpp; ``irda_surrogate_with_partials`` and
 # ``irda_surrogate_partials_backward``, the surrogate's autograd path on the CPU,
-# csrc/autograd.cpp) have a CPU kernel only.
+# csrc/autograd.cpp; ``irda_head_loss`` and its backward, IRDALoss's training step on the CPU,
+# csrc/cpu/irda_head.cpp) have a CPU kernel only.
 OP_NAMES = ("bin_moments", "bin_stats_update_", "merge_bin_moments_", "wfds_smooth", "irda_surrogate",
             "irda_surrogate_backward")

@@ -137,6 +137,7 @@ class IRDALoss(nn.Module):
         self._restricted = None  # (smoothing version, has_data, weights): see restricted_smoothing
         self._smoothed = None  # (key, (mean_s, cov_s, lam, v)): see smoothed_statistics
         self._in_dtype = None  # (key, (centers, eta, log_prior) in a dtype): see constants
+        self._head_terms = None  # (smoothed statistics, mode, (offset, keep, iso)): see head_terms
 
     # ----- set-up and epoch-level estimates -------------------------------------------------
     @torch.no_grad()
@@ -236,6 +237,29 @@ class IRDALoss(nn.Module):
             self._in_dtype = (key, tuple(t.to(dtype) for t in buffers))
         return self._in_dtype[1]
 
+    def head_terms(self):
+        """``(offset, cov_s, keep, iso)``, the per-bin statistics ``irda_head_loss`` reads:
+        ``offset = mu_s - mu`` (mode ``"exact"``) or ``mu_s`` (``"paper"``), the smoothed
+        covariances, ``keep = 1 - v`` and ``iso = v lambda`` (SPEC 4), kept with the smoothed
+        statistics they come from (on the CPU, the fused path's only home)."""
+        smoothed = self.smoothed_statistics()
+        cached = self._head_terms
+        if cached is None or cached[0] is not smoothed or cached[1] != self.mode:
+            mean_s, cov_s, lam, v = smoothed
+            offset = mean_s - self.stats.mean if self.mode == "exact" else mean_s
+            cached = (smoothed, self.mode, (offset, cov_s, 1 - v, v * lam))
+            self._head_terms = cached
+        return cached[2]
+
+    def fused_step(self, pred: torch.Tensor, reduction: str, weight, lookahead: bool, gates) -> bool:
+        """Whether ``head_loss`` takes ``irda_head_loss``, the fused CPU op (csrc/cpu/irda_head.cpp):
+        a gradient will follow, on the CPU, eager and without a dispatch mode (fake tensors, the
+        tests' emulated CUDA: they see the unfused ops), for the plain loss (no look-ahead, no
+        Meta-IRDA gates, no per-sample weight). Elsewhere the same loss by small tensor ops."""
+        return (torch.is_grad_enabled() and not lookahead and not gates and weight is None
+                and reduction in ("mean", "sum", "none") and _on_host(pred) and _on_host(self.stats.mean)
+                and torch._C._len_torch_dispatch_stack() == 0)
+
     def augmentation(self, head_weight: torch.Tensor, head_bias: torch.Tensor, mean_gate=None, cov_gate=None,
                      v=None, twice_differentiable: bool = True, smoothed_prediction: bool = True):
         """Per-bin ``shift_b = w (mu_s - mu)_b``, the smoothed-mean prediction
@@ -333,6 +357,14 @@ class IRDALoss(nn.Module):
             pred = nn.functional.linear(features.to(head_weight.dtype), head_weight, head_bias)
         pred = pred.reshape(-1)
         dtype = pred.dtype if pred.dtype in (torch.float32, torch.float64) else torch.float32
+        alpha, beta = self.strength()
+        if self.fused_step(pred, reduction, weight, lookahead, gates):
+            # the same loss in one op: ~40 small autograd ops fewer a training step
+            offset, cov_s, keep, iso = self.head_terms()
+            centers, eta, log_prior = self.constants(dtype)
+            return ops.irda_head_loss(pred.to(dtype), targets.to(device=pred.device, dtype=dtype), bin_index,
+                                      head_weight, head_bias, offset, cov_s, keep, iso, centers, eta, log_prior,
+                                      alpha, beta, self.noise.log_sigma, self.mode, reduction)[0]
         shift_b, smoothed_pred, q = self.augmentation(head_weight, head_bias, twice_differentiable=lookahead,
                                                       smoothed_prediction=self.mode == "paper", **gates)
         y = targets.to(device=pred.device, dtype=dtype)
@@ -341,7 +373,6 @@ class IRDALoss(nn.Module):
         else:  # eq. 20: the residual of the smoothed mean of the sample's bin
             shift = (smoothed_pred[bin_index].to(dtype) - y).abs()
         var = q[bin_index].clamp_min(0)
-        alpha, beta = self.strength()
         noise_var = self.noise.var.to(dtype)
         centers, eta, log_prior = self.constants(dtype)
         args = (pred.to(dtype), y, bin_index, centers, eta, log_prior, shift.to(dtype), var.to(dtype), alpha, beta)

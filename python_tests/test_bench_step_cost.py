@@ -22,12 +22,16 @@ def test_captured_step_replays_the_epoch_and_the_floor_sums_its_pieces():
     crit.stats.flush()
     for name in ("epoch_count", "epoch_mean", "epoch_cov"):
         assert torch.equal(getattr(replay, name), getattr(crit.stats, name)), name
-    # the captured surrogate inputs are the loss's: the criterion's constants and bins
-    centers, eta, log_prior = crit.constants(step.op_args[0].dtype)
-    assert torch.equal(step.op_args[3], centers) and torch.equal(step.op_args[4], eta)
-    assert torch.equal(step.op_args[5], log_prior) and step.op_args[-1] == crit.mode
+    # the captured inputs of the fused loss are the loss's: the head, the criterion's constants,
+    # statistics and bins
+    args = step.op_args
+    assert torch.equal(args[3], step.run.head.weight) and torch.equal(args[4], step.run.head.bias)
+    offset, cov_s, keep, iso = crit.head_terms()
+    assert all(torch.equal(a, b) for a, b in zip(args[5:9], (offset, cov_s, keep, iso)))
+    centers, eta, log_prior = crit.constants(args[0].dtype)
+    assert torch.equal(args[9], centers) and torch.equal(args[10], eta) and torch.equal(args[11], log_prior)
+    assert torch.equal(args[14], crit.noise.log_sigma) and args[15] == crit.mode
     floor = step_cost.kernel_floor(step)
-    assert set(floor["hot"]) == set(floor["cold"]) == {"surrogate_forward_s", "surrogate_backward_s",
-                                                       "quadratic_forms_s", "stats_update_s"}
+    assert set(floor["hot"]) == set(floor["cold"]) == {"head_forward_s", "head_backward_s", "stats_update_s"}
     assert all(t > 0 for t in floor["hot"].values())
     assert floor["floor_s"] == sum(floor["hot"].values()) and floor["batch"] == 256
