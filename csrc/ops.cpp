@@ -64,10 +64,20 @@ void define_host_schemas(torch::Library& m) {
   // applies plans in list order, to the bits of one bin_stats_update_ per batch.
   m.def("bin_stats_plan_(Tensor(a!) count, Tensor(b!) mean, Tensor z, Tensor bin_index, float? momentum) -> (Tensor bins, Tensor vec_offset, Tensor vecs, Tensor weights, Tensor keep)");
   m.def("bin_stats_apply_(Tensor(a!) cov, Tensor[] bins, Tensor[] vec_offset, Tensor[] vecs, Tensor[] weights, Tensor[] keep) -> ()");
+  // BinStats.update under the "epoch" estimator: bin_stats_plan_(epoch_count, epoch_mean, z,
+  // bin_index, None) and the running count += the batch's counts; first [B] (bool) flags the
+  // bins with samples in the batch and no finished epoch (count == epoch_count before it),
+  // num_first (0-dim int64) counts them.
+  m.def("bin_stats_epoch_plan_(Tensor(a!) count, Tensor(b!) epoch_count, Tensor(c!) epoch_mean, Tensor z, Tensor bin_index) -> (Tensor bins, Tensor vec_offset, Tensor vecs, Tensor weights, Tensor keep, Tensor first, Tensor num_first)");
   // SPEC 1. Bins.index on the host: index (int64, y's shape) = clamp(floor((y - low) / width),
   // 0, num_bins - 1) in float64, and bad (0-dim int64): how many targets are NaN or, unless
   // clamp, outside [low, high] (irda_ext/binning.py raises, naming one).
   m.def("bin_index(Tensor y, float low, float high, float width, int num_bins, bool clamp) -> (Tensor index, Tensor bad)");
+  // The confusion of an epoch's predictions (paper eq. 6) on the host: counts [B * B] (float64)
+  // += 1 at true_bin[i] * B + (pred[i]'s bin, clamped as bin_index(..., clamp=True)), unless
+  // some prediction is NaN: then counts stay as they were and bad (0-dim int64) counts the
+  // NaNs (irda_ext/confusion.py raises, naming one).
+  m.def("confusion_add_(Tensor(a!) counts, Tensor true_bin, Tensor pred, float low, float high, float width, int num_bins) -> Tensor bad");
   // SPEC 6. irda_surrogate when a gradient will follow (its autograd on the CPU,
   // csrc/autograd.cpp): loss and lse as irda_surrogate's, the same bits, and per-sample
   // partials[n, 5] (exact mode: the softmax-weighted sums of the terms' derivatives in m,

@@ -74,6 +74,17 @@ def _bin_stats_apply_fake(cov, bins, vec_offset, vecs, weights, keep):
     return None
 
 
+@torch.library.register_fake("irda_ext::bin_stats_epoch_plan_")  # host-only
+def _bin_stats_epoch_plan_fake(count, epoch_count, epoch_mean, z, bin_index):
+    plan = _bin_stats_plan_fake(epoch_count, epoch_mean, z, bin_index, None)
+    return (*plan, count.new_empty(count.shape, dtype=torch.bool), count.new_empty(()))
+
+
+@torch.library.register_fake("irda_ext::confusion_add_")  # host-only (ConfusionCounter.add_predictions)
+def _confusion_add_fake(counts, true_bin, pred, low, high, width, num_bins):
+    return true_bin.new_empty((), dtype=torch.int64)
+
+
 @torch.library.register_fake("irda_ext::bin_index")  # host-only (Bins.index on CPU tensors)
 def _bin_index_fake(y, low, high, width, num_bins, clamp):
     return y.new_empty(y.shape, dtype=torch.int64), y.new_empty((), dtype=torch.int64)
@@ -227,8 +238,9 @@ torch.library.register_autograd("irda_ext::irda_head_loss_backward", _irda_surro
                                 setup_context=_irda_surrogate_backward_setup)
 
 # The ops with a CUDA kernel and an emulated twin; the host-only ones (``kmeans``, the epoch-end
-# k-means, csrc/cpu/kmeans.cpp; ``bin_stats_plan_`` and ``bin_stats_apply_``, BinStats' deferred
-# covariance updates, csrc/cpu/bin_stats.cpp; ``bin_index``, Bins.index on CPU tensors,
+# k-means, csrc/cpu/kmeans.cpp; ``bin_stats_plan_``, ``bin_stats_epoch_plan_`` and
+# ``bin_stats_apply_``, BinStats' deferred covariance updates, csrc/cpu/bin_stats.cpp;
+# ``bin_index`` and ``confusion_add_``, Bins.index and the confusion counts on CPU tensors,
 # csrc/cpu/bin_index.cpp; ``irda_surrogate_with_partials`` and
 # ``irda_surrogate_partials_backward``, the surrogate's autograd path on the CPU,
 # csrc/autograd.cpp; ``irda_head_loss`` and its backward, IRDALoss's training step on the CPU,

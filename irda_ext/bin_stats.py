@@ -179,16 +179,22 @@ class BinStats(nn.Module):
             self._merge_(self.count, self.mean, self.cov, z, bin_index, self.momentum)
             self.revision += 1
             return
-        before = self.epoch_count.clone()
         if _on_host(z) and not (self.sync and distributed.is_distributed()):
-            # counts and means now; the covariance part waits for the next read of epoch_cov
-            plan = ops.bin_stats_plan_(self.epoch_count, self.epoch_mean, z, bin_index, None)
+            # counts and means now; the covariance part waits for the next read of epoch_cov.
+            # One op also adds the batch's counts to the running count and flags the bins with
+            # no finished epoch, the bookkeeping below in six tensor ops fewer.
+            *plan, first, num_first = ops.bin_stats_epoch_plan_(self.count, self.epoch_count, self.epoch_mean, z,
+                                                                bin_index)
             self._pending.append(plan)
             self._pending_bytes += sum(t.numel() * t.element_size() for t in plan)
             if len(self._pending) >= DEFERRED_BATCHES or self._pending_bytes >= DEFERRED_BYTES:
                 self.flush()
-        else:
-            self._merge_(self.epoch_count, self.epoch_mean, self.epoch_cov, z, bin_index, None)
+            if int(num_first):
+                self._blend_(first, 0.0)
+                self.revision += 1
+            return
+        before = self.epoch_count.clone()
+        self._merge_(self.epoch_count, self.epoch_mean, self.epoch_cov, z, bin_index, None)
         added = self.epoch_count - before  # the global batch's counts (every rank's, when synced)
         # A bin with no finished epoch (nothing merged before this epoch) reads the epoch so far.
         first = (added > 0) & (self.count == before)

@@ -311,13 +311,15 @@ class IRDALoss(nn.Module):
         if targets.shape[0] != features.shape[0]:
             raise ValueError(f"targets must have {features.shape[0]} entries (one per feature row), "
                              f"got shape {tuple(targets.shape)}")
-        bin_index = self.bins.index(targets, clamp=self.clamp_targets).to(features.device)
+        bin_index = self.bins.index(targets, clamp=self.clamp_targets)
+        if bin_index.device != features.device:  # (a no-op .to() is still a dispatch, ~10 us a step)
+            bin_index = bin_index.to(features.device)
         pred = head(features).reshape(-1)  # once per step: the loss and the confusion both read it
         if update:
             with torch.no_grad():
                 z = features.detach()
                 self.stats.update(z, bin_index)
-                self.confusion_counter.add(bin_index, self.bins.index(pred.detach(), clamp=True).to(bin_index.device))
+                self.confusion_counter.add_predictions(bin_index, pred.detach(), self.bins)
                 if self.reservoir is not None:
                     self.reservoir.add(z, bin_index)
         return self.head_loss(features, targets, head.weight, head.bias, reduction=reduction, weight=weight,
@@ -362,7 +364,9 @@ class IRDALoss(nn.Module):
             # the same loss in one op: ~40 small autograd ops fewer a training step
             offset, cov_s, keep, iso = self.head_terms()
             centers, eta, log_prior = self.constants(dtype)
-            return ops.irda_head_loss(pred.to(dtype), targets.to(device=pred.device, dtype=dtype), bin_index,
+            if targets.dtype != dtype or targets.device != pred.device:
+                targets = targets.to(device=pred.device, dtype=dtype)
+            return ops.irda_head_loss(pred if pred.dtype == dtype else pred.to(dtype), targets, bin_index,
                                       head_weight, head_bias, offset, cov_s, keep, iso, centers, eta, log_prior,
                                       alpha, beta, self.noise.log_sigma, self.mode, reduction)[0]
         shift_b, smoothed_pred, q = self.augmentation(head_weight, head_bias, twice_differentiable=lookahead,

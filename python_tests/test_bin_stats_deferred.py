@@ -219,3 +219,45 @@ def test_the_byte_cap_flushes(monkeypatch):
     assert len(deferred._pending) == 1
     deferred.update(z, b)  # the second plan reaches the cap
     assert not deferred._pending
+
+
+def test_the_epoch_plan_keeps_the_running_count_as_the_tensor_ops_did(monkeypatch):
+    # BinStats.update's host path (bin_stats_epoch_plan_: the plan, the running count and the
+    # bins with no finished epoch in one op) against its path elsewhere (bin_stats_update_ and
+    # tensor ops), over epochs in which new bins appear (their first epoch reads the epoch so far)
+    host, elsewhere = epoch_pair()
+    for epoch in range(3):
+        for step in range(4):
+            z, b = relu_features(19, 9, 3 + 2 * epoch, seed=10 * epoch + step, dtype=torch.float32)
+            host.update(z, b)
+            with monkeypatch.context() as m:
+                m.setattr(bin_stats, "_on_host", lambda t: False)
+                elsewhere.update(z, b)
+            assert torch.equal(host.count, elsewhere.count)
+            assert host.revision >= 1 and (host.revision > 0) == (elsewhere.revision > 0)
+            assert_same_state(host, elsewhere)
+        host.end_epoch()
+        elsewhere.end_epoch()
+        assert_same_state(host, elsewhere)
+
+
+def test_epoch_plan_op_flags_bins_without_a_finished_epoch():
+    z, b = relu_features(12, 5, 4, seed=0, dtype=torch.float64)
+    count, epoch_count = torch.tensor([0, 3, 5, 2]), torch.tensor([0, 3, 1, 0])
+    mean = torch.zeros(4, 5, dtype=torch.float64)
+    added = torch.bincount(b, minlength=4)
+    plan_count, plan_mean = epoch_count.clone(), mean.clone()
+    want = OPS.bin_stats_plan_(plan_count, plan_mean, z, b, None)
+    *plan, first, num_first = OPS.bin_stats_epoch_plan_(count, epoch_count, mean, z, b)
+    assert all(torch.equal(x, y) for x, y in zip(plan, want))
+    assert torch.equal(epoch_count, plan_count) and torch.equal(mean, plan_mean)
+    assert torch.equal(count, torch.tensor([0, 3, 5, 2]) + added)
+    # bin 0: nothing before; bin 1: only this epoch's samples so far; bins 2 and 3: a finished epoch
+    assert torch.equal(first, (added > 0) & torch.tensor([True, True, False, False]))
+    assert num_first.dtype == torch.int64 and int(num_first) == int(first.sum())
+    torch.library.opcheck(OPS.bin_stats_epoch_plan_.default,
+                          (torch.zeros(4, dtype=torch.int64), torch.zeros(4, dtype=torch.int64), mean.clone(), z, b))
+    with pytest.raises(ValueError, match=r"count must be contiguous of shape \[4\]"):
+        OPS.bin_stats_epoch_plan_(torch.zeros(3, dtype=torch.int64), epoch_count, mean, z, b)
+    with pytest.raises(TypeError, match="count must be int64"):
+        OPS.bin_stats_epoch_plan_(torch.zeros(4), epoch_count, mean, z, b)

@@ -351,6 +351,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bin_stats
   return {bins, vec_offset, vecs, weights, keep};
 }
 
+// BinStats.update's CPU step under the "epoch" estimator: bin_stats_plan_ on the epoch's
+// count and mean, and the running count's bookkeeping of BinStats (irda_ext/bin_stats.py)
+// that took six small tensor ops a step: count += the batch's counts, and first[b] flags
+// the bins that got samples and had no finished epoch (count == epoch_count before the
+// batch); num_first (0-dim int64) says how many.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+bin_stats_epoch_plan_cpu(at::Tensor& count, at::Tensor& epoch_count, at::Tensor& epoch_mean, const at::Tensor& z,
+                         const at::Tensor& bin_index) {
+  check_count_mean(epoch_count, epoch_mean);
+  const int64_t B = epoch_mean.size(0);
+  TORCH_CHECK_TYPE(count.scalar_type() == at::kLong, "count must be int64, got ", count.scalar_type());
+  TORCH_CHECK_VALUE(count.dim() == 1 && count.size(0) == B && count.is_contiguous(), "count must be contiguous of shape [",
+                    B, "], got ", shape_str(count));
+  TORCH_CHECK_VALUE(epoch_count.is_contiguous(), "the statistics (count, mean) must be contiguous");
+  const int64_t* ec = epoch_count.data_ptr<int64_t>();
+  const std::vector<int64_t> before(ec, ec + B);
+  auto [bins, vec_offset, vecs, weights, keep] = bin_stats_plan_cpu(epoch_count, epoch_mean, z, bin_index,
+                                                                     std::nullopt);
+  at::Tensor first = at::zeros({B}, count.options().dtype(at::kBool));
+  bool* f = first.data_ptr<bool>();
+  int64_t* c = count.data_ptr<int64_t>();
+  int64_t num_first = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t added = ec[b] - before[b];
+    if (added > 0 && c[b] == before[b]) f[b] = true, ++num_first;
+    c[b] += added;
+  }
+  return {bins, vec_offset, vecs, weights, keep, first, at::scalar_tensor(num_first, count.options())};
+}
+
 // Applies plans of bin_stats_plan_, in list order, to cov [B, D, D]: the bits of one
 // bin_stats_update_ per batch, each row of the covariances read and written once.
 void bin_stats_apply_cpu(at::Tensor& cov, at::TensorList bins, at::TensorList vec_offset, at::TensorList vecs,
@@ -411,4 +441,5 @@ TORCH_LIBRARY_IMPL(irda_ext, CPU, m) {
   m.impl("bin_stats_update_", &irda::bin_stats_update_cpu);
   m.impl("bin_stats_plan_", &irda::bin_stats_plan_cpu);
   m.impl("bin_stats_apply_", &irda::bin_stats_apply_cpu);
+  m.impl("bin_stats_epoch_plan_", &irda::bin_stats_epoch_plan_cpu);
 }
