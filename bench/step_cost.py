@@ -22,10 +22,10 @@ Then IRDA's own arithmetic in such a step, each piece timed alone on the inputs 
 caches and with cold ones: the fused loss of the head's forward and backward ops (those autograd
 runs on the CPU: ``irda_head_loss``, whose fused surrogate and quadratic forms ``w^T Sigma_b w``
 over the smoothed covariances are most of it, and ``irda_head_loss_backward``), and
-``BinStats.update`` (a step's share of an epoch's updates and the flush of the deferred work). The MSE step plus their hot sum, over the MSE
-step, is the smallest step ratio these kernels allow whatever the glue around them; the rest of the
-measured IRDA step is glue (small tensor ops, autograd nodes, the records a step keeps, the
-optimizer's second parameter group) and caches.
+``BinStats.update`` (a step's share of an epoch's updates and the flush of the deferred work).
+The MSE step plus their hot sum, over the MSE step, is the smallest step ratio these kernels
+allow whatever the glue around them; the rest of the measured IRDA step is glue (autograd nodes,
+the records a step keeps, the optimizer's second parameter group) and caches.
 
 Targets (issue 16): an IRDA step at most 1.5x an MSE step; ``end_epoch`` at most 10% of an epoch.
 Writes bench/results/step_cost.{md,json}.
@@ -130,7 +130,7 @@ def capture_step(dataset: str, threads: int, epochs: int = 3) -> SimpleNamespace
 
         def keep_head_loss(*op_args):  # a full batch's inputs kept (the epoch's last batch is short)
             if op_args[0].shape[0] == args.batch_size:
-                seen.op_args = [a.detach() if torch.is_tensor(a) else a for a in op_args]
+                seen.op_args = [a.detach().clone() if torch.is_tensor(a) else a for a in op_args]
             return head_loss(*op_args)
 
         def keep_update(z, bin_index):

@@ -27,6 +27,8 @@
 #include <tuple>
 #include <utility>
 
+#include "surrogate_calls.h"
+
 namespace irda {
 namespace {
 
@@ -62,30 +64,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> surrogate_backward(
                  mode, lse);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> surrogate_with_partials(
-    const at::Tensor& pred, const at::Tensor& target, const at::Tensor& bin_index, const at::Tensor& centers,
-    const at::Tensor& eta, const at::Tensor& log_prior, const at::Tensor& shift, const at::Tensor& var, double alpha,
-    double beta, const at::Tensor& noise_var, c10::string_view mode) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("irda_ext::irda_surrogate_with_partials", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
-                           const at::Tensor&, c10::string_view)>();
-  return op.call(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta, noise_var, mode);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> surrogate_partials_backward(
-    const at::Tensor& grad_loss, const at::Tensor& partials, double alpha, double beta, const at::Tensor& noise_var,
-    int64_t num_clusters, c10::string_view mode) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("irda_ext::irda_surrogate_partials_backward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, double, double, const at::Tensor&, int64_t,
-                           c10::string_view)>();
-  return op.call(grad_loss, partials, alpha, beta, noise_var, num_clusters, mode);
-}
-
 class Surrogate : public torch::autograd::Function<Surrogate> {
  public:
   // with_partials: the CPU path that keeps per-sample partials (see the top of this file);
@@ -101,8 +79,8 @@ class Surrogate : public torch::autograd::Function<Surrogate> {
     ctx->saved_data["mode"] = std::string(mode);
     at::Tensor loss, lse, partials;
     if (with_partials) {
-      std::tie(loss, lse, partials) = surrogate_with_partials(pred, target, bin_index, centers, eta, log_prior, shift,
-                                                              var, alpha, beta, noise_var, mode);
+      std::tie(loss, lse, partials) = call_surrogate_with_partials(pred, target, bin_index, centers, eta, log_prior,
+                                                                   shift, var, alpha, beta, noise_var, mode);
     } else {
       std::tie(loss, lse) =
           surrogate_forward(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta, noise_var, mode);
@@ -124,7 +102,7 @@ class Surrogate : public torch::autograd::Function<Surrogate> {
     // grad mode is on in a backward only under create_graph
     if (partials.defined() && !at::GradMode::is_enabled()) {
       std::tie(g_pred, g_shift, g_var, g_nv) =
-          surrogate_partials_backward(grad_loss, partials, alpha, beta, noise_var, eta.size(0), mode);
+          call_surrogate_partials_backward(grad_loss, partials, alpha, beta, noise_var, eta.size(0), mode);
     } else {
       std::tie(g_pred, g_shift, g_var, g_nv) = surrogate_backward(grad_loss, pred, s[1], s[2], s[3], eta, s[5], s[6],
                                                                   s[7], alpha, beta, noise_var, mode, s[9]);
@@ -257,8 +235,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_head
     const at::Tensor* constants[] = {&target, &offset, &cov, &keep, &iso, &centers, &eta, &log_prior};
     for (int j = 0; j < 8; ++j) {
       TORCH_CHECK_VALUE(!constants[j]->requires_grad(), "irda_head_loss is differentiable in pred, weight, bias and ",
-                        "log_sigma only; ", names[j], " requires grad (IRDALoss.head_loss takes the unfused path ",
-                        "for learned statistics)");
+                        "log_sigma only, its other inputs are constants; ", names[j], " requires grad (detach it, ",
+                        "or use the unfused loss: IRDALoss.head_loss takes it then)");
     }
   }
   variable_list out = HeadLoss::apply(pred, target, bin_index, weight, bias, offset, cov, keep, iso, centers, eta,

@@ -108,7 +108,7 @@ def _irda_head_loss_fake(pred, target, bin_index, weight, bias, offset, cov, kee
                          alpha, beta, log_sigma, mode, reduction):
     n, (B, D) = pred.shape[0], offset.shape
     loss = pred.new_empty(() if reduction in ("mean", "sum") else (n,))
-    return loss, pred.new_empty((B,)), pred.new_empty((B,)), offset.new_empty((B, D)), pred.new_empty((n, 5))
+    return loss, pred.new_empty((B,)), offset.new_empty((B,)), offset.new_empty((B, D)), pred.new_empty((n, 5))
 
 
 @torch.library.register_fake("irda_ext::irda_head_loss_backward")  # host-only

@@ -137,7 +137,7 @@ class IRDALoss(nn.Module):
         self._restricted = None  # (smoothing version, has_data, weights): see restricted_smoothing
         self._smoothed = None  # (key, (mean_s, cov_s, lam, v)): see smoothed_statistics
         self._in_dtype = None  # (key, (centers, eta, log_prior) in a dtype): see constants
-        self._head_terms = None  # (smoothed statistics, mode, (offset, keep, iso)): see head_terms
+        self._head_terms = None  # (smoothed statistics, mode, (offset, cov_s, keep, iso)): see head_terms
 
     # ----- set-up and epoch-level estimates -------------------------------------------------
     @torch.no_grad()
@@ -251,14 +251,18 @@ class IRDALoss(nn.Module):
             self._head_terms = cached
         return cached[2]
 
-    def fused_step(self, pred: torch.Tensor, reduction: str, weight, lookahead: bool, gates) -> bool:
+    def fused_step(self, pred: torch.Tensor, targets: torch.Tensor, head_weight: torch.Tensor,
+                   head_bias: Optional[torch.Tensor], reduction: str, weight, lookahead: bool, gates) -> bool:
         """Whether ``head_loss`` takes ``irda_head_loss``, the fused CPU op (csrc/cpu/irda_head.cpp):
-        a gradient will follow, on the CPU, eager and without a dispatch mode (fake tensors, the
-        tests' emulated CUDA: they see the unfused ops), for the plain loss (no look-ahead, no
-        Meta-IRDA gates, no per-sample weight). Elsewhere the same loss by small tensor ops."""
-        return (torch.is_grad_enabled() and not lookahead and not gates and weight is None
-                and reduction in ("mean", "sum", "none") and _on_host(pred) and _on_host(self.stats.mean)
-                and torch._C._len_torch_dispatch_stack() == 0)
+        a gradient will follow (grad mode, something to differentiate), on the CPU, eager and
+        without a dispatch mode (fake tensors, the tests' emulated CUDA: they see the unfused ops),
+        for the plain loss (no look-ahead, no Meta-IRDA gates, no per-sample weight, a bias, constant
+        targets). Elsewhere the same loss by small tensor ops."""
+        return (torch.is_grad_enabled() and not lookahead and not gates and weight is None and head_bias is not None
+                and reduction in ("mean", "sum", "none") and not targets.requires_grad
+                and (pred.requires_grad or head_weight.requires_grad or head_bias.requires_grad
+                     or self.noise.log_sigma.requires_grad)
+                and _on_host(pred) and _on_host(self.stats.mean) and torch._C._len_torch_dispatch_stack() == 0)
 
     def augmentation(self, head_weight: torch.Tensor, head_bias: torch.Tensor, mean_gate=None, cov_gate=None,
                      v=None, twice_differentiable: bool = True, smoothed_prediction: bool = True):
@@ -360,7 +364,7 @@ class IRDALoss(nn.Module):
         pred = pred.reshape(-1)
         dtype = pred.dtype if pred.dtype in (torch.float32, torch.float64) else torch.float32
         alpha, beta = self.strength()
-        if self.fused_step(pred, reduction, weight, lookahead, gates):
+        if self.fused_step(pred, targets, head_weight, head_bias, reduction, weight, lookahead, gates):
             # the same loss in one op: ~40 small autograd ops fewer a training step
             offset, cov_s, keep, iso = self.head_terms()
             centers, eta, log_prior = self.constants(dtype)

@@ -226,19 +226,26 @@ def test_the_epoch_plan_keeps_the_running_count_as_the_tensor_ops_did(monkeypatc
     # bins with no finished epoch in one op) against its path elsewhere (bin_stats_update_ and
     # tensor ops), over epochs in which new bins appear (their first epoch reads the epoch so far)
     host, elsewhere = epoch_pair()
+    flagged = [0, 0]  # steps without and with a bin in its first epoch
     for epoch in range(3):
         for step in range(4):
-            z, b = relu_features(19, 9, 3 + 2 * epoch, seed=10 * epoch + step, dtype=torch.float32)
+            # bins 0-2 from the first epoch; later epochs add two bins from their third step
+            z, b = relu_features(19, 9, 3 + 2 * epoch if step >= 2 else 3, seed=10 * epoch + step, dtype=torch.float32)
+            in_batch = torch.bincount(b, minlength=7) > 0
+            revision, new_bins = host.revision, bool(((host.count == host.epoch_count) & in_batch).any())
             host.update(z, b)
             with monkeypatch.context() as m:
                 m.setattr(bin_stats, "_on_host", lambda t: False)
                 elsewhere.update(z, b)
             assert torch.equal(host.count, elsewhere.count)
-            assert host.revision >= 1 and (host.revision > 0) == (elsewhere.revision > 0)
+            # the smoothed statistics' cache key moves exactly when a bin in its first epoch got samples
+            assert host.revision == revision + new_bins
+            flagged[new_bins] += 1
             assert_same_state(host, elsewhere)
         host.end_epoch()
         elsewhere.end_epoch()
         assert_same_state(host, elsewhere)
+    assert flagged[0] > 0 and flagged[1] > 0
 
 
 def test_epoch_plan_op_flags_bins_without_a_finished_epoch():

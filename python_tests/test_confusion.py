@@ -26,10 +26,15 @@ def test_host_op_counts_what_the_tensor_ops_count(dtype, low, high, width):
     true_bin = torch.cat([true_bin, torch.randint(0, bins.num_bins, (len(neighbours),), generator=g)])
     fused, plain = ConfusionCounter(bins.num_bins), ConfusionCounter(bins.num_bins)
     for _ in range(2):
-        fused.add_predictions(true_bin, pred, bins)
+        # the op itself (add_predictions would fall back to the tensor ops on a bad count)
+        bad = OPS.confusion_add_(fused.counts, true_bin, pred, bins.low, bins.high, bins.width, bins.num_bins)
+        assert int(bad) == 0
         plain.add(true_bin, bins.index(pred, clamp=True))
     assert torch.equal(fused.counts, plain.counts)
     assert fused.counts.sum() == 2 * len(pred)
+    fused.add_predictions(true_bin, pred, bins)
+    plain.add(true_bin, bins.index(pred, clamp=True))
+    assert torch.equal(fused.counts, plain.counts)
 
 
 def test_a_nan_prediction_raises_and_counts_nothing():
@@ -66,5 +71,7 @@ def test_opcheck_and_bad_input():
         OPS.confusion_add_(torch.zeros(16), true_bin, pred, 0.0, 4.0, 1.0, 4)
     with pytest.raises(ValueError, match="one bin per prediction"):
         OPS.confusion_add_(counts, true_bin[:2], pred, 0.0, 4.0, 1.0, 4)
+    with pytest.raises(ValueError, match="width must be positive and finite"):
+        OPS.confusion_add_(counts, true_bin, pred, 0.0, 4.0, 0.0, 4)
     with pytest.raises(TypeError, match="pred must be float32 or float64"):
         OPS.confusion_add_(counts, true_bin, pred.half(), 0.0, 4.0, 1.0, 4)

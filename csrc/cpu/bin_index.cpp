@@ -33,10 +33,14 @@ int64_t index_of(const T* y, int64_t n, double low, double high, double width, i
   return bad;
 }
 
-std::tuple<at::Tensor, at::Tensor> bin_index_cpu(const at::Tensor& y, double low, double high, double width,
-                                                 int64_t num_bins, bool clamp) {
+void check_grid(int64_t num_bins, double width) {
   TORCH_CHECK_VALUE(num_bins >= 1, "num_bins must be at least 1, got ", num_bins);
   TORCH_CHECK_VALUE(width > 0 && std::isfinite(width), "width must be positive and finite, got ", width);
+}
+
+std::tuple<at::Tensor, at::Tensor> bin_index_cpu(const at::Tensor& y, double low, double high, double width,
+                                                 int64_t num_bins, bool clamp) {
+  check_grid(num_bins, width);
   TORCH_CHECK_TYPE(y.is_floating_point() || y.scalar_type() == at::kInt || y.scalar_type() == at::kLong ||
                        y.scalar_type() == at::kShort || y.scalar_type() == at::kByte,
                    "targets must be a real tensor, got dtype ", y.scalar_type());
@@ -52,11 +56,11 @@ std::tuple<at::Tensor, at::Tensor> bin_index_cpu(const at::Tensor& y, double low
   return {index, at::scalar_tensor(bad, y.options().dtype(at::kLong))};
 }
 
-// ConfusionCounter.add of a step's predictions in one pass (five small tensor ops before):
+// ConfusionCounter.add of a step's predictions in one pass (six small tensor ops before):
 // the predictions' bins as bin_index(pred, clamp=True) gives them, then the pair counts.
 at::Tensor confusion_add_cpu(at::Tensor& counts, const at::Tensor& true_bin, const at::Tensor& pred, double low,
                              double high, double width, int64_t num_bins) {
-  TORCH_CHECK_VALUE(num_bins >= 1, "num_bins must be at least 1, got ", num_bins);
+  check_grid(num_bins, width);
   TORCH_CHECK_TYPE(counts.scalar_type() == at::kDouble, "counts must be float64, got ", counts.scalar_type());
   TORCH_CHECK_VALUE(counts.dim() == 1 && counts.size(0) == num_bins * num_bins && counts.is_contiguous(),
                     "counts must be contiguous of shape [", num_bins * num_bins, "], got ", shape_str(counts));

@@ -14,12 +14,11 @@
 //   sigma^2 = exp(2 log_sigma)
 //   loss  = reduce_i(irda_surrogate_i(pred, y, ..., shift, var, ..., sigma^2)) * 2 sigma^2,
 // the last factor a constant (Balanced MSE's scaling: the gradient in pred has MSE's scale).
-// It returns a [B] and q [B] (pred's dtype), Sw [B, D] and the surrogate's partials [n, 5],
+// It returns a [B] (pred's dtype), q [B], Sw [B, D] (the statistics') and the surrogate's partials [n, 5],
 // which irda_head_loss_backward turns into the gradients in pred, w, w0 and log_sigma in
 // O(n + B D): the chain rule of the expression above, the clamp passing where q_b >= 0
 // and |.|'s derivative sign(a_b - y_i) (0 at 0), as autograd through the eager ops.
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -27,6 +26,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../surrogate_calls.h"
 
 namespace irda {
 namespace {
@@ -81,45 +81,18 @@ double noise_variance(const at::Tensor& log_sigma) {
   return nv;
 }
 
-// shift_i and var_i from the per-bin a and q (pred's dtype), checking every bin index
-// before it is read.
-template <typename T>
-void gather_per_sample(const T* a, const T* q, const T* y, const int64_t* bins, int64_t n, int64_t B, bool paper,
+// shift_i and var_i from the per-bin a (pred's dtype T) and q (the statistics' dtype S: the
+// clamp comes before the cast, as q[bin_index].clamp_min(0).to(dtype) did), checking every
+// bin index before it is read.
+template <typename T, typename S>
+void gather_per_sample(const T* a, const S* q, const T* y, const int64_t* bins, int64_t n, int64_t B, bool paper,
                        T* shift, T* var) {
   for (int64_t i = 0; i < n; ++i) {
     const int64_t b = bins[i];
     TORCH_CHECK_VALUE(b >= 0 && b < B, "bin_index must lie in [0, ", B, "), got ", b, " at sample ", i);
     shift[i] = paper ? std::abs(a[b] - y[i]) : a[b];
-    var[i] = q[b] < T(0) ? T(0) : q[b];  // clamp_min(0); NaN passes (the surrogate names it)
+    var[i] = static_cast<T>(q[b] < S(0) ? S(0) : q[b]);  // clamp_min(0); NaN passes (the surrogate names it)
   }
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> with_partials(const at::Tensor& pred, const at::Tensor& target,
-                                                             const at::Tensor& bin_index, const at::Tensor& centers,
-                                                             const at::Tensor& eta, const at::Tensor& log_prior,
-                                                             const at::Tensor& shift, const at::Tensor& var,
-                                                             double alpha, double beta, const at::Tensor& noise_var,
-                                                             c10::string_view mode) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("irda_ext::irda_surrogate_with_partials", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
-                           const at::Tensor&, c10::string_view)>();
-  return op.call(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta, noise_var, mode);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> partials_backward(const at::Tensor& grad_loss,
-                                                                             const at::Tensor& partials, double alpha,
-                                                                             double beta, const at::Tensor& noise_var,
-                                                                             int64_t num_clusters,
-                                                                             c10::string_view mode) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("irda_ext::irda_surrogate_partials_backward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, double, double, const at::Tensor&, int64_t,
-                           c10::string_view)>();
-  return op.call(grad_loss, partials, alpha, beta, noise_var, num_clusters, mode);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_head_loss_cpu(
@@ -142,22 +115,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_head
   if (paper) a.add_(bias.reshape({}).to(stats_dtype));
   const at::Tensor cov_w = at::mv(cov.reshape({B * D, D}), w).view({B, D});
   const at::Tensor q = keep * at::mv(cov_w, w) + iso * at::dot(w, w);
-  const at::Tensor a_n = a.to(dtype).contiguous(), q_n = q.to(dtype).contiguous();
+  const at::Tensor a_n = a.to(dtype).contiguous();
 
   const at::Tensor y = target.contiguous(), bins = bin_index.contiguous();
   at::Tensor shift = at::empty({n}, pred.options()), var = at::empty({n}, pred.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "irda_head_loss_gather", [&] {
-    gather_per_sample(a_n.data_ptr<scalar_t>(), q_n.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-                      bins.data_ptr<int64_t>(), n, B, paper, shift.data_ptr<scalar_t>(), var.data_ptr<scalar_t>());
+    using T = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES(stats_dtype, "irda_head_loss_gather", [&] {
+      gather_per_sample(a_n.data_ptr<T>(), q.data_ptr<scalar_t>(), y.data_ptr<T>(), bins.data_ptr<int64_t>(), n, B,
+                        paper, shift.data_ptr<T>(), var.data_ptr<T>());
+    });
   });
   const double nv = noise_variance(log_sigma);
   const at::Tensor noise_var = at::scalar_tensor(nv, pred.options());  // rounded to pred's dtype
   auto [loss, lse, partials] =
-      with_partials(pred, y, bins, centers, eta, log_prior, shift, var, alpha, beta, noise_var, mode);
+      call_surrogate_with_partials(pred, y, bins, centers, eta, log_prior, shift, var, alpha, beta, noise_var, mode);
   at::Tensor out = reduce ? loss.sum() : loss;
   if (reduction == "mean") out = out / std::max<int64_t>(n, 1);
   out = out * (noise_var * 2);
-  return {out, a_n, q_n, cov_w, partials};
+  return {out, a_n, q, cov_w, partials};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_head_loss_backward_cpu(
@@ -178,8 +154,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_head_loss_backwa
   for (int j = 0; j < 2; ++j) {
     TORCH_CHECK_VALUE(per_bin[j]->dim() == 1 && per_bin[j]->size(0) == B, names[j], " must have shape [", B,
                       "], got ", shape_str(*per_bin[j]));
-    check_same_dtype(*per_bin[j], target, names[j], "target");
   }
+  check_same_dtype(bin_shift, target, "bin_shift", "target");
+  check_same_dtype(bin_var, offset, "bin_var", "offset");
   TORCH_CHECK_VALUE(cov_w.dim() == 2 && cov_w.size(0) == B && cov_w.size(1) == D, "cov_w must have shape [", B, ", ",
                     D, "], got ", shape_str(cov_w));
   TORCH_CHECK_VALUE(partials.dim() == 2 && partials.size(0) == n, "partials must have ", n, " rows, got shape ",
@@ -193,28 +170,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_head_loss_backwa
   if (reduction == "mean") g_loss = g_loss / std::max<int64_t>(n, 1);
   if (reduce) g_loss = g_loss.expand({n});
   auto [g_pred, g_shift, g_var, g_nv] =
-      partials_backward(g_loss.contiguous(), partials, alpha, beta, noise_var, num_clusters, mode);
+      call_surrogate_partials_backward(g_loss.contiguous(), partials, alpha, beta, noise_var, num_clusters, mode);
 
   // back through the gathers, in sample order (deterministic), into the per-bin a and q
   std::vector<double> g_a(B, 0.0), g_q(B, 0.0);
   const at::Tensor y = target.contiguous(), bins = bin_index.contiguous();
-  const at::Tensor a_n = bin_shift.contiguous(), q_n = bin_var.contiguous();
+  const at::Tensor a_n = bin_shift.contiguous(), q_s = bin_var.contiguous();
   AT_DISPATCH_FLOATING_TYPES(dtype, "irda_head_loss_scatter", [&] {
     using T = scalar_t;
-    const T *a = a_n.data_ptr<T>(), *q = q_n.data_ptr<T>(), *yp = y.data_ptr<T>();
+    const T *a = a_n.data_ptr<T>(), *yp = y.data_ptr<T>();
     const T *gs = g_shift.data_ptr<T>(), *gv = g_var.data_ptr<T>();
     const int64_t* bp = bins.data_ptr<int64_t>();
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t b = bp[i];
-      TORCH_CHECK_VALUE(b >= 0 && b < B, "bin_index must lie in [0, ", B, "), got ", b, " at sample ", i);
-      T ds = gs[i];
-      if (paper) {
-        const T d = a[b] - yp[i];
-        ds = d > T(0) ? ds : (d < T(0) ? -ds : T(0));
+    AT_DISPATCH_FLOATING_TYPES(stats_dtype, "irda_head_loss_scatter", [&] {
+      const scalar_t* q = q_s.data_ptr<scalar_t>();
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t b = bp[i];
+        TORCH_CHECK_VALUE(b >= 0 && b < B, "bin_index must lie in [0, ", B, "), got ", b, " at sample ", i);
+        T ds = gs[i];
+        if (paper) {
+          const T d = a[b] - yp[i];
+          ds = d > T(0) ? ds : (d < T(0) ? -ds : T(0));  // abs's derivative, 0 at 0
+        }
+        g_a[b] += static_cast<double>(ds);
+        if (q[b] >= scalar_t(0)) g_q[b] += static_cast<double>(gv[i]);  // clamp_min(0)'s: where q >= 0
       }
-      g_a[b] += static_cast<double>(ds);
-      if (q[b] >= T(0)) g_q[b] += static_cast<double>(gv[i]);
-    }
+    });
   });
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
   // copies: the vectors die with this call

@@ -231,7 +231,7 @@ class RISDARLoss(_AugmentedBMSEBase):
                 beta: Optional[float] = None) -> torch.Tensor:
         bin_index = self.bins.index(target.detach(), clamp=True).to(target.device)
         self._update(features, bin_index)
-        self.confusion.add(bin_index, self.bins.index(pred.detach(), clamp=True).to(target.device))
+        self.confusion.add_predictions(bin_index, pred.detach(), self.bins)
         uniq, inverse = torch.unique(bin_index, return_inverse=True)
         eps = self.epsilon[uniq].to(self.stats.mean.dtype)  # [U, B]
         mean_hat = eps @ self.stats.mean  # [U, D]
