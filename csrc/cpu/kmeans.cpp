@@ -39,33 +39,23 @@ namespace {
 // own without -ffast-math; one AVX-512, two AVX2 or four SSE registers, the same sums.
 // float32 features are widened to float64 as they are read (exactly), so the result is
 // the one of their float64 copy, without the copy.
-typedef double Lanes8 __attribute__((vector_size(64)));
-typedef float Lanes8f __attribute__((vector_size(32)));
-
-// (into an out-parameter: a 64-byte vector returned by value would make gcc warn of the ABI)
-__attribute__((always_inline)) inline void load8(Lanes8& out, const double* p) { std::memcpy(&out, p, sizeof(out)); }
-__attribute__((always_inline)) inline void load8(Lanes8& out, const float* p) {
-  Lanes8f v;
-  std::memcpy(&v, p, sizeof(v));
-  out = __builtin_convertvector(v, Lanes8);
-}
-
+// x . y in float64 over 8 lanes (lane l sums the products of the elements l mod 8, each a
+// multiply then an add), reduced as ((0+1)+(2+3))+((4+5)+(6+7)), then the tail. A plain
+// array the vectoriser maps to one AVX-512, two AVX2 or four SSE2 registers per clone: a
+// 64-byte vector type here made the AVX2 and SSE2 clones move the accumulators through
+// the stack every step (k-means about 7x slower on an AVX2 machine than on an AVX-512 one).
 template <typename A, typename B>
 __attribute__((always_inline)) inline double dot8(const A* a, const B* b, int64_t D) {
-  Lanes8 acc = {0, 0, 0, 0, 0, 0, 0, 0};
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t d = 0;
   for (; d + 8 <= D; d += 8) {
-    Lanes8 x, y;
-    load8(x, a + d);
-    load8(y, b + d);
-    acc += x * y;
+    for (int l = 0; l < 8; ++l) acc[l] += static_cast<double>(a[d + l]) * static_cast<double>(b[d + l]);
   }
   double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
   for (; d < D; ++d) s += static_cast<double>(a[d]) * static_cast<double>(b[d]);
   return s;
 }
 
-// v[k] = ||c_k||^2 - 2 x.c_k for K centres: Lloyd's comparison, whose argmin is the nearest centre.
 template <typename T>
 __attribute__((always_inline)) inline void centre_scores_impl(const T* x, const double* centres,
                                                               const double* centre_sq, int64_t K, int64_t D,
