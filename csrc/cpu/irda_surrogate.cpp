@@ -116,10 +116,10 @@ bool sample_variance(const SurrogateArgs<T>& a, int64_t i, T* s2) {
   return capped_variance<T>(a.beta * a.var[i], own_max - a.eta_min_valid, a.u, s2);
 }
 
-// log sum_j exp(x[j]) of a row padded to whole blocks of kGridPad: lane-wise maxima,
-// then lane-wise sums of exp(x - max), in fixed-length loops gcc vectorises.
-template <bool kFma, typename T>
-__attribute__((always_inline)) inline T row_logsumexp(const T* __restrict x, int64_t n) {
+// max_j x[j] of a row padded to whole blocks of kGridPad, lane-wise first (a fixed-length
+// loop gcc vectorises).
+template <typename T>
+__attribute__((always_inline)) inline T row_max(const T* __restrict x, int64_t n) {
   constexpr int64_t kLanes = kGridPad;
   T lane[kLanes];
   for (int64_t l = 0; l < kLanes; ++l) lane[l] = -std::numeric_limits<T>::infinity();
@@ -130,6 +130,16 @@ __attribute__((always_inline)) inline T row_logsumexp(const T* __restrict x, int
   }
   T mx = lane[0];
   for (int64_t l = 1; l < kLanes; ++l) mx = lane[l] > mx ? lane[l] : mx;
+  return mx;
+}
+
+// log sum_j exp(x[j]) of a row padded to whole blocks of kGridPad: the maximum, then
+// lane-wise sums of exp(x - max), in fixed-length loops gcc vectorises.
+template <bool kFma, typename T>
+__attribute__((always_inline)) inline T row_logsumexp(const T* __restrict x, int64_t n) {
+  constexpr int64_t kLanes = kGridPad;
+  const T mx = row_max(x, n);
+  T lane[kLanes];
   for (int64_t l = 0; l < kLanes; ++l) lane[l] = T(0);
   for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
     for (int64_t l = 0; l < kLanes; ++l) lane[l] += exp_clamped<kFma, T>(x[j0 + l] - mx);
@@ -518,14 +528,7 @@ __attribute__((always_inline)) inline std::array<T, 4> paper_partials_impl(const
   (void)lse_in;
   constexpr int64_t kLanes = kGridPad;
   // row_logsumexp's maximum and lane sums, with the weighted derivatives beside them
-  T lane[kLanes];
-  for (int64_t l = 0; l < kLanes; ++l) lane[l] = -std::numeric_limits<T>::infinity();
-  for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
-#pragma GCC unroll 1
-    for (int64_t l = 0; l < kLanes; ++l) lane[l] = Z[j0 + l] > lane[l] ? Z[j0 + l] : lane[l];
-  }
-  T mx = lane[0];
-  for (int64_t l = 1; l < kLanes; ++l) mx = lane[l] > mx ? lane[l] : mx;
+  const T mx = row_max(Z, KV);
   T acc_s[kLanes] = {}, acc_p[kLanes] = {}, acc_sh[kLanes] = {}, acc_v[kLanes] = {}, acc_u[kLanes] = {};
   for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
     for (int64_t l = 0; l < kLanes; ++l) {
