@@ -504,7 +504,7 @@ __attribute__((always_inline)) inline void paper_row_terms(const SurrogateArgs<T
   }
 }
 
-// Sample i's loss (lse_in == nullptr: lse_out and loss are written) and its gradient
+// Sample i's loss (when lse_out is given: lse_out and loss are written) and its gradient
 // before the incoming one, paper mode, in one pass over the grid: the terms Z and their
 // four derivatives stored as rows (scratch: Es, KV_padded, then terms, 5 KV_padded), the
 // softmax-weighted sums of the derivatives less the numerator terms' (averaged over k):
@@ -512,20 +512,19 @@ __attribute__((always_inline)) inline void paper_row_terms(const SurrogateArgs<T
 // the derivatives in the same pass as the log-sum-exp's sum, and the sums divided by it
 // at the end: one exponential a term where weights exp(Z - lse) took a second pass and
 // a second exponential (a fifth of the op on an AVX2 machine). The loss has the bits of
-// paper_forward_impl (row_logsumexp's lanes, in its order); lse_in, which the recomputing
-// backward passes, is not read: it recomputes the same sums, so its gradients have the
-// bits of the training path's.
+// paper_forward_impl (row_logsumexp's lanes, in its order). The recomputing backward
+// recomputes the same sums (not the forward's saved LSEs), so its gradients have the bits
+// of the training path's.
 template <bool kFma, typename T>
 __attribute__((always_inline)) inline std::array<T, 4> paper_partials_impl(const SurrogateArgs<T>& a, int64_t i,
-                                                                          const T* lse_in, T* lse_out, T* loss,
-                                                                          T* __restrict Es, T* __restrict terms) {
+                                                                          T* lse_out, T* loss, T* __restrict Es,
+                                                                          T* __restrict terms) {
   const int64_t b = a.bin[i], K = a.K, V = a.V, KV = a.KV_padded;
   const T jb = static_cast<T>(a.grid_pos[b]);
   const T y = a.target[i], p = a.pred[i], shift = a.shift[i], var = a.var[i], u = a.u;
   fill_own_eta(a, b, Es);
   T *Z = terms, *dp = terms + KV, *dsh = terms + 2 * KV, *dv = terms + 3 * KV, *du = terms + 4 * KV;
   paper_row_terms(a, Es, jb, y, p, shift, var, Z, dp, dsh, dv, du);
-  (void)lse_in;
   constexpr int64_t kLanes = kGridPad;
   // row_logsumexp's maximum and lane sums, with the weighted derivatives beside them
   const T mx = row_max(Z, KV);
@@ -580,9 +579,9 @@ inline void paper_gradient(const T* partials, T grad, T u, T* g_pred, T* g_shift
   TARGET void paper_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse, T* Zs, T* Es) {                 \
     paper_forward_impl<FMA, T>(a, i, loss, lse, Zs, Es);                                                            \
   }                                                                                                                 \
-  TARGET std::array<T, 4> paper_partials(const SurrogateArgs<T>& a, int64_t i, const T* lse_in, T* lse_out,        \
-                                         T* loss, T* Es, T* terms) {                                                \
-    return paper_partials_impl<FMA, T>(a, i, lse_in, lse_out, loss, Es, terms);                                     \
+  TARGET std::array<T, 4> paper_partials(const SurrogateArgs<T>& a, int64_t i, T* lse_out, T* loss, T* Es,         \
+                                         T* terms) {                                                                \
+    return paper_partials_impl<FMA, T>(a, i, lse_out, loss, Es, terms);                                             \
   }
 #define IRDA_PAPER_VARIANT(TARGET, FMA) \
   IRDA_PAPER_ENTRY_POINTS(TARGET, FMA, float) IRDA_PAPER_ENTRY_POINTS(TARGET, FMA, double)
@@ -737,7 +736,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> surrogate_forward(
                                                          table);
         o[0] = e.m, o[1] = e.s2, o[2] = e.u, o[3] = e.s2_value, o[4] = e.capped;
       } else {
-        const std::array<scalar_t, 4> g = paper_partials(a, i, nullptr, lse_ptr + i * L, loss_ptr + i, s, s + KV);
+        const std::array<scalar_t, 4> g = paper_partials(a, i, lse_ptr + i * L, loss_ptr + i, s, s + KV);
         o[0] = g[0], o[1] = g[1], o[2] = g[2], o[3] = g[3], o[4] = scalar_t(0);
       }
     });
@@ -792,14 +791,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backwa
     scalar_t* o_shift = g_shift.data_ptr<scalar_t>();
     scalar_t* o_var = g_var.data_ptr<scalar_t>();
     scalar_t* o_nv = g_nv.data_ptr<scalar_t>();
-    // the partials' pass from the saved LSEs: the grid is recomputed
+    // the partials' pass, the grid recomputed: exact mode from the saved LSEs, paper mode with its
+    // own log-sum-exp (paper_partials_impl)
     for_each_sample(p, a, exact, kPartialScratchRows, [&](int64_t i, scalar_t* s, const scalar_t* table) {
       if (exact) {
         const ExactPartials<scalar_t> e = exact_partials(a, i, lp + i * L, nullptr, nullptr, s, s + 2 * a.KV_padded,
                                                          table);
         exact_gradient(e, gp[i], a.alpha, a.beta, a.u, a.K, o_pred + i, o_shift + i, o_var + i, o_nv + i);
       } else {
-        const std::array<scalar_t, 4> part = paper_partials(a, i, lp + i * L, nullptr, nullptr, s, s + a.KV_padded);
+        const std::array<scalar_t, 4> part = paper_partials(a, i, nullptr, nullptr, s, s + a.KV_padded);
         paper_gradient(part.data(), gp[i], a.u, o_pred + i, o_shift + i, o_var + i, o_nv + i);
       }
     });
