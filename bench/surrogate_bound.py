@@ -49,25 +49,27 @@ from report import write_results  # noqa: E402
 # (mul_add in csrc/cpu/simd.h, where the CPU has FMA) as two.
 #   exact_term's F (surrogate_math.h): 30, plus log_positive (simd.h): 20; forward's
 #   log-sum-exp: a max (1) and exp_clamped of the difference with the sum (26). Backward
-#   recomputes F (50) and adds the four derivatives (27), exp_clamped(F - lse) (25) and three
-#   weighted sums (6). A competitor's target and log-prior difference (3) are computed once per
-#   sample, forward and backward (fill_sample_rows), and read by its K numerator clusters.
+#   recomputes F (50) and adds the four derivatives (27), then in one pass the maximum (1),
+#   exp_clamped(F - max) (25) with its sum (1) and three weighted sums (6), divided by the sum per
+#   (sample, numerator cluster) (exact_partials_impl: one exponential a term). A competitor's
+#   target and log-prior difference (3) are computed once per sample, forward and backward
+#   (fill_sample_rows), and read by its K numerator clusters.
 #   paper_term's Z: 17 (the own-bin shares are filled per sample); forward's log-sum-exp 27;
-#   backward recomputes Z (17) and its four derivatives (10), then in one pass the maximum (1),
-#   exp_clamped(Z - max) (25) with its sum (1) and four weighted sums (8), divided by the sum
-#   per sample (paper_partials_impl: one exponential a term).
+#   backward recomputes Z (17) and its four derivatives (10), then the same one pass: the
+#   maximum (1), exp_clamped(Z - max) (25) with its sum (1) and four weighted sums (8)
+#   (paper_partials_impl).
 #   With a var per bin (IRDALoss's case) exact mode reads a, 1 / r and -log(r) / 2 from a table
 #   built once per (bin, s2) and thread (DenominatorPlan, ThreadDenominators in
 #   csrc/cpu/irda_surrogate.cpp; this count takes one per (bin, s2), the one-thread case): a term then
 #   skips a (1), r (3), the division (1) and log_positive (20), forward and backward, and each
 #   table costs those 25 per (numerator cluster, competitor), once forward and once backward.
 #   The training path (irda_surrogate_with_partials, what autograd runs on the CPU) evaluates
-#   each term once with its derivatives (exact 77, paper 27); exact mode then the log-sum-exp
-#   (27), exp(F - lse) (25) and the weighted sums (6), paper mode the one pass of its backward
-#   (35); the sample rows and the tables once; its backward is O(n).
-FLOPS_PER_TERM = {"exact": {"forward": 77, "backward": 108, "training": 135},
+#   each term once with its derivatives (exact 77, paper 27), then the one pass of the backward
+#   (exact 33, paper 35), which also gives the log-sum-exp; the sample rows and the tables once;
+#   its backward is O(n). (Training and the recomputing backward run the same code.)
+FLOPS_PER_TERM = {"exact": {"forward": 77, "backward": 110, "training": 110},
                   "paper": {"forward": 44, "backward": 62, "training": 62},
-                  "exact, var per bin": {"forward": 52, "backward": 83, "training": 110}}
+                  "exact, var per bin": {"forward": 52, "backward": 85, "training": 85}}
 TABLE_FLOPS = 25  # per table entry, forward and backward each (the training path: once)
 ROW_FLOPS = 3  # exact mode, per (sample, competitor), forward and backward each (the training path: once)
 MODES = {"exact": "exact", "paper": "paper", "exact, var per bin": "exact"}

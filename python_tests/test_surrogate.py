@@ -356,7 +356,8 @@ def _logits_near_1e6(device):
 def test_float32_logits_near_1e6(device, mode, one_var):
     """Backward recomputes every logit bit for bit as forward computed it (no fused
     multiply-add in one and not in the other; on CUDA --fmad=false): the dominant term's
-    weight exp(logit - lse) is then exactly 1, and the float32 gradients are those of the
+    weight is then exactly 1 (CUDA: exp(logit - lse); the CPU: exp(logit - max), divided by
+    the sum of the row's weights), and the float32 gradients are those of the
     float64 reference to float32 precision. A logit rounded differently by one ulp (0.008
     at 1e5) would move them by 1%; an own-bin shift term R1 left nonzero by a fused
     multiply-add would give d/dshift about 1e-5 in paper mode instead of 0. ``one_var``: every

@@ -10,13 +10,14 @@
 // The covariance part can also be deferred (host-only ops bin_stats_plan_ and
 // bin_stats_apply_): the plan of each batch (its centred vectors, weights and
 // factors) is built when the batch comes, and the plans of many batches are later
-// applied together, every row receiving each plan's update in turn while it is in
-// cache: the same operations in the same order as one bin_stats_update_ per batch,
-// hence the same bits, with one pass over the D x D rows instead of one per batch.
+// folded into one update per bin (apply_plans_folded): one pass over the D x D
+// blocks instead of one per batch, the result of one bin_stats_update_ per batch
+// to rounding.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -226,25 +227,37 @@ inline void update_row(const Plan<T>& plan, int64_t p, int64_t d, T* row, std::v
 }
 
 // Applies the plans, in their order, to the rows of every bin present in any of them: a
-// row gets all its updates while it is in cache. One plan is one batch's
-// bin_stats_update_; several give the bits of applying them one after another.
+// row gets all its updates while it is in cache (bin_stats_update_ and bin_moments: one
+// plan, one batch).
+// Where each bin sits in each plan: where[t * B + b] is bin b's position in plan t, or -1;
+// bins lists the bins present in any plan, ascending.
+struct PlanIndex {
+  std::vector<int64_t> where, bins;
+};
+
+template <typename T>
+PlanIndex index_plans(const std::vector<Plan<T>>& plans, int64_t num_bins) {
+  PlanIndex ix{std::vector<int64_t>(plans.size() * num_bins, -1), {}};
+  std::vector<char> present(num_bins, 0);
+  for (size_t t = 0; t < plans.size(); ++t) {
+    for (int64_t p = 0; p < plans[t].P; ++p) {
+      ix.where[t * num_bins + plans[t].bins[p]] = p;
+      present[plans[t].bins[p]] = 1;
+    }
+  }
+  for (int64_t b = 0; b < num_bins; ++b) {
+    if (present[b]) ix.bins.push_back(b);
+  }
+  return ix;
+}
+
 template <typename T>
 void apply_plans(const std::vector<Plan<T>>& plans, int64_t num_bins, T* cov) {
   if (plans.empty()) return;
   const int64_t D = plans[0].D;
-  // where[t * B + b]: bin b's position in plan t, or -1
-  std::vector<int64_t> where(plans.size() * num_bins, -1);
-  std::vector<char> present(num_bins, 0);
-  for (size_t t = 0; t < plans.size(); ++t) {
-    for (int64_t p = 0; p < plans[t].P; ++p) {
-      where[t * num_bins + plans[t].bins[p]] = p;
-      present[plans[t].bins[p]] = 1;
-    }
-  }
-  std::vector<int64_t> bins;
-  for (int64_t b = 0; b < num_bins; ++b) {
-    if (present[b]) bins.push_back(b);
-  }
+  const PlanIndex ix = index_plans(plans, num_bins);
+  const std::vector<int64_t>& where = ix.where;  // (a lambda below reads them: no structured binding)
+  const std::vector<int64_t>& bins = ix.bins;
   const int64_t U = static_cast<int64_t>(bins.size());
   // Rows of all present bins form one flat range, so both cores stay busy
   // however the samples are spread over bins.
@@ -262,6 +275,137 @@ void apply_plans(const std::vector<Plan<T>>& plans, int64_t num_bins, T* cov) {
         const int64_t p = where[t * num_bins + b];
         if (p >= 0) update_row(plans[t], p, d, row, x, coef);
       }
+    }
+  });
+}
+
+// bin_stats_apply_'s pass: the plans of many batches folded into one update per bin.
+// Applied one after another, plan t gives cov <- k_t cov + sum_{v in t} w_v x_v x_v^T, so
+// after all of them
+//   cov <- (prod_t k_t) cov + sum_t sum_{v in t} (w_v prod_{s > t} k_s) x_v x_v^T,
+// one rank-M update of the bin's D x D block (M: its vectors in all the plans) with the
+// later keeps folded into the weights (in float64, then rounded to T). A plan with keep 0
+// (the bin's first batch of the epoch) drops the old block and every earlier plan's
+// vectors: their factor is 0, and the old block, which may hold anything, is not read.
+// The block is computed in tiles of kTileRows rows x kTileCols columns held in registers
+// over all M vectors (fused multiply-adds where the instruction set has them), then
+// stored once. At abalone's sizes (8 batches of 256 in 29 bins, D = 128, float32, one
+// thread, AVX-512) that is 0.9-1.2 ms where the row-by-row update of the same plans
+// (apply_plans: each row reading every vector, in groups of four) took 2.1-2.3 ms.
+// The sums are in another order than apply_plans', hence other roundings (relative 1e-7
+// in float32); bin_stats_update_ keeps apply_plans, one plan at a time.
+constexpr int64_t kTileRows = 4;
+
+template <typename T>
+struct FoldedBin {
+  std::vector<const T*> vecs;  // [M]
+  std::vector<T> weights;      // [M], the later keeps folded in
+  T keep = T(1);               // on the old block; 0: not read
+};
+
+template <typename T>
+void fold_bin(const std::vector<Plan<T>>& plans, const std::vector<int64_t>& where, int64_t num_bins, int64_t b,
+              FoldedBin<T>& out) {
+  out.vecs.clear();
+  out.weights.clear();
+  const int64_t D = plans[0].D;
+  double later = 1.0;  // prod of the keeps of the plans after the current one
+  // from the last plan back to the last one with keep 0 (or the first)
+  for (int64_t t = static_cast<int64_t>(plans.size()) - 1; t >= 0; --t) {
+    const int64_t p = where[t * num_bins + b];
+    if (p < 0) continue;
+    const Plan<T>& plan = plans[t];
+    for (int64_t v = plan.vec_offset[p + 1] - 1; v >= plan.vec_offset[p]; --v) {
+      out.vecs.push_back(plan.vecs + v * D);
+      out.weights.push_back(static_cast<T>(static_cast<double>(plan.weights[v]) * later));
+    }
+    later *= static_cast<double>(plan.keep[p]);
+    if (plan.keep[p] == T(0)) break;
+  }
+  // plan order, vectors in their order: the sums run over them first to last
+  std::reverse(out.vecs.begin(), out.vecs.end());
+  std::reverse(out.weights.begin(), out.weights.end());
+  out.keep = static_cast<T>(later);
+}
+
+// Rows [d0, d0 + R) x columns [e0, e0 + C) of the block: sum_v (w_v x_v[d]) x_v[e] in
+// registers, then keep * old + sum (or the sum alone when keep is 0).
+template <bool kFma, typename T, int64_t R, int64_t C>
+__attribute__((always_inline)) inline void folded_tile(T* __restrict block, const T* const* vecs, const T* weights,
+                                                       int64_t M, int64_t D, int64_t d0, int64_t e0, T keep) {
+  T acc[R][C] = {};
+  for (int64_t v = 0; v < M; ++v) {
+    const T* __restrict x = vecs[v];
+    for (int64_t r = 0; r < R; ++r) {
+      const T a = weights[v] * x[d0 + r];
+      for (int64_t e = 0; e < C; ++e) acc[r][e] = mul_add<kFma>(a, x[e0 + e], acc[r][e]);
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    T* __restrict row = block + (d0 + r) * D + e0;
+    if (keep == T(0)) {
+      for (int64_t e = 0; e < C; ++e) row[e] = acc[r][e];
+    } else {
+      for (int64_t e = 0; e < C; ++e) row[e] = keep * row[e] + acc[r][e];
+    }
+  }
+}
+
+// Rows [d0, d1) of a bin's block: whole tiles, then the rows and columns left over, element
+// by element with the same operations.
+template <bool kFma, typename T>
+__attribute__((always_inline)) inline void folded_rows_impl(T* block, const T* const* vecs, const T* weights,
+                                                            int64_t M, int64_t D, int64_t d0, int64_t d1, T keep) {
+  constexpr int64_t kTileCols = 128 / sizeof(T);  // two AVX-512 or four AVX2 registers a row
+  const int64_t whole_cols = D / kTileCols * kTileCols;
+  for (int64_t e0 = 0; e0 < whole_cols; e0 += kTileCols) {  // a column chunk of every vector stays in L1
+    int64_t d = d0;
+    for (; d + kTileRows <= d1; d += kTileRows) {
+      folded_tile<kFma, T, kTileRows, kTileCols>(block, vecs, weights, M, D, d, e0, keep);
+    }
+    for (; d < d1; ++d) folded_tile<kFma, T, 1, kTileCols>(block, vecs, weights, M, D, d, e0, keep);
+  }
+  for (int64_t d = d0; d < d1; ++d) {
+    for (int64_t e = whole_cols; e < D; ++e) folded_tile<kFma, T, 1, 1>(block, vecs, weights, M, D, d, e, keep);
+  }
+}
+
+#define IRDA_FOLDED_ENTRY_POINTS(TARGET, FMA, T)                                                            \
+  TARGET void folded_rows(T* block, const T* const* vecs, const T* weights, int64_t M, int64_t D, int64_t d0, \
+                          int64_t d1, T keep) {                                                             \
+    folded_rows_impl<FMA, T>(block, vecs, weights, M, D, d0, d1, keep);                                     \
+  }
+#define IRDA_FOLDED_VARIANT(TARGET, FMA) \
+  IRDA_FOLDED_ENTRY_POINTS(TARGET, FMA, float) IRDA_FOLDED_ENTRY_POINTS(TARGET, FMA, double)
+IRDA_FMA_VARIANTS(IRDA_FOLDED_VARIANT)
+#undef IRDA_FOLDED_VARIANT
+#undef IRDA_FOLDED_ENTRY_POINTS
+
+template <typename T>
+void apply_plans_folded(const std::vector<Plan<T>>& plans, int64_t num_bins, T* cov) {
+  if (plans.empty()) return;
+  const int64_t D = plans[0].D;
+  const PlanIndex ix = index_plans(plans, num_bins);
+  const std::vector<int64_t>& where = ix.where;
+  const std::vector<int64_t>& bins = ix.bins;
+  std::vector<FoldedBin<T>> folded(num_bins);
+  int64_t vectors = 0;
+  for (const int64_t b : bins) {
+    fold_bin(plans, where, num_bins, b, folded[b]);
+    vectors += static_cast<int64_t>(folded[b].vecs.size());
+  }
+  // items: (bin, a band of kTileRows rows), so that both cores stay busy whatever the spread
+  const int64_t bands = (D + kTileRows - 1) / kTileRows, U = static_cast<int64_t>(bins.size());
+  const int64_t work_per_band = 2 * kTileRows * D * std::max<int64_t>(1, vectors / std::max<int64_t>(U, 1));
+  at::parallel_for(0, U * bands, grain_for(work_per_band), [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end;) {
+      // consecutive bands of one bin in one call
+      const int64_t u = item / bands, first = item % bands;
+      const int64_t last = std::min(bands, first + (end - item));
+      const FoldedBin<T>& f = folded[bins[u]];
+      folded_rows(cov + bins[u] * D * D, f.vecs.data(), f.weights.data(), static_cast<int64_t>(f.vecs.size()), D,
+                  first * kTileRows, std::min(D, last * kTileRows), f.keep);
+      item += last - first;
     }
   });
 }
@@ -381,8 +525,8 @@ bin_stats_epoch_plan_cpu(at::Tensor& count, at::Tensor& epoch_count, at::Tensor&
   return {bins, vec_offset, vecs, weights, keep, first, at::scalar_tensor(num_first, count.options())};
 }
 
-// Applies plans of bin_stats_plan_, in list order, to cov [B, D, D]: the bits of one
-// bin_stats_update_ per batch, each row of the covariances read and written once.
+// Applies plans of bin_stats_plan_, in list order, to cov [B, D, D]: one bin_stats_update_
+// per batch to rounding, each block of the covariances read and written once.
 void bin_stats_apply_cpu(at::Tensor& cov, at::TensorList bins, at::TensorList vec_offset, at::TensorList vecs,
                          at::TensorList weights, at::TensorList keep) {
   TORCH_CHECK_VALUE(cov.dim() == 3 && cov.size(1) == cov.size(2), "cov must have shape [B, D, D], got ",
@@ -429,7 +573,7 @@ void bin_stats_apply_cpu(at::Tensor& cov, at::TensorList bins, at::TensorList ve
       }
       plans.push_back({D, P, b, o, vt.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), kt.data_ptr<scalar_t>()});
     }
-    if (D > 0) apply_plans<scalar_t>(plans, B, cov.data_ptr<scalar_t>());
+    if (D > 0) apply_plans_folded<scalar_t>(plans, B, cov.data_ptr<scalar_t>());
   });
 }
 

@@ -262,16 +262,18 @@ struct ExactPartials {
 constexpr int64_t kPartials = 5;  // the columns of the partials tensor (both modes)
 
 // The loss of sample i and its ExactPartials in one pass over the grid, each row's terms
-// and derivatives computed once. The LSEs come from `lse_in` (the backward of a forward
-// that saved them) or are computed here (lse_out, loss: a forward that needs the
-// gradient). Scratch: rows (2 KV_padded, fill_sample_rows) and terms (4 KV_padded).
-// The terms, the LSEs and every sum are those of exact_forward_impl and of a backward
-// that recomputes each term in its sum: the same operations in the same order.
+// and derivatives computed once; lse_out and loss are written when given (a forward that
+// needs the gradient), the recomputing backward passes neither. Scratch: rows (2 KV_padded,
+// fill_sample_rows) and terms (4 KV_padded). For each numerator cluster k the softmax
+// weights are exp(F - max_k), summed with the weighted derivatives in the log-sum-exp's
+// own pass and divided by that sum: one exponential a term, where weights exp(F - lse_k)
+// took a second pass and a second exponential. The terms and the LSEs (hence the loss)
+// are those of exact_forward_impl (row_logsumexp's lanes, in its order), and the
+// recomputing backward runs this same code: both backwards give the same bits.
 template <bool kFma, typename T>
 __attribute__((always_inline)) inline ExactPartials<T> exact_partials_impl(const SurrogateArgs<T>& a, int64_t i,
-                                                                           const T* lse_in, T* lse_out, T* loss,
-                                                                           T* __restrict rows, T* __restrict terms,
-                                                                           const T* table) {
+                                                                           T* lse_out, T* loss, T* __restrict rows,
+                                                                           T* __restrict terms, const T* table) {
   const int64_t b = a.bin[i], B = a.B, K = a.K, KV = a.KV_padded;
   const T jb = static_cast<T>(a.grid_pos[b]);
   const T y = a.target[i];
@@ -285,8 +287,7 @@ __attribute__((always_inline)) inline ExactPartials<T> exact_partials_impl(const
   // whole blocks): gcc turns the fixed-length inner loop into vector code, where it
   // gave up on the same loop under `omp simd` with reductions.
   constexpr int64_t kLanes = kGridPad;
-  T acc_m[kLanes] = {}, acc_s2[kLanes] = {}, acc_u[kLanes] = {};
-  T total = 0;
+  T gm = 0, gs2 = 0, gu = 0, total = 0;
   for (int64_t k = 0; k < K; ++k) {
     const T eo = a.eta[k * B + b];
     if (table != nullptr) {
@@ -297,29 +298,34 @@ __attribute__((always_inline)) inline ExactPartials<T> exact_partials_impl(const
       exact_row_terms<false, kFma, T>(a, nullptr, nullptr, nullptr, eo, y, rows, m, s2, F, terms + KV,
                                       terms + 2 * KV, terms + 3 * KV);
     }
-    T lk;
-    if (lse_in != nullptr) {
-      lk = lse_in[k];
-    } else {
-      lk = lse_out[k] = row_logsumexp<kFma>(F, KV);
-      total += lk;
-    }
+    // row_logsumexp's maximum and lane sums, with the weighted derivatives beside them
+    const T mx = row_max(F, KV);
+    T acc_w[kLanes] = {}, acc_m[kLanes] = {}, acc_s2[kLanes] = {}, acc_u[kLanes] = {};
     for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
       for (int64_t l = 0; l < kLanes; ++l) {
-        const T p = exp_clamped<kFma, T>(F[j0 + l] - lk);
-        acc_m[l] = mul_add<kFma>(p, dm[j0 + l], acc_m[l]);
-        acc_s2[l] = mul_add<kFma>(p, ds2[j0 + l], acc_s2[l]);
-        acc_u[l] = mul_add<kFma>(p, du[j0 + l], acc_u[l]);
+        const T w = exp_clamped<kFma, T>(F[j0 + l] - mx);
+        acc_w[l] += w;
+        acc_m[l] = mul_add<kFma>(w, dm[j0 + l], acc_m[l]);
+        acc_s2[l] = mul_add<kFma>(w, ds2[j0 + l], acc_s2[l]);
+        acc_u[l] = mul_add<kFma>(w, du[j0 + l], acc_u[l]);
       }
     }
+    T sum = 0, sm = 0, ss2 = 0, su = 0;
+    for (int64_t l = 0; l < kLanes; ++l) {
+      sum += acc_w[l];
+      sm += acc_m[l];
+      ss2 += acc_s2[l];
+      su += acc_u[l];
+    }
+    if (lse_out != nullptr) {
+      lse_out[k] = mx + std::log(sum);
+      total += lse_out[k];
+    }
+    gm += sm / sum;
+    gs2 += ss2 / sum;
+    gu += su / sum;
   }
   if (loss != nullptr) *loss = total / T(K);
-  T gm = 0, gs2 = 0, gu = 0;
-  for (int64_t l = 0; l < kLanes; ++l) {
-    gm += acc_m[l];
-    gs2 += acc_s2[l];
-    gu += acc_u[l];
-  }
   return {gm, gs2, gu, s2, capped ? T(1) : T(0)};
 }
 
@@ -348,9 +354,9 @@ inline void exact_gradient(const ExactPartials<T>& s, T grad, T alpha, T beta, T
                             const T* table) {                                                                       \
     exact_forward_impl<FMA, T>(a, i, loss, lse, Fs, rows, table);                                                   \
   }                                                                                                                 \
-  TARGET ExactPartials<T> exact_partials(const SurrogateArgs<T>& a, int64_t i, const T* lse_in, T* lse_out,         \
-                                         T* loss, T* rows, T* terms, const T* table) {                              \
-    return exact_partials_impl<FMA, T>(a, i, lse_in, lse_out, loss, rows, terms, table);                            \
+  TARGET ExactPartials<T> exact_partials(const SurrogateArgs<T>& a, int64_t i, T* lse_out, T* loss, T* rows,       \
+                                         T* terms, const T* table) {                                                \
+    return exact_partials_impl<FMA, T>(a, i, lse_out, loss, rows, terms, table);                                    \
   }
 #define IRDA_EXACT_VARIANT(TARGET, FMA) \
   IRDA_EXACT_ENTRY_POINTS(TARGET, FMA, float) IRDA_EXACT_ENTRY_POINTS(TARGET, FMA, double)
@@ -732,7 +738,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> surrogate_forward(
     for_each_sample(p, a, exact, kPartialScratchRows, [&](int64_t i, scalar_t* s, const scalar_t* table) {
       scalar_t* o = out + i * kPartials;
       if (exact) {
-        const ExactPartials<scalar_t> e = exact_partials(a, i, nullptr, lse_ptr + i * L, loss_ptr + i, s, s + 2 * KV,
+        const ExactPartials<scalar_t> e = exact_partials(a, i, lse_ptr + i * L, loss_ptr + i, s, s + 2 * KV,
                                                          table);
         o[0] = e.m, o[1] = e.s2, o[2] = e.u, o[3] = e.s2_value, o[4] = e.capped;
       } else {
@@ -773,10 +779,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backwa
   const int64_t L = exact ? p.K : 1;
   TORCH_CHECK_VALUE(grad_loss.dim() == 1 && grad_loss.size(0) == p.n, "grad_loss must have shape [", p.n, "], got ",
                     shape_str(grad_loss));
+  // lse is the forward's (the schema's, which the CUDA kernels read); the CPU recomputes it
+  // with the weights, in one exponential a term (exact_partials_impl, paper_partials_impl)
   TORCH_CHECK_VALUE(lse.dim() == 2 && lse.size(0) == p.n && lse.size(1) == L, "lse must have shape [", p.n, ", ", L,
                     "], got ", shape_str(lse));
   const at::Tensor g = grad_loss.to(pred.scalar_type()).contiguous();
-  const at::Tensor lse_c = lse.contiguous();
   at::Tensor g_pred = at::empty({p.n}, pred.options());
   at::Tensor g_shift = at::empty({p.n}, pred.options());
   at::Tensor g_var = at::empty({p.n}, pred.options());
@@ -786,16 +793,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backwa
                                      p.eta.data_ptr<scalar_t>(), p.K, p.B);
     const SurrogateArgs<scalar_t> a = make_args<scalar_t>(p, alpha, beta, grid);
     const scalar_t* gp = g.data_ptr<scalar_t>();
-    const scalar_t* lp = lse_c.data_ptr<scalar_t>();
     scalar_t* o_pred = g_pred.data_ptr<scalar_t>();
     scalar_t* o_shift = g_shift.data_ptr<scalar_t>();
     scalar_t* o_var = g_var.data_ptr<scalar_t>();
     scalar_t* o_nv = g_nv.data_ptr<scalar_t>();
-    // the partials' pass, the grid recomputed: exact mode from the saved LSEs, paper mode with its
-    // own log-sum-exp (paper_partials_impl)
+    // the partials' pass, the grid recomputed: the training path's code, hence its bits
     for_each_sample(p, a, exact, kPartialScratchRows, [&](int64_t i, scalar_t* s, const scalar_t* table) {
       if (exact) {
-        const ExactPartials<scalar_t> e = exact_partials(a, i, lp + i * L, nullptr, nullptr, s, s + 2 * a.KV_padded,
+        const ExactPartials<scalar_t> e = exact_partials(a, i, nullptr, nullptr, s, s + 2 * a.KV_padded,
                                                          table);
         exact_gradient(e, gp[i], a.alpha, a.beta, a.u, a.K, o_pred + i, o_shift + i, o_var + i, o_nv + i);
       } else {
