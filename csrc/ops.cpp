@@ -57,11 +57,12 @@ void define_host_schemas(torch::Library& m) {
   // summed) at most tol; labels[N] (int64) are those of the final centres[K, D].
   m.def("kmeans(Tensor x, Tensor init, int max_iter, float tol) -> (Tensor labels, Tensor centres)");
   // SPEC 2. bin_stats_update_ in two halves, so that the covariance part of many batches
-  // is applied in one pass over the rows (BinStats defers it on the CPU): bin_stats_plan_
+  // is applied in one pass over the blocks (BinStats defers it on the CPU): bin_stats_plan_
   // merges a batch into count and mean now and returns the covariance update as a plan,
   // S = min(n, B): bins[S] int64 (the present bins ascending, then -1), vec_offset[S + 1]
   // int64, vecs[n + S, D], weights[n + S], keep[S] (the statistics' dtype); bin_stats_apply_
-  // applies plans in list order, to the bits of one bin_stats_update_ per batch.
+  // applies plans in list order, folded into one update per bin: one bin_stats_update_ per
+  // batch to rounding.
   m.def("bin_stats_plan_(Tensor(a!) count, Tensor(b!) mean, Tensor z, Tensor bin_index, float? momentum) -> (Tensor bins, Tensor vec_offset, Tensor vecs, Tensor weights, Tensor keep)");
   m.def("bin_stats_apply_(Tensor(a!) cov, Tensor[] bins, Tensor[] vec_offset, Tensor[] vecs, Tensor[] weights, Tensor[] keep) -> ()");
   // BinStats.update under the "epoch" estimator: bin_stats_plan_(epoch_count, epoch_mean, z,
@@ -93,9 +94,8 @@ void define_host_schemas(torch::Library& m) {
   // dtype: offset [B, D], cov [B, D, D], symmetric, which is not checked, keep, iso [B]), the
   // surrogate of pred with shift a_{b_i} (paper: |a_{b_i} - y_i|) and var max(q_{b_i}, 0),
   // reduced ("mean", "sum", "none") and scaled by 2 sigma^2, sigma^2 = exp(2 log_sigma) (the
-  // scale a constant). Also returns,
-  // for the backward, a [B] (pred's dtype), q [B] and cov_w = cov w [B, D] (the statistics'
-  // dtype) and the partials.
+  // scale a constant). Also returns, for the backward, a [B] (pred's dtype), q [B] and
+  // cov_w = cov w [B, D] (the statistics' dtype) and the partials.
   m.def("irda_head_loss(Tensor pred, Tensor target, Tensor bin_index, Tensor weight, Tensor bias, Tensor offset, Tensor cov, Tensor keep, Tensor iso, Tensor centers, Tensor eta, Tensor log_prior, float alpha, float beta, Tensor log_sigma, str mode, str reduction) -> (Tensor loss, Tensor bin_shift, Tensor bin_var, Tensor cov_w, Tensor partials)");
   m.def("irda_head_loss_backward(Tensor grad, Tensor target, Tensor bin_index, Tensor weight, Tensor bias, Tensor offset, Tensor keep, Tensor iso, Tensor bin_shift, Tensor bin_var, Tensor cov_w, Tensor partials, float alpha, float beta, Tensor log_sigma, int num_clusters, str mode, str reduction) -> (Tensor grad_pred, Tensor grad_weight, Tensor grad_bias, Tensor grad_log_sigma)");
 }

@@ -226,9 +226,6 @@ inline void update_row(const Plan<T>& plan, int64_t p, int64_t d, T* row, std::v
   row_update(row, x.data(), coef.data(), static_cast<int64_t>(x.size()), D, plan.keep[p]);
 }
 
-// Applies the plans, in their order, to the rows of every bin present in any of them: a
-// row gets all its updates while it is in cache (bin_stats_update_ and bin_moments: one
-// plan, one batch).
 // Where each bin sits in each plan: where[t * B + b] is bin b's position in plan t, or -1;
 // bins lists the bins present in any plan, ascending.
 struct PlanIndex {
@@ -251,6 +248,9 @@ PlanIndex index_plans(const std::vector<Plan<T>>& plans, int64_t num_bins) {
   return ix;
 }
 
+// Applies the plans, in their order, to the rows of every bin present in any of them: a
+// row gets all its updates while it is in cache (bin_stats_update_ and bin_moments: one
+// plan, one batch).
 template <typename T>
 void apply_plans(const std::vector<Plan<T>>& plans, int64_t num_bins, T* cov) {
   if (plans.empty()) return;

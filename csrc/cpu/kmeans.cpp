@@ -23,7 +23,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -34,16 +33,13 @@
 namespace irda {
 namespace {
 
-// x.y in a fixed order: eight lanes (lane j sums the d = j mod 8 terms), then a fixed tree.
-// Written with GCC's vector types, as the compiler would not vectorise a reduction on its
-// own without -ffast-math; one AVX-512, two AVX2 or four SSE registers, the same sums.
-// float32 features are widened to float64 as they are read (exactly), so the result is
-// the one of their float64 copy, without the copy.
 // x . y in float64 over 8 lanes (lane l sums the products of the elements l mod 8, each a
 // multiply then an add), reduced as ((0+1)+(2+3))+((4+5)+(6+7)), then the tail. A plain
 // array the vectoriser maps to one AVX-512, two AVX2 or four SSE2 registers per clone: a
 // 64-byte vector type here made the AVX2 and SSE2 clones move the accumulators through
 // the stack every step (k-means about 7x slower on an AVX2 machine than on an AVX-512 one).
+// float32 features are widened to float64 as they are read (exactly), so the result is the
+// one of their float64 copy, without the copy.
 template <typename A, typename B>
 __attribute__((always_inline)) inline double dot8(const A* a, const B* b, int64_t D) {
   double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -56,6 +52,7 @@ __attribute__((always_inline)) inline double dot8(const A* a, const B* b, int64_
   return s;
 }
 
+// v[k] = ||c_k||^2 - 2 x.c_k for K centres: Lloyd's comparison, whose argmin is the nearest centre.
 template <typename T>
 __attribute__((always_inline)) inline void centre_scores_impl(const T* x, const double* centres,
                                                               const double* centre_sq, int64_t K, int64_t D,
