@@ -144,7 +144,7 @@ std::tuple<at::Tensor, at::Tensor> irda_surrogate_autograd(const at::Tensor& pre
 // constants: a graph through them is refused rather than given zero gradients.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> head_loss_forward(
     const at::Tensor& pred, const at::Tensor& target, const at::Tensor& bin_index, const at::Tensor& weight,
-    const at::Tensor& bias, const at::Tensor& offset, const at::Tensor& cov, const at::Tensor& keep,
+    const at::Tensor& bias, const at::Tensor& offset, const at::Tensor& cov_upper, const at::Tensor& keep,
     const at::Tensor& iso, const at::Tensor& centers, const at::Tensor& eta, const at::Tensor& log_prior, double alpha,
     double beta, const at::Tensor& log_sigma, c10::string_view mode, c10::string_view reduction) {
   static auto op = c10::Dispatcher::singleton()
@@ -154,7 +154,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> head_loss
                            const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                            const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
                            const at::Tensor&, c10::string_view, c10::string_view)>();
-  return op.call(pred, target, bin_index, weight, bias, offset, cov, keep, iso, centers, eta, log_prior, alpha, beta,
+  return op.call(pred, target, bin_index, weight, bias, offset, cov_upper, keep, iso, centers, eta, log_prior, alpha, beta,
                  log_sigma, mode, reduction);
 }
 
@@ -179,13 +179,15 @@ class HeadLoss : public torch::autograd::Function<HeadLoss> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& pred, const at::Tensor& target,
                                const at::Tensor& bin_index, const at::Tensor& weight, const at::Tensor& bias,
-                               const at::Tensor& offset, const at::Tensor& cov, const at::Tensor& keep,
+                               const at::Tensor& offset, const at::Tensor& cov_upper, const at::Tensor& keep,
                                const at::Tensor& iso, const at::Tensor& centers, const at::Tensor& eta,
                                const at::Tensor& log_prior, double alpha, double beta, const at::Tensor& log_sigma,
                                c10::string_view mode, c10::string_view reduction) {
     at::AutoDispatchBelowADInplaceOrView below;
+    // the other outputs are not differentiable: no zero gradients built for them (4 ops a step)
+    ctx->set_materialize_grads(false);
     auto [loss, bin_shift, bin_var, cov_w, partials] = head_loss_forward(
-        pred, target, bin_index, weight, bias, offset, cov, keep, iso, centers, eta, log_prior, alpha, beta, log_sigma,
+        pred, target, bin_index, weight, bias, offset, cov_upper, keep, iso, centers, eta, log_prior, alpha, beta, log_sigma,
         mode, reduction);
     ctx->saved_data["alpha"] = alpha;
     ctx->saved_data["beta"] = beta;
@@ -227,19 +229,19 @@ class HeadLoss : public torch::autograd::Function<HeadLoss> {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_head_loss_autograd(
     const at::Tensor& pred, const at::Tensor& target, const at::Tensor& bin_index, const at::Tensor& weight,
-    const at::Tensor& bias, const at::Tensor& offset, const at::Tensor& cov, const at::Tensor& keep,
+    const at::Tensor& bias, const at::Tensor& offset, const at::Tensor& cov_upper, const at::Tensor& keep,
     const at::Tensor& iso, const at::Tensor& centers, const at::Tensor& eta, const at::Tensor& log_prior, double alpha,
     double beta, const at::Tensor& log_sigma, c10::string_view mode, c10::string_view reduction) {
   if (at::GradMode::is_enabled()) {
-    const char* names[] = {"target", "offset", "cov", "keep", "iso", "centers", "eta", "log_prior"};
-    const at::Tensor* constants[] = {&target, &offset, &cov, &keep, &iso, &centers, &eta, &log_prior};
+    const char* names[] = {"target", "offset", "cov_upper", "keep", "iso", "centers", "eta", "log_prior"};
+    const at::Tensor* constants[] = {&target, &offset, &cov_upper, &keep, &iso, &centers, &eta, &log_prior};
     for (int j = 0; j < 8; ++j) {
       TORCH_CHECK_VALUE(!constants[j]->requires_grad(), "irda_head_loss is differentiable in pred, weight, bias and ",
                         "log_sigma only, its other inputs are constants; ", names[j], " requires grad (detach it, ",
                         "or use the unfused loss: IRDALoss.head_loss takes it then)");
     }
   }
-  variable_list out = HeadLoss::apply(pred, target, bin_index, weight, bias, offset, cov, keep, iso, centers, eta,
+  variable_list out = HeadLoss::apply(pred, target, bin_index, weight, bias, offset, cov_upper, keep, iso, centers, eta,
                                       log_prior, alpha, beta, log_sigma, mode, reduction);
   return {out[0], out[1], out[2], out[3], out[4]};
 }

@@ -91,12 +91,13 @@ void define_host_schemas(torch::Library& m) {
   // SPEC 3-6. IRDALoss's loss of a linear head (weight [1, D], bias [1]) on a batch, in one op
   // (its training step on the CPU; csrc/cpu/irda_head.cpp): the per-bin shift a_b = offset_b . w
   // (+ bias in mode "paper") and variance q_b = keep_b w^T cov_b w + iso_b |w|^2 (statistics'
-  // dtype: offset [B, D], cov [B, D, D], symmetric, which is not checked, keep, iso [B]), the
+  // dtype: offset [B, D]; cov_upper [B, D (D + 1) / 2], the upper triangle of each symmetric
+  // cov_b packed row by row (irda_ext.loss.upper_triangles); keep, iso [B]), the
   // surrogate of pred with shift a_{b_i} (paper: |a_{b_i} - y_i|) and var max(q_{b_i}, 0),
   // reduced ("mean", "sum", "none") and scaled by 2 sigma^2, sigma^2 = exp(2 log_sigma) (the
   // scale a constant). Also returns, for the backward, a [B] (pred's dtype), q [B] and
   // cov_w = cov w [B, D] (the statistics' dtype) and the partials.
-  m.def("irda_head_loss(Tensor pred, Tensor target, Tensor bin_index, Tensor weight, Tensor bias, Tensor offset, Tensor cov, Tensor keep, Tensor iso, Tensor centers, Tensor eta, Tensor log_prior, float alpha, float beta, Tensor log_sigma, str mode, str reduction) -> (Tensor loss, Tensor bin_shift, Tensor bin_var, Tensor cov_w, Tensor partials)");
+  m.def("irda_head_loss(Tensor pred, Tensor target, Tensor bin_index, Tensor weight, Tensor bias, Tensor offset, Tensor cov_upper, Tensor keep, Tensor iso, Tensor centers, Tensor eta, Tensor log_prior, float alpha, float beta, Tensor log_sigma, str mode, str reduction) -> (Tensor loss, Tensor bin_shift, Tensor bin_var, Tensor cov_w, Tensor partials)");
   m.def("irda_head_loss_backward(Tensor grad, Tensor target, Tensor bin_index, Tensor weight, Tensor bias, Tensor offset, Tensor keep, Tensor iso, Tensor bin_shift, Tensor bin_var, Tensor cov_w, Tensor partials, float alpha, float beta, Tensor log_sigma, int num_clusters, str mode, str reduction) -> (Tensor grad_pred, Tensor grad_weight, Tensor grad_bias, Tensor grad_log_sigma)");
 }
 

@@ -104,7 +104,7 @@ def _irda_surrogate_partials_backward_fake(grad_loss, partials, alpha, beta, noi
 
 
 @torch.library.register_fake("irda_ext::irda_head_loss")  # host-only (IRDALoss.head_loss on the CPU)
-def _irda_head_loss_fake(pred, target, bin_index, weight, bias, offset, cov, keep, iso, centers, eta, log_prior,
+def _irda_head_loss_fake(pred, target, bin_index, weight, bias, offset, cov_upper, keep, iso, centers, eta, log_prior,
                          alpha, beta, log_sigma, mode, reduction):
     n, (B, D) = pred.shape[0], offset.shape
     loss = pred.new_empty(() if reduction in ("mean", "sum") else (n,))

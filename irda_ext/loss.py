@@ -1,6 +1,7 @@
 """``IRDALoss``: the IRDA training loss as a module (paper Algorithm 1, SPEC 2-6)."""
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Optional, Union
@@ -36,6 +37,20 @@ def _check_fits_in_memory(num_bins: int, feature_dim: int, dtype: torch.dtype, c
         raise ValueError(f"IRDALoss with {num_bins} bins and {feature_dim} features needs about {need / 2**30:.3g} GiB "
                          f"for its per-bin statistics ({copies} x [D, D] per bin) and [B, B] weights, more than this "
                          f"machine's {have / 2**30:.3g} GiB: use wider bins or fewer features")
+
+
+def upper_triangles(cov: torch.Tensor) -> torch.Tensor:
+    """``[B, D (D + 1) / 2]``: the upper triangle of each symmetric ``cov [B, D, D]``, packed row
+    by row (row i: columns i .. D-1), as ``irda_head_loss`` reads the smoothed covariances (half
+    the bytes of the full blocks, which a training step reads out of cache)."""
+    B, D = cov.shape[0], cov.shape[-1]
+    return cov.reshape(B, D * D).index_select(1, _upper_positions(D, cov.device))
+
+
+@functools.lru_cache(maxsize=8)
+def _upper_positions(D: int, device: torch.device) -> torch.Tensor:
+    rows, cols = torch.triu_indices(D, D, device=device)  # row-major: row 0's columns, then row 1's, ...
+    return rows * D + cols
 
 
 class IRDALoss(nn.Module):
@@ -137,7 +152,7 @@ class IRDALoss(nn.Module):
         self._restricted = None  # (smoothing version, has_data, weights): see restricted_smoothing
         self._smoothed = None  # (key, (mean_s, cov_s, lam, v)): see smoothed_statistics
         self._in_dtype = None  # (key, (centers, eta, log_prior) in a dtype): see constants
-        self._head_terms = None  # (smoothed statistics, mode, (offset, cov_s, keep, iso)): see head_terms
+        self._head_terms = None  # (smoothed statistics, mode, (offset, cov_upper, keep, iso)): see head_terms
 
     # ----- set-up and epoch-level estimates -------------------------------------------------
     @torch.no_grad()
@@ -238,16 +253,17 @@ class IRDALoss(nn.Module):
         return self._in_dtype[1]
 
     def head_terms(self):
-        """``(offset, cov_s, keep, iso)``, the per-bin statistics ``irda_head_loss`` reads:
+        """``(offset, cov_upper, keep, iso)``, the per-bin statistics ``irda_head_loss`` reads:
         ``offset = mu_s - mu`` (mode ``"exact"``) or ``mu_s`` (``"paper"``), the smoothed
-        covariances, ``keep = 1 - v`` and ``iso = v lambda`` (SPEC 4), kept with the smoothed
-        statistics they come from (on the CPU, the fused path's only home)."""
+        covariances' upper triangles (``upper_triangles``), ``keep = 1 - v`` and ``iso = v lambda``
+        (SPEC 4), kept with the smoothed statistics they come from (on the CPU, the fused path's
+        only home)."""
         smoothed = self.smoothed_statistics()
         cached = self._head_terms
         if cached is None or cached[0] is not smoothed or cached[1] != self.mode:
             mean_s, cov_s, lam, v = smoothed
             offset = mean_s - self.stats.mean if self.mode == "exact" else mean_s
-            cached = (smoothed, self.mode, (offset, cov_s, 1 - v, v * lam))
+            cached = (smoothed, self.mode, (offset, upper_triangles(cov_s), 1 - v, v * lam))
             self._head_terms = cached
         return cached[2]
 
@@ -366,12 +382,12 @@ class IRDALoss(nn.Module):
         alpha, beta = self.strength()
         if self.fused_step(pred, targets, head_weight, head_bias, reduction, weight, lookahead, gates):
             # the same loss in one op: ~40 small autograd ops fewer a training step
-            offset, cov_s, keep, iso = self.head_terms()
+            offset, cov_upper, keep, iso = self.head_terms()
             centers, eta, log_prior = self.constants(dtype)
             if targets.dtype != dtype or targets.device != pred.device:
                 targets = targets.to(device=pred.device, dtype=dtype)
             return ops.irda_head_loss(pred if pred.dtype == dtype else pred.to(dtype), targets, bin_index,
-                                      head_weight, head_bias, offset, cov_s, keep, iso, centers, eta, log_prior,
+                                      head_weight, head_bias, offset, cov_upper, keep, iso, centers, eta, log_prior,
                                       alpha, beta, self.noise.log_sigma, self.mode, reduction)[0]
         shift_b, smoothed_pred, q = self.augmentation(head_weight, head_bias, twice_differentiable=lookahead,
                                                       smoothed_prediction=self.mode == "paper", **gates)

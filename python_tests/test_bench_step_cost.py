@@ -28,8 +28,8 @@ def test_captured_step_replays_the_epoch_and_the_floor_sums_its_pieces():
     # the head and sigma as they were at that step (copies: the epoch's short last batch moved them)
     for got, live in ((args[3], step.run.head.weight), (args[4], step.run.head.bias), (args[14], crit.noise.log_sigma)):
         assert got.shape == live.shape and got.data_ptr() != live.data_ptr() and not got.requires_grad
-    offset, cov_s, keep, iso = crit.head_terms()
-    assert all(torch.equal(a, b) for a, b in zip(args[5:9], (offset, cov_s, keep, iso)))
+    offset, cov_upper, keep, iso = crit.head_terms()
+    assert all(torch.equal(a, b) for a, b in zip(args[5:9], (offset, cov_upper, keep, iso)))
     centers, eta, log_prior = crit.constants(args[0].dtype)
     assert torch.equal(args[9], centers) and torch.equal(args[10], eta) and torch.equal(args[11], log_prior)
     assert args[15] == crit.mode

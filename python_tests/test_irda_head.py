@@ -8,6 +8,7 @@ from torch import nn
 
 from irda_ext import Bins, IRDALoss, reference
 from irda_ext._ops import ops
+from irda_ext.loss import upper_triangles
 
 MODES = ("exact", "paper")
 REDUCTIONS = ("mean", "sum", "none")
@@ -15,9 +16,9 @@ REDUCTIONS = ("mean", "sum", "none")
 
 def head_inputs(n, K, B, D, dtype=torch.float64, stats_dtype=torch.float64, seed=0, dead_bins=(), empty_bins=()):
     """Positional inputs of ``irda_head_loss`` (mode and reduction last, to be appended): a
-    random head, per-bin statistics (symmetric positive covariances; ``empty_bins`` have zero
-    statistics, as a bin without data), bins without prior (``dead_bins``) and targets in
-    their bins."""
+    random head, per-bin statistics (symmetric positive covariances, passed as their packed upper
+    triangles; ``empty_bins`` have zero statistics, as a bin without data), bins without prior
+    (``dead_bins``) and targets in their bins."""
     g = torch.Generator().manual_seed(seed)
     f64 = torch.float64  # drawn in float64 and cast: the same values in every dtype
     centers = torch.arange(B, dtype=f64) + 0.5
@@ -43,17 +44,38 @@ def head_inputs(n, K, B, D, dtype=torch.float64, stats_dtype=torch.float64, seed
     log_sigma = torch.tensor(0.3, dtype=f64, requires_grad=True)
     pred, weight, bias = (t.to(dtype).requires_grad_() for t in (pred, weight, bias))
     target, centers, eta, lp = (t.to(dtype) for t in (target, centers, eta, lp))
-    stats = [t.to(stats_dtype) for t in (offset, cov, keep, iso)]
+    stats = [t.to(stats_dtype) for t in (offset, upper_triangles(cov), keep, iso)]
     return (pred, target, bin_index, weight, bias, *stats, centers, eta, lp, 0.5, 0.75, log_sigma)
 
 
-def dense_head_loss(pred, target, bin_index, weight, bias, offset, cov, keep, iso, centers, eta, log_prior, alpha,
-                    beta, log_sigma, mode, reduction):
+def full_covariances(cov_upper, D):
+    """``[B, D, D]`` from the packed upper triangles (``upper_triangles``' inverse), in plain PyTorch."""
+    rows, cols = torch.triu_indices(D, D)
+    full = cov_upper.new_zeros(cov_upper.shape[0], D, D)
+    full[:, rows, cols] = cov_upper
+    full[:, cols, rows] = cov_upper
+    return full
+
+
+def bin_shift(offset, weight, bias, mode, dtype):
+    """a_b = offset_b . w (+ bias in mode "paper") as the op rounds it: summed in float64 in the
+    order of the features, rounded to the statistics' dtype, the bias added there, then cast."""
+    w = weight.reshape(-1).to(offset.dtype)
+    a = offset.new_zeros(offset.shape[0], dtype=torch.float64)
+    for d in range(offset.shape[1]):
+        a = a + offset[:, d].double() * w[d].double()
+    a = a.to(offset.dtype) + (bias.reshape(()).to(offset.dtype) if mode == "paper" else 0)
+    return a.to(dtype)
+
+
+def dense_head_loss(pred, target, bin_index, weight, bias, offset, cov_upper, keep, iso, centers, eta, log_prior,
+                    alpha, beta, log_sigma, mode, reduction):
     """The op's formula (csrc/cpu/irda_head.cpp, SPEC 3-6) in plain PyTorch, the surrogate dense."""
     w = weight.reshape(-1).to(offset.dtype)
-    a = offset @ w + (bias.reshape(()).to(w.dtype) if mode == "paper" else 0)
+    cov = full_covariances(cov_upper, offset.shape[1])
+    a = bin_shift(offset, weight, bias, mode, pred.dtype)
     q = keep * torch.einsum("d,bde,e->b", w, cov, w) + iso * w.dot(w)
-    a, q = a.to(pred.dtype), q.to(pred.dtype)
+    q = q.to(pred.dtype)
     shift = a[bin_index] if mode == "exact" else (a[bin_index] - target).abs()
     var = q[bin_index].clamp_min(0)
     nv = torch.exp(2 * log_sigma).to(pred.dtype)
@@ -99,8 +121,7 @@ def test_a_clamped_variance_and_a_residual_at_zero(mode, stats_dtype):
     keep = args[7].clone()
     keep[1] = -5.0
     args[7] = keep
-    w, bias = args[3].detach().reshape(-1).to(stats_dtype), args[4].detach().to(stats_dtype)
-    a = (args[5] @ w + (bias if mode == "paper" else 0)).to(args[1].dtype)
+    a = bin_shift(args[5], args[3].detach(), args[4].detach(), mode, args[1].dtype)
     target, bin_index = args[1].clone(), args[2]
     hit = int((bin_index == 3).nonzero()[0])
     target[hit] = a[3]
@@ -201,7 +222,8 @@ def test_bad_input():
         op(*bad, "exact", "mean")
     bad = list(args)
     bad[6] = args[6][:, :2]
-    with pytest.raises(ValueError, match=r"cov must have shape \[5, 3, 3\]"):
+    with pytest.raises(ValueError, match=r"cov_upper must have shape \[5, 6\] \(the packed upper triangles of 5 "
+                                         r"covariances of 3 x 3"):
         op(*bad, "exact", "mean")
     bad = list(args)
     bad[7] = args[7].float()
@@ -259,13 +281,11 @@ def test_irda_loss_fused_and_unfused_agree(mode, reduction, stats_dtype, dtype, 
         g_out = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).reshape(loss.shape)
         results.append([loss.detach(), *torch.autograd.grad(loss, params, g_out)])
     assert counter.calls == 1
-    # the loss and the gradients in the predictions (hence the features) and log sigma: the
-    # same bits; the head's: the same up to rounding (another summation order)
-    (loss, g_z, g_w, g_b, g_s), (loss_u, g_z_u, g_w_u, g_b_u, g_s_u) = results
-    assert torch.equal(loss, loss_u) and torch.equal(g_z, g_z_u) and torch.equal(g_s, g_s_u)
+    # the same to rounding: the op sums the per-bin dot products in float64 and reads each
+    # covariance's upper triangle, the small ops sum in the statistics' dtype over whole blocks
     tol = dict(rtol=1e-12, atol=1e-14) if stats_dtype == dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(g_w, g_w_u, **tol)
-    torch.testing.assert_close(g_b, g_b_u, **tol)
+    for name, fused_value, unfused_value in zip(("loss", "z", "weight", "bias", "log_sigma"), *results):
+        torch.testing.assert_close(fused_value, unfused_value, **tol, msg=name)
 
 
 def test_irda_loss_takes_the_fused_op_only_for_a_plain_training_step(monkeypatch):

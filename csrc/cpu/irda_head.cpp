@@ -1,20 +1,26 @@
 // The IRDA loss of a linear head on a batch, in one op (host-only; IRDALoss.head_loss's
 // training step on the CPU, SPEC 3-6 and the Balanced-MSE scaling). Eager PyTorch spent
 // ~40 small autograd ops on what surrounds the fused surrogate (per-bin shift and variance
-// of the head, gathers, clamp, casts, sigma^2, the reduction and the scaling): ~0.8 ms of
-// an abalone training step whose MSE twin takes ~2 ms (bench/results/step_cost.md). Here
-// they are a few loops and three matrix-vector products around irda_surrogate_with_partials.
+// of the head, gathers, clamp, casts, sigma^2, the reduction and the scaling), and the op
+// itself first spent ~30 more (matrix-vector products, casts, reductions): in an abalone
+// step each small op costs several microseconds, most of it dispatch. Here they are plain
+// loops around irda_surrogate_with_partials, and each covariance is read as its packed
+// upper triangle: half the bytes of the [B, D, D] blocks, which a training step finds
+// out of cache (1.8 MiB at abalone's sizes: a full matrix-vector product over them took
+// 0.2-0.3 ms of the step, the packed one about half).
 //
 // Forward, with w = weight [1, D] and w0 = bias [1] (the head g(z) = w z + w0) read in the
-// statistics' dtype:
+// statistics' dtype S:
 //   a_b   = offset_b . w  (+ w0 in mode "paper")   offset [B, D]: mu_s - mu (exact) or mu_s (paper)
-//   Sw_b  = cov_b w                                 cov [B, D, D]: the smoothed Sigma_s (symmetric)
+//   Sw_b  = cov_b w                                 cov_upper [B, D (D + 1) / 2]: the upper triangle
+//                                                   of each smoothed Sigma_s (symmetric), row by row
 //   q_b   = keep_b (w . Sw_b) + iso_b ||w||^2       keep = 1 - v, iso = v lambda (SPEC 4)
 //   shift_i = a_{b_i} (exact) or |a_{b_i} - y_i| (paper, eq. 20), var_i = max(q_{b_i}, 0)
 //   sigma^2 = exp(2 log_sigma)
 //   loss  = reduce_i(irda_surrogate_i(pred, y, ..., shift, var, ..., sigma^2)) * 2 sigma^2,
 // the last factor a constant (Balanced MSE's scaling: the gradient in pred has MSE's scale).
-// It returns a [B] (pred's dtype), q [B], Sw [B, D] (the statistics') and the surrogate's partials [n, 5],
+// The dot products are summed in float64, then rounded to S; Sw_b is summed in S.
+// It returns a [B] (pred's dtype), q [B], Sw [B, D] (S) and the surrogate's partials [n, 5],
 // which irda_head_loss_backward turns into the gradients in pred, w, w0 and log_sigma in
 // O(n + B D): the chain rule of the expression above, the clamp passing where q_b >= 0
 // and |.|'s derivative sign(a_b - y_i) (0 at 0), as autograd through the eager ops.
@@ -27,6 +33,8 @@
 
 #include "../checks.h"
 #include "../surrogate_calls.h"
+#include "grain.h"
+#include "simd.h"
 
 namespace irda {
 namespace {
@@ -95,44 +103,132 @@ void gather_per_sample(const T* a, const S* q, const T* y, const int64_t* bins, 
   }
 }
 
+// Sw = cov w for one bin, cov given as its packed upper triangle (row i: columns i .. D-1),
+// in S: row i's dot product with w goes to Sw_i, and its entries right of the diagonal,
+// times w_i, go to the Sw_j below them (the symmetric half), so every stored entry is read
+// once. The lanes of the dot product are summed after the row.
+template <bool kFma, typename S>
+__attribute__((always_inline)) inline void packed_symv_impl(const S* __restrict upper, const S* __restrict w,
+                                                            int64_t D, S* __restrict Sw) {
+  constexpr int64_t kLanes = 64 / sizeof(S);  // one AVX-512 register, two AVX2 ones
+  for (int64_t j = 0; j < D; ++j) Sw[j] = S(0);
+  for (int64_t i = 0; i < D; ++i) {
+    const S* __restrict r = upper - i;  // r[j] = cov[i][j] for j >= i
+    const S wi = w[i];
+    S acc[kLanes] = {};
+    int64_t j = i + 1;
+    for (; j + kLanes <= D; j += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        acc[l] = mul_add<kFma>(r[j + l], w[j + l], acc[l]);
+        Sw[j + l] = mul_add<kFma>(r[j + l], wi, Sw[j + l]);
+      }
+    }
+    S dot = r[i] * wi;
+    for (int64_t l = 0; l < kLanes; ++l) dot += acc[l];
+    for (; j < D; ++j) {
+      dot = mul_add<kFma>(r[j], w[j], dot);
+      Sw[j] = mul_add<kFma>(r[j], wi, Sw[j]);
+    }
+    Sw[i] += dot;
+    upper += D - i;
+  }
+}
+
+#define IRDA_SYMV_ENTRY_POINTS(TARGET, FMA, S) \
+  TARGET void packed_symv(const S* upper, const S* w, int64_t D, S* Sw) { packed_symv_impl<FMA, S>(upper, w, D, Sw); }
+#define IRDA_SYMV_VARIANT(TARGET, FMA) IRDA_SYMV_ENTRY_POINTS(TARGET, FMA, float) IRDA_SYMV_ENTRY_POINTS(TARGET, FMA, double)
+IRDA_FMA_VARIANTS(IRDA_SYMV_VARIANT)
+#undef IRDA_SYMV_VARIANT
+#undef IRDA_SYMV_ENTRY_POINTS
+
+// sum_d x[d] y[d] in float64
+template <typename A, typename B>
+double dot64(const A* x, const B* y, int64_t D) {
+  double s = 0.0;
+  for (int64_t d = 0; d < D; ++d) s += static_cast<double>(x[d]) * static_cast<double>(y[d]);
+  return s;
+}
+
+// A [1, D] or [1] tensor's values in S (its own dtype float or double: check_float).
+template <typename S>
+std::vector<S> values_as(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  std::vector<S> out(c.numel());
+  AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "irda_head_values", [&] {
+    const scalar_t* p = c.data_ptr<scalar_t>();
+    for (size_t j = 0; j < out.size(); ++j) out[j] = static_cast<S>(p[j]);
+  });
+  return out;
+}
+
+// The per-bin a (in S, then pred's dtype T), Sw and q of the forward's header comment.
+template <typename T, typename S>
+void head_per_bin(const S* w, S w0, const S* offset, const S* upper, const S* keep, const S* iso, int64_t B, int64_t D,
+                  bool paper, T* a_n, S* Sw, S* q) {
+  const S ww = static_cast<S>(dot64(w, w, D));
+  const int64_t P = D * (D + 1) / 2;
+  at::parallel_for(0, B, grain_for(2 * P), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      S a = static_cast<S>(dot64(offset + b * D, w, D));
+      if (paper) a = a + w0;
+      a_n[b] = static_cast<T>(a);
+      packed_symv(upper + b * P, w, D, Sw + b * D);
+      q[b] = keep[b] * static_cast<S>(dot64(w, Sw + b * D, D)) + iso[b] * ww;
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_head_loss_cpu(
     const at::Tensor& pred, const at::Tensor& target, const at::Tensor& bin_index, const at::Tensor& weight,
-    const at::Tensor& bias, const at::Tensor& offset, const at::Tensor& cov, const at::Tensor& keep,
+    const at::Tensor& bias, const at::Tensor& offset, const at::Tensor& cov_upper, const at::Tensor& keep,
     const at::Tensor& iso, const at::Tensor& centers, const at::Tensor& eta, const at::Tensor& log_prior, double alpha,
     double beta, const at::Tensor& log_sigma, c10::string_view mode, c10::string_view reduction) {
   const bool reduce = check_reduction(reduction);
   const int64_t B = check_head_inputs(pred, target, bin_index, weight, bias, offset, keep, iso, log_sigma, mode);
   const int64_t D = offset.size(1), n = pred.size(0);
-  TORCH_CHECK_VALUE(cov.dim() == 3 && cov.size(0) == B && cov.size(1) == D && cov.size(2) == D, "cov must have shape [",
-                    B, ", ", D, ", ", D, "], got ", shape_str(cov));
-  check_same_dtype(cov, offset, "cov", "offset");
+  TORCH_CHECK_VALUE(cov_upper.dim() == 2 && cov_upper.size(0) == B && cov_upper.size(1) == D * (D + 1) / 2,
+                    "cov_upper must have shape [", B, ", ", D * (D + 1) / 2, "] (the packed upper triangles of ", B,
+                    " covariances of ", D, " x ", D, ", irda_ext.loss.upper_triangles), got ", shape_str(cov_upper));
+  check_same_dtype(cov_upper, offset, "cov_upper", "offset");
   const bool paper = mode == "paper";
   const auto stats_dtype = offset.scalar_type(), dtype = pred.scalar_type();
 
-  // the per-bin mean shift (or smoothed prediction) and variance of the head
-  const at::Tensor w = weight.reshape({D}).to(stats_dtype).contiguous();
-  at::Tensor a = at::mv(offset, w);
-  if (paper) a.add_(bias.reshape({}).to(stats_dtype));
-  const at::Tensor cov_w = at::mv(cov.reshape({B * D, D}), w).view({B, D});
-  const at::Tensor q = keep * at::mv(cov_w, w) + iso * at::dot(w, w);
-  const at::Tensor a_n = a.to(dtype).contiguous();
-
+  at::Tensor a_n = at::empty({B}, pred.options());
+  at::Tensor q = at::empty({B}, offset.options());
+  at::Tensor cov_w = at::empty({B, D}, offset.options());
+  const at::Tensor off = offset.contiguous(), up = cov_upper.contiguous(), kp = keep.contiguous(),
+                   is = iso.contiguous();
   const at::Tensor y = target.contiguous(), bins = bin_index.contiguous();
   at::Tensor shift = at::empty({n}, pred.options()), var = at::empty({n}, pred.options());
-  AT_DISPATCH_FLOATING_TYPES(dtype, "irda_head_loss_gather", [&] {
+  AT_DISPATCH_FLOATING_TYPES(dtype, "irda_head_loss", [&] {
     using T = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES(stats_dtype, "irda_head_loss_gather", [&] {
-      gather_per_sample(a_n.data_ptr<T>(), q.data_ptr<scalar_t>(), y.data_ptr<T>(), bins.data_ptr<int64_t>(), n, B,
-                        paper, shift.data_ptr<T>(), var.data_ptr<T>());
+    AT_DISPATCH_FLOATING_TYPES(stats_dtype, "irda_head_loss", [&] {
+      using S = scalar_t;
+      const std::vector<S> w = values_as<S>(weight), w0 = values_as<S>(bias);
+      head_per_bin<T, S>(w.data(), w0[0], off.data_ptr<S>(), up.data_ptr<S>(), kp.data_ptr<S>(), is.data_ptr<S>(), B,
+                         D, paper, a_n.data_ptr<T>(), cov_w.data_ptr<S>(), q.data_ptr<S>());
+      gather_per_sample(a_n.data_ptr<T>(), q.data_ptr<S>(), y.data_ptr<T>(), bins.data_ptr<int64_t>(), n, B, paper,
+                        shift.data_ptr<T>(), var.data_ptr<T>());
     });
   });
   const double nv = noise_variance(log_sigma);
   const at::Tensor noise_var = at::scalar_tensor(nv, pred.options());  // rounded to pred's dtype
   auto [loss, lse, partials] =
       call_surrogate_with_partials(pred, y, bins, centers, eta, log_prior, shift, var, alpha, beta, noise_var, mode);
-  at::Tensor out = reduce ? loss.sum() : loss;
-  if (reduction == "mean") out = out / std::max<int64_t>(n, 1);
-  out = out * (noise_var * 2);
+  at::Tensor out = reduce ? at::empty({}, pred.options()) : loss;
+  AT_DISPATCH_FLOATING_TYPES(dtype, "irda_head_loss_reduce", [&] {
+    using T = scalar_t;
+    const T scale = static_cast<T>(nv) * T(2);  // 2 sigma^2, sigma^2 rounded to T first
+    T* l = loss.data_ptr<T>();
+    if (reduce) {
+      double total = 0.0;
+      for (int64_t i = 0; i < n; ++i) total += static_cast<double>(l[i]);
+      if (reduction == "mean") total /= static_cast<double>(std::max<int64_t>(n, 1));
+      *out.data_ptr<T>() = static_cast<T>(total) * scale;
+    } else {
+      for (int64_t i = 0; i < n; ++i) l[i] = l[i] * scale;
+    }
+  });
   return {out, a_n, q, cov_w, partials};
 }
 
@@ -149,6 +245,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_head_loss_backwa
   TORCH_CHECK_VALUE(reduce ? grad.numel() == 1 : (grad.dim() == 1 && grad.size(0) == n), "grad must have ",
                     reduce ? "one entry" : "shape [n]", " (reduction \"", std::string(reduction), "\"), got shape ",
                     shape_str(grad));
+  check_float(grad, "grad");
   const at::Tensor* per_bin[] = {&bin_shift, &bin_var};
   const char* names[] = {"bin_shift", "bin_var"};
   for (int j = 0; j < 2; ++j) {
@@ -159,6 +256,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_head_loss_backwa
   check_same_dtype(bin_var, offset, "bin_var", "offset");
   TORCH_CHECK_VALUE(cov_w.dim() == 2 && cov_w.size(0) == B && cov_w.size(1) == D, "cov_w must have shape [", B, ", ",
                     D, "], got ", shape_str(cov_w));
+  check_same_dtype(cov_w, offset, "cov_w", "offset");
   TORCH_CHECK_VALUE(partials.dim() == 2 && partials.size(0) == n, "partials must have ", n, " rows, got shape ",
                     shape_str(partials));
   const bool paper = mode == "paper";
@@ -166,23 +264,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_head_loss_backwa
   const at::Tensor noise_var = at::scalar_tensor(nv, target.options());
 
   // d loss / d loss_i: the scaling, then the reduction's, as autograd through `out` above
-  at::Tensor g_loss = grad.to(dtype).reshape(reduce ? at::IntArrayRef{} : at::IntArrayRef{n}) * (noise_var * 2);
-  if (reduction == "mean") g_loss = g_loss / std::max<int64_t>(n, 1);
-  if (reduce) g_loss = g_loss.expand({n});
+  at::Tensor g_loss = at::empty({n}, target.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "irda_head_loss_grad", [&] {
+    using T = scalar_t;
+    const at::Tensor gc = grad.to(dtype).contiguous();
+    const T* g = gc.data_ptr<T>();
+    const T scale = static_cast<T>(nv) * T(2);
+    T* out = g_loss.data_ptr<T>();
+    for (int64_t i = 0; i < n; ++i) {
+      T gi = (reduce ? g[0] : g[i]) * scale;
+      if (reduction == "mean") gi = gi / static_cast<T>(std::max<int64_t>(n, 1));
+      out[i] = gi;
+    }
+  });
   auto [g_pred, g_shift, g_var, g_nv] =
-      call_surrogate_partials_backward(g_loss.contiguous(), partials, alpha, beta, noise_var, num_clusters, mode);
+      call_surrogate_partials_backward(g_loss, partials, alpha, beta, noise_var, num_clusters, mode);
 
-  // back through the gathers, in sample order (deterministic), into the per-bin a and q
-  std::vector<double> g_a(B, 0.0), g_q(B, 0.0);
+  // back through the gathers, in sample order (deterministic), into the per-bin a and q,
+  // then into w: a_b = offset_b . w, q_b = keep_b w.(cov_b w) + iso_b w.w (cov_b symmetric),
+  // all in float64
+  std::vector<double> g_a(B, 0.0), g_q(B, 0.0), g_w(D, 0.0);
+  double g_bias = 0.0, g_sigma = 0.0;
   const at::Tensor y = target.contiguous(), bins = bin_index.contiguous();
-  const at::Tensor a_n = bin_shift.contiguous(), q_s = bin_var.contiguous();
+  const at::Tensor a_n = bin_shift.contiguous(), q_s = bin_var.contiguous(), off = offset.contiguous(),
+                   cw = cov_w.contiguous(), kp = keep.contiguous(), is = iso.contiguous();
   AT_DISPATCH_FLOATING_TYPES(dtype, "irda_head_loss_scatter", [&] {
     using T = scalar_t;
     const T *a = a_n.data_ptr<T>(), *yp = y.data_ptr<T>();
-    const T *gs = g_shift.data_ptr<T>(), *gv = g_var.data_ptr<T>();
+    const T *gs = g_shift.data_ptr<T>(), *gv = g_var.data_ptr<T>(), *gn = g_nv.data_ptr<T>();
     const int64_t* bp = bins.data_ptr<int64_t>();
+    for (int64_t i = 0; i < n; ++i) g_sigma += static_cast<double>(gn[i]);
     AT_DISPATCH_FLOATING_TYPES(stats_dtype, "irda_head_loss_scatter", [&] {
-      const scalar_t* q = q_s.data_ptr<scalar_t>();
+      using S = scalar_t;
+      const S* q = q_s.data_ptr<S>();
       for (int64_t i = 0; i < n; ++i) {
         const int64_t b = bp[i];
         TORCH_CHECK_VALUE(b >= 0 && b < B, "bin_index must lie in [0, ", B, "), got ", b, " at sample ", i);
@@ -192,24 +306,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_head_loss_backwa
           ds = d > T(0) ? ds : (d < T(0) ? -ds : T(0));  // abs's derivative, 0 at 0
         }
         g_a[b] += static_cast<double>(ds);
-        if (q[b] >= scalar_t(0)) g_q[b] += static_cast<double>(gv[i]);  // clamp_min(0)'s: where q >= 0
+        if (q[b] >= S(0)) g_q[b] += static_cast<double>(gv[i]);  // clamp_min(0)'s: where q >= 0
       }
+      const S *o = off.data_ptr<S>(), *c = cw.data_ptr<S>(), *k = kp.data_ptr<S>(), *s = is.data_ptr<S>();
+      double iso_gq = 0.0;
+      for (int64_t b = 0; b < B; ++b) {
+        const double ca = g_a[b], cq = 2.0 * static_cast<double>(k[b]) * g_q[b];
+        iso_gq += static_cast<double>(s[b]) * g_q[b];
+        if (paper) g_bias += ca;
+        if (ca == 0.0 && cq == 0.0) continue;  // a bin without samples
+        for (int64_t d = 0; d < D; ++d) {
+          g_w[d] += static_cast<double>(o[b * D + d]) * ca + static_cast<double>(c[b * D + d]) * cq;
+        }
+      }
+      const std::vector<double> w = values_as<double>(weight);
+      for (int64_t d = 0; d < D; ++d) g_w[d] += w[d] * (2.0 * iso_gq);
     });
   });
-  const auto f64 = at::TensorOptions().dtype(at::kDouble);
-  // copies: the vectors die with this call
-  const at::Tensor ga = at::from_blob(g_a.data(), {B}, f64).to(stats_dtype, /*non_blocking=*/false, /*copy=*/true);
-  const at::Tensor gq = at::from_blob(g_q.data(), {B}, f64).to(stats_dtype, /*non_blocking=*/false, /*copy=*/true);
-
-  // into w: a_b = offset_b . w, q_b = keep_b w.(cov_b w) + iso_b w.w (cov_b symmetric)
-  const at::Tensor w = weight.reshape({D}).to(stats_dtype);
-  at::Tensor g_w = at::mv(offset.t(), ga);
-  g_w.add_(at::mv(cov_w.t(), keep * gq), 2);
-  g_w.add_(w * (at::dot(iso, gq) * 2));
-  at::Tensor g_bias = paper ? ga.sum() : at::zeros({}, ga.options());
-  const at::Tensor g_log_sigma = (g_nv.sum().to(at::kDouble) * (2.0 * nv)).to(log_sigma.scalar_type());
-  return {g_pred, g_w.to(weight.scalar_type()).reshape(weight.sizes()),
-          g_bias.to(bias.scalar_type()).reshape(bias.sizes()), g_log_sigma.reshape(log_sigma.sizes())};
+  at::Tensor grad_w = at::empty(weight.sizes(), weight.options());
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "irda_head_loss_grad_w", [&] {
+    scalar_t* p = grad_w.data_ptr<scalar_t>();
+    for (int64_t d = 0; d < D; ++d) p[d] = static_cast<scalar_t>(g_w[d]);
+  });
+  const at::Tensor grad_bias = at::full(bias.sizes(), g_bias, bias.options());
+  const at::Tensor grad_log_sigma = at::full(log_sigma.sizes(), g_sigma * (2.0 * nv), log_sigma.options());
+  return {g_pred, grad_w, grad_bias, grad_log_sigma};
 }
 
 }  // namespace
