@@ -70,6 +70,11 @@ void define_host_schemas(torch::Library& m) {
   // bins with samples in the batch and no finished epoch (count == epoch_count before it),
   // num_first (0-dim int64) counts them.
   m.def("bin_stats_epoch_plan_(Tensor(a!) count, Tensor(b!) epoch_count, Tensor(c!) epoch_mean, Tensor z, Tensor bin_index) -> (Tensor bins, Tensor vec_offset, Tensor vecs, Tensor weights, Tensor keep, Tensor first, Tensor num_first)");
+  // FeatureReservoir.add on the host (csrc/cpu/reservoir.cpp): the rows of z and their bins
+  // written into features [capacity + 1, D] and bins [capacity + 1] by Vitter's algorithm R
+  // (slots drawn with n float64 uniforms from the default generator, the spare last row for
+  // rows not kept), seen (0-dim int64) += n.
+  m.def("reservoir_add_(Tensor(a!) features, Tensor(b!) bins, Tensor(c!) seen, Tensor z, Tensor bin_index) -> ()");
   // SPEC 1. Bins.index on the host: index (int64, y's shape) = clamp(floor((y - low) / width),
   // 0, num_bins - 1) in float64, and bad (0-dim int64): how many targets are NaN or, unless
   // clamp, outside [low, high] (irda_ext/binning.py raises, naming one).

@@ -85,6 +85,11 @@ def _confusion_add_fake(counts, true_bin, pred, low, high, width, num_bins):
     return true_bin.new_empty((), dtype=torch.int64)
 
 
+@torch.library.register_fake("irda_ext::reservoir_add_")  # host-only (FeatureReservoir.add on CPU tensors)
+def _reservoir_add_fake(features, bins, seen, z, bin_index):
+    return None
+
+
 @torch.library.register_fake("irda_ext::bin_index")  # host-only (Bins.index on CPU tensors)
 def _bin_index_fake(y, low, high, width, num_bins, clamp):
     return y.new_empty(y.shape, dtype=torch.int64), y.new_empty((), dtype=torch.int64)
@@ -241,7 +246,8 @@ torch.library.register_autograd("irda_ext::irda_head_loss_backward", _irda_surro
 # k-means, csrc/cpu/kmeans.cpp; ``bin_stats_plan_``, ``bin_stats_epoch_plan_`` and
 # ``bin_stats_apply_``, BinStats' deferred covariance updates, csrc/cpu/bin_stats.cpp;
 # ``bin_index`` and ``confusion_add_``, Bins.index and the confusion counts on CPU tensors,
-# csrc/cpu/bin_index.cpp; ``irda_surrogate_with_partials`` and
+# csrc/cpu/bin_index.cpp; ``reservoir_add_``, FeatureReservoir.add on CPU tensors,
+# csrc/cpu/reservoir.cpp; ``irda_surrogate_with_partials`` and
 # ``irda_surrogate_partials_backward``, the surrogate's autograd path on the CPU,
 # csrc/autograd.cpp; ``irda_head_loss`` and its backward, IRDALoss's training step on the CPU,
 # csrc/cpu/irda_head.cpp) have a CPU kernel only.

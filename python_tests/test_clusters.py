@@ -143,21 +143,40 @@ def test_a_state_without_kmeans_centres_still_loads():
 
 
 def test_reservoir_fast_path_writes_what_the_tensor_path_writes(monkeypatch):
-    """Below capacity the CPU path copies slices; the rows, the bins and the random stream
-    afterwards are those of the tensor-only path (the one a compiled step or a GPU takes)."""
+    """On the CPU one op (reservoir_add_) fills the reservoir; the rows, the bins and the random
+    stream afterwards are those of the tensor-only path (the one a compiled step or a GPU
+    takes), below capacity, across it and above it, where two rows of a batch may draw one slot,
+    and with float64 rows into a float32 reservoir."""
     from irda_ext import clusters
 
-    def fill(force_tensor_path):
+    def fill(force_tensor_path, dtype):
         if force_tensor_path:
             monkeypatch.setattr(clusters, "_on_host", lambda t: False)
         torch.manual_seed(7)
         reservoir = clusters.FeatureReservoir(50, 3)
         g = torch.Generator().manual_seed(0)
-        for n in (20, 20, 20, 15):  # the third batch crosses the capacity, the fourth draws slots
-            reservoir.add(torch.randn(n, 3, generator=g), torch.randint(0, 5, (n,), generator=g))
+        for n in (20, 20, 20, 15, 60, 0):  # the third batch crosses the capacity, the others draw slots
+            reservoir.add(torch.randn(n, 3, generator=g, dtype=dtype), torch.randint(0, 5, (n,), generator=g))
         monkeypatch.undo()
         return reservoir.features.clone(), reservoir.bins.clone(), int(reservoir.seen), torch.rand(1)
 
-    fast, tensor_only = fill(False), fill(True)
-    for a, b in zip(fast, tensor_only):
-        assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+    for dtype in (torch.float32, torch.float64):
+        fast, tensor_only = fill(False, dtype), fill(True, dtype)
+        assert fast[2] == 135
+        for a, b in zip(fast, tensor_only):
+            assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+
+
+def test_reservoir_op_checks_and_opcheck():
+    from irda_ext._ops import ops
+    features, bins, seen = torch.zeros(5, 3), torch.zeros(5, dtype=torch.int64), torch.zeros((), dtype=torch.int64)
+    z, b = torch.randn(6, 3), torch.arange(6)
+    torch.library.opcheck(torch.ops.irda_ext.reservoir_add_.default, (features, bins, seen, z, b))
+    with pytest.raises(ValueError, match=r"z must have shape \[n, 3\], got \[6, 2\]"):
+        ops.reservoir_add_(features, bins, seen, z[:, :2], b)
+    with pytest.raises(ValueError, match=r"bin_index must have shape \[6\]"):
+        ops.reservoir_add_(features, bins, seen, z, b[:5])
+    with pytest.raises(TypeError, match="bin_index must be an integer tensor"):
+        ops.reservoir_add_(features, bins, seen, z, b.double())
+    with pytest.raises(TypeError, match="bins must be int64"):
+        ops.reservoir_add_(features, bins.int(), seen, z, b)
