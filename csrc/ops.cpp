@@ -54,8 +54,13 @@ void define_host_schemas(torch::Library& m) {
   // SPEC 5. The epoch-end k-means, which runs on the host in float64: Lloyd's k-means from
   // init[K, D] (float64) on the rows of x[N, D] (float32 or float64, read as float64), at
   // most max_iter iterations, stopping when no label changes or the centres move (squared,
-  // summed) at most tol; labels[N] (int64) are those of the final centres[K, D].
-  m.def("kmeans(Tensor x, Tensor init, int max_iter, float tol) -> (Tensor labels, Tensor centres)");
+  // summed) at most tol (relative: tol times the features' mean variance, scikit-learn's
+  // convention); labels[N] (int64) are those of the final centres[K, D].
+  m.def("kmeans(Tensor x, Tensor init, int max_iter, float tol, bool relative=False) -> (Tensor labels, Tensor centres)");
+  // The rows of features [N, D] (float32 or float64) and their bins [N] (int64) in canonical
+  // order (csrc/cpu/canonical_order.cpp): by bin, then by the key sum_d features[i, d] w_d
+  // (float64, w = 1 .. 2 evenly spaced), then by position, whatever order they came in.
+  m.def("canonical_order(Tensor features, Tensor bins) -> (Tensor features_sorted, Tensor bins_sorted)");
   // SPEC 2. bin_stats_update_ in two halves, so that the covariance part of many batches
   // is applied in one pass over the blocks (BinStats defers it on the CPU): bin_stats_plan_
   // merges a batch into count and mean now and returns the covariance update as a plan,
@@ -75,6 +80,11 @@ void define_host_schemas(torch::Library& m) {
   // (slots drawn with n float64 uniforms from the default generator, the spare last row for
   // rows not kept), seen (0-dim int64) += n.
   m.def("reservoir_add_(Tensor(a!) features, Tensor(b!) bins, Tensor(c!) seen, Tensor z, Tensor bin_index) -> ()");
+  // wfds_smooth for IRDALoss's fused step on the host (csrc/cpu/wfds_smooth.cpp): mean_s as
+  // wfds_smooth's, each smoothed covariance (symmetric: only the upper triangles of cov are
+  // read) as its packed upper triangle [B, D (D + 1) / 2] (irda_head_loss's cov_upper, the
+  // entries of wfds_smooth's cov_s), its diagonal [B, D] and its sum of squares [B] (float64).
+  m.def("wfds_smooth_upper(Tensor weights, Tensor mean, Tensor cov, int bandwidth) -> (Tensor mean_s, Tensor cov_upper, Tensor diag, Tensor sum_sq)");
   // SPEC 1. Bins.index on the host: index (int64, y's shape) = clamp(floor((y - low) / width),
   // 0, num_bins - 1) in float64, and bad (0-dim int64): how many targets are NaN or, unless
   // clamp, outside [low, high] (irda_ext/binning.py raises, naming one).

@@ -57,7 +57,7 @@ def _bin_moments_fake(z, bin_index, num_bins):
 
 
 @torch.library.register_fake("irda_ext::kmeans")  # host-only: no emulated twin
-def _kmeans_fake(x, init, max_iter, tol):
+def _kmeans_fake(x, init, max_iter, tol, relative=False):
     return x.new_empty((x.shape[0],), dtype=torch.int64), init.new_empty(init.shape)
 
 
@@ -83,6 +83,18 @@ def _bin_stats_epoch_plan_fake(count, epoch_count, epoch_mean, z, bin_index):
 @torch.library.register_fake("irda_ext::confusion_add_")  # host-only (ConfusionCounter.add_predictions)
 def _confusion_add_fake(counts, true_bin, pred, low, high, width, num_bins):
     return true_bin.new_empty((), dtype=torch.int64)
+
+
+@torch.library.register_fake("irda_ext::canonical_order")  # host-only (the epoch-end k-means' rows)
+def _canonical_order_fake(features, bins):
+    return torch.empty_like(features), torch.empty_like(bins)
+
+
+@torch.library.register_fake("irda_ext::wfds_smooth_upper")  # host-only (IRDALoss.head_terms on the CPU)
+def _wfds_smooth_upper_fake(weights, mean, cov, bandwidth):
+    B, D = mean.shape
+    return (mean.new_empty((B, D)), mean.new_empty((B, D * (D + 1) // 2)), mean.new_empty((B, D)),
+            mean.new_empty((B,), dtype=torch.float64))
 
 
 @torch.library.register_fake("irda_ext::reservoir_add_")  # host-only (FeatureReservoir.add on CPU tensors)
@@ -243,11 +255,13 @@ torch.library.register_autograd("irda_ext::irda_head_loss_backward", _irda_surro
                                 setup_context=_irda_surrogate_backward_setup)
 
 # The ops with a CUDA kernel and an emulated twin; the host-only ones (``kmeans``, the epoch-end
-# k-means, csrc/cpu/kmeans.cpp; ``bin_stats_plan_``, ``bin_stats_epoch_plan_`` and
+# k-means, csrc/cpu/kmeans.cpp; ``canonical_order``, its rows' order, csrc/cpu/canonical_order.cpp;
+# ``bin_stats_plan_``, ``bin_stats_epoch_plan_`` and
 # ``bin_stats_apply_``, BinStats' deferred covariance updates, csrc/cpu/bin_stats.cpp;
 # ``bin_index`` and ``confusion_add_``, Bins.index and the confusion counts on CPU tensors,
 # csrc/cpu/bin_index.cpp; ``reservoir_add_``, FeatureReservoir.add on CPU tensors,
-# csrc/cpu/reservoir.cpp; ``irda_surrogate_with_partials`` and
+# csrc/cpu/reservoir.cpp; ``wfds_smooth_upper``, IRDALoss' smoothed statistics for its fused
+# step, csrc/cpu/wfds_smooth.cpp; ``irda_surrogate_with_partials`` and
 # ``irda_surrogate_partials_backward``, the surrogate's autograd path on the CPU,
 # csrc/autograd.cpp; ``irda_head_loss`` and its backward, IRDALoss's training step on the CPU,
 # csrc/cpu/irda_head.cpp) have a CPU kernel only.

@@ -217,17 +217,12 @@ def gather_reservoir(reservoir) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def canonical_order(features: torch.Tensor, bins: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The rows sorted by bin, then by a fixed projection of the feature: k-means (whose
-    seeding picks rows by index) then gives the same ``eta`` whatever order the rows
-    arrived in, one process or several ranks."""
-    if features.shape[0] < 2:
-        return features, bins
-    # the key in float64 (distinct rows rarely tie); the rows themselves are gathered in their dtype
-    weights = torch.linspace(1.0, 2.0, features.shape[1], dtype=torch.float64, device=features.device)
-    key = features.to(torch.float64) @ weights
-    order = torch.argsort(key, stable=True)
-    order = order[torch.argsort(bins.index_select(0, order), stable=True)]
-    return features.index_select(0, order), bins.index_select(0, order)
+    """The rows sorted by bin, then by a fixed projection of the feature (float64), then by
+    position: k-means (whose seeding picks rows by index) then gives the same ``eta`` whatever
+    order the rows arrived in, one process or several ranks. On the host, in one op
+    (``canonical_order``, csrc/cpu/canonical_order.cpp); ``features`` [N, D] float32 or
+    float64, ``bins`` [N] int64, both on the CPU."""
+    return ops.canonical_order(features, bins)
 
 
 @torch.no_grad()

@@ -30,28 +30,38 @@ def isotropic_adjustment(cov: torch.Tensor, valid: Optional[torch.Tensor] = None
         if valid.shape[0] != cov.shape[0] or valid.dtype != torch.bool:
             raise ValueError(f"valid must be a bool tensor of shape [{cov.shape[0]}], got {valid.dtype} "
                              f"{tuple(valid.shape)}")
-    if cov.shape[0] == 0 or cov.shape[1] == 0:
-        empty = cov.new_zeros(cov.shape[0])
-        return empty, empty.clone()
     with torch.no_grad():
         diag = torch.diagonal(cov, dim1=-2, dim2=-1)
-        lam = diag.amax(-1)
         # ||S - lam I||^2 = sum of all squares - sum diag^2 + sum (diag - lam)^2. The sum of
-        # squares is a dot product per bin (no [B, D, D] temporary: at D = 2048 that is 1.6 GB);
-        # the rest is combined in float64.
+        # squares is a dot product per bin (no [B, D, D] temporary: at D = 2048 that is 1.6 GB).
+        if cov.shape[0] == 0 or cov.shape[1] == 0:
+            return isotropic_from_moments(diag, None, valid)
         flat = cov.reshape(cov.shape[0], -1)
-        total = torch.linalg.vecdot(flat, flat).to(torch.float64)
+        return isotropic_from_moments(diag, torch.linalg.vecdot(flat, flat).to(torch.float64), valid)
+
+
+def isotropic_from_moments(diag: torch.Tensor, sum_sq: Optional[torch.Tensor],
+                           valid: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``isotropic_adjustment``'s ``(lam, v)`` from each covariance's diagonal ``diag [B, D]`` and
+    its sum of squares ``sum_sq [B]`` (float64; may be ``None`` when ``B`` or ``D`` is 0), as
+    ``wfds_smooth_upper`` gives them for IRDALoss's fused step on the CPU, without the
+    ``[B, D, D]`` blocks. ``valid`` is checked by the caller."""
+    if diag.shape[0] == 0 or diag.shape[1] == 0:
+        empty = diag.new_zeros(diag.shape[0])
+        return empty, empty.clone()
+    with torch.no_grad():
+        lam = diag.amax(-1)
         # NaN or inf anywhere in a bin's covariance reaches its sum of squares: an O(B) check
-        _check_finite_per_bin(total)
+        _check_finite_per_bin(sum_sq)
         d64 = diag.to(torch.float64)
-        raw = total - d64.square().sum(-1) + (d64 - lam.to(torch.float64)[:, None]).square().sum(-1)
+        raw = sum_sq - d64.square().sum(-1) + (d64 - lam.to(torch.float64)[:, None]).square().sum(-1)
         raw = raw.clamp_min(0)
         if valid is None:
             valid = torch.ones_like(lam, dtype=torch.bool)
         raw = torch.where(valid, raw, torch.zeros_like(raw))
         top = raw.max() if raw.numel() else raw.new_zeros(())
         v = torch.where(top > 0, raw / top.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(raw))
-    return lam, v.to(cov.dtype)
+    return lam, v.to(diag.dtype)
 
 
 def _check_finite_per_bin(total: torch.Tensor) -> None:

@@ -119,6 +119,31 @@ def test_smoothed_statistics_are_cached_until_the_statistics_change(estimator):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("mode", ["exact", "paper"])
+@pytest.mark.parametrize("isotropic", ["auto", 0.3])
+def test_head_terms_are_the_smoothed_statistics_and_follow_them(mode, isotropic):
+    """The fused step's per-bin terms (wfds_smooth_upper, isotropic_from_moments) are those of
+    smoothed_statistics: the triangles bit for bit, keep and iso to rounding (sums of squares
+    summed in another order), and they are rebuilt when the statistics change."""
+    from irda_ext.loss import upper_triangles
+    g = torch.Generator().manual_seed(3)
+    B, D = 10, 6
+    criterion = IRDALoss(Bins(0, B, 1), D, 2, mode=mode, isotropic=isotropic, stats_dtype=torch.float64)
+    head = torch.nn.Linear(D, 1).double()
+    for epoch in range(3):
+        for step in range(3):
+            y = torch.rand(32, generator=g, dtype=torch.float64) * (B - 3) + 1.5 * (epoch > 0)
+            criterion(torch.randn(32, D, generator=g, dtype=torch.float64), y, head).backward()
+            offset, cov_upper, keep, iso = criterion.head_terms()
+            mean_s, cov_s, lam, v = criterion.smoothed_statistics()
+            want_offset = mean_s - criterion.stats.mean if mode == "exact" else mean_s
+            assert torch.equal(offset, want_offset) and torch.equal(cov_upper, upper_triangles(cov_s))
+            torch.testing.assert_close(keep, 1 - v, rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(iso, v * lam, rtol=1e-12, atol=1e-14)
+            assert criterion.head_terms()[1] is cov_upper  # nothing changed: the same tensors
+        criterion.end_epoch()
+
+
 def test_smoothed_statistics_follow_a_loaded_state_and_a_direct_write():
     B, D = 8, 3
     a, b = IRDALoss(Bins(0, B, 1), D, 2), IRDALoss(Bins(0, B, 1), D, 2)
@@ -180,3 +205,49 @@ def test_reservoir_op_checks_and_opcheck():
         ops.reservoir_add_(features, bins, seen, z, b.double())
     with pytest.raises(TypeError, match="bins must be int64"):
         ops.reservoir_add_(features, bins.int(), seen, z, b)
+
+
+def _canonical_order_in_torch(features, bins):
+    """canonical_order written with torch ops: by bin, then by the float64 key
+    sum_d x[i, d] (1 + d / (D - 1)), then by position (two stable argsorts)."""
+    D = features.shape[1]
+    w = torch.linspace(1.0, 2.0, D, dtype=torch.float64) if D > 1 else torch.ones(D, dtype=torch.float64)
+    key = features.double() @ w
+    order = torch.argsort(key, stable=True)
+    order = order[torch.argsort(bins[order], stable=True)]
+    return features[order], bins[order]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("N,D", [(0, 3), (1, 4), (97, 1), (500, 97), (300, 0)])
+def test_canonical_order_sorts_by_bin_key_and_position_whatever_the_arrival(dtype, N, D):
+    from irda_ext.distributed import canonical_order
+    g = torch.Generator().manual_seed(N + D)
+    x = torch.randn(N, D, generator=g, dtype=torch.float64).to(dtype)
+    if N > 10:
+        x[5] = x[3]  # a tie in bin and key: position decides
+    bins = torch.randint(0, 7, (N,), generator=g)
+    if N > 10:
+        bins[5] = bins[3]
+    got_x, got_b = canonical_order(x, bins)
+    want_x, want_b = _canonical_order_in_torch(x, bins)
+    assert torch.equal(got_b, want_b) and torch.equal(got_x, want_x)
+    perm = torch.randperm(N, generator=g)
+    again = canonical_order(x[perm], bins[perm])
+    assert torch.equal(again[0], got_x) and torch.equal(again[1], got_b)
+    torch.library.opcheck(torch.ops.irda_ext.canonical_order.default, (x, bins))
+
+
+def test_canonical_order_bad_input():
+    from irda_ext.distributed import canonical_order
+    x, bins = torch.randn(6, 3), torch.zeros(6, dtype=torch.int64)
+    bad = x.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="row 2 of features holds NaN or infinite values"):
+        canonical_order(bad, bins)
+    with pytest.raises(ValueError, match=r"bins must have shape \[6\]"):
+        canonical_order(x, bins[:5])
+    with pytest.raises(TypeError, match="bins must be int64"):
+        canonical_order(x, bins.int())
+    with pytest.raises(TypeError, match="features must be float32 or float64"):
+        canonical_order(x.half(), bins)

@@ -5,7 +5,12 @@ import torch
 
 from irda_ext import reference
 from irda_ext._ops import ops
-from irda_ext.clusters import kmeans_tolerance
+
+
+def sklearn_tolerance(x):
+    """scikit-learn's KMeans stopping threshold for tol = 1e-4: 1e-4 of the mean of the
+    features' (population) variances."""
+    return 1e-4 * float(x.double().var(0, unbiased=False).mean()) if x.shape[0] else 0.0
 
 
 def case(n, d, k, seed, grid=False, scale=3.0):
@@ -18,9 +23,10 @@ def case(n, d, k, seed, grid=False, scale=3.0):
 
 
 def assert_lloyd(x, init, max_iter=100, tol=None):
-    tol = kmeans_tolerance(x) if tol is None else tol
-    want_labels, want_centres = reference.kmeans_lloyd(x, init, max_iter, tol)
-    labels, centres = ops.kmeans(x, init, max_iter, tol)
+    """The op against Lloyd's iterates; ``tol=None``: scikit-learn's tolerance, which the op
+    computes itself (relative=True) and the reference is given."""
+    want_labels, want_centres = reference.kmeans_lloyd(x, init, max_iter, sklearn_tolerance(x) if tol is None else tol)
+    labels, centres = ops.kmeans(x, init, max_iter, 1e-4, True) if tol is None else ops.kmeans(x, init, max_iter, tol)
     assert labels.dtype == torch.int64 and centres.dtype == torch.float64
     assert torch.equal(labels, want_labels)
     torch.testing.assert_close(centres, want_centres, rtol=1e-12, atol=1e-12)
@@ -111,6 +117,22 @@ def test_bad_iteration_arguments_raise():
         ops.kmeans(x, init, -1, 0.0)
     with pytest.raises(ValueError, match="tol must be >= 0"):
         ops.kmeans(x, init, 10, -1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_relative_tolerance_is_sklearns(dtype):
+    """relative=True stops where the absolute scikit-learn threshold stops, in both dtypes (the
+    threshold decides only at a step whose shift lies within rounding of it: none here)."""
+    for seed in range(4):
+        x, init = case(600, 9, 4, seed, scale=1.0)
+        x = x.to(dtype)
+        for max_iter in (3, 100):
+            got = ops.kmeans(x, init, max_iter, 1e-4, True)
+            want = ops.kmeans(x, init, max_iter, sklearn_tolerance(x))
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    empty = torch.zeros(0, 3, dtype=torch.float64)
+    labels, centres = ops.kmeans(empty, torch.zeros(2, 3, dtype=torch.float64), 10, 1e-4, True)
+    assert labels.shape == (0,) and torch.equal(centres, torch.zeros(2, 3, dtype=torch.float64))
 
 
 def test_threads_do_not_change_the_result():

@@ -128,6 +128,41 @@ def test_smooth_gradcheck_and_opcheck(device):
     torch.library.opcheck(torch.ops.irda_ext.wfds_smooth.default, (S.detach(), mean.detach(), cov.detach(), 0))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("B,D,h", [(1, 1, 0), (1, 3, 2), (6, 4, 2), (97, 3, 2), (10, 97, 1), (5, 2, 7), (3, 0, 1)])
+def test_smooth_upper_is_the_smoothing_packed(dtype, B, D, h):
+    """wfds_smooth_upper (IRDALoss's fused step, host-only): mean_s and the packed upper triangles
+    of cov_s are wfds_smooth's bit for bit, the diagonal too, and the sums of squares those of the
+    full symmetric blocks (read from one triangle: the off-diagonal entries twice)."""
+    from irda_ext.loss import upper_triangles
+    g = torch.Generator().manual_seed(B * 100 + D)
+    S = torch.rand(B, B, generator=g, dtype=torch.float64)
+    S[:, B // 2] = 0  # an empty bin's column, as restrict_to_bins leaves it
+    a = torch.randn(B, D, D, generator=g, dtype=torch.float64)
+    S, mean, cov = S.to(dtype), torch.randn(B, D, generator=g, dtype=torch.float64).to(dtype), (a + a.mT).to(dtype)
+    mean_s, upper, diag, sum_sq = torch.ops.irda_ext.wfds_smooth_upper(S, mean, cov, h)
+    want_mean, want_cov = irda_ext.wfds_smooth(S, mean, cov, h)
+    assert upper.shape == (B, D * (D + 1) // 2) and diag.shape == (B, D) and sum_sq.dtype == torch.float64
+    assert torch.equal(mean_s, want_mean) and torch.equal(diag, torch.diagonal(want_cov, dim1=1, dim2=2))
+    if D:
+        assert torch.equal(upper, upper_triangles(want_cov))
+    # the smoothed blocks are symmetric to rounding: their full sums of squares, to rounding
+    full = want_cov.double().square().sum((1, 2))
+    torch.testing.assert_close(sum_sq, full, rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=0)
+    torch.library.opcheck(torch.ops.irda_ext.wfds_smooth_upper.default, (S, mean, cov, h))
+
+
+def test_smooth_upper_bad_input():
+    B, D = 4, 3
+    S, mean, cov = torch.rand(B, B), torch.randn(B, D), torch.randn(B, D, D)
+    with pytest.raises(ValueError, match=r"cov must have shape \[4, 3, 3\]"):
+        torch.ops.irda_ext.wfds_smooth_upper(S, mean, cov[:, :2], 1)
+    with pytest.raises(TypeError, match="cov must have the dtype of mean"):
+        torch.ops.irda_ext.wfds_smooth_upper(S, mean, cov.double(), 1)
+    with pytest.raises(ValueError, match="bandwidth must be non-negative"):
+        torch.ops.irda_ext.wfds_smooth_upper(S, mean, cov, -1)
+
+
 def test_bandwidth_is_inferred_and_outside_entries_ignored():
     B, D = 8, 2
     S = torch.rand(B, B, dtype=torch.float64)

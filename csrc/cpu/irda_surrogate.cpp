@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -116,6 +117,22 @@ bool sample_variance(const SurrogateArgs<T>& a, int64_t i, T* s2) {
   return capped_variance<T>(a.beta * a.var[i], own_max - a.eta_min_valid, a.u, s2);
 }
 
+// lane[l] (op)= lane[l + W] for l < W as one vector operation of W lanes (GCC's vector
+// extension: gcc vectorised neither the loop nor its unrolled form, it extracted the lanes).
+template <int64_t W, bool kMax, typename T>
+__attribute__((always_inline)) inline void fold_lanes(T* __restrict lane) {
+  typedef T Lanes __attribute__((vector_size(W * sizeof(T))));
+  Lanes lo, hi;
+  std::memcpy(&lo, lane, sizeof(Lanes));
+  std::memcpy(&hi, lane + W, sizeof(Lanes));
+  if constexpr (kMax) {
+    lo = hi > lo ? hi : lo;
+  } else {
+    lo += hi;
+  }
+  std::memcpy(lane, &lo, sizeof(Lanes));
+}
+
 // max_j x[j] of a row padded to whole blocks of kGridPad, lane-wise first (a fixed-length
 // loop gcc vectorises).
 template <typename T>
@@ -128,9 +145,25 @@ __attribute__((always_inline)) inline T row_max(const T* __restrict x, int64_t n
 #pragma GCC unroll 1
     for (int64_t l = 0; l < kLanes; ++l) lane[l] = x[j0 + l] > lane[l] ? x[j0 + l] : lane[l];
   }
-  T mx = lane[0];
-  for (int64_t l = 1; l < kLanes; ++l) mx = lane[l] > mx ? lane[l] : mx;
-  return mx;
+  static_assert(kGridPad == 16, "row_max folds 16 lanes");
+  fold_lanes<8, true>(lane);  // pairwise, as lane_sum (below)
+  fold_lanes<4, true>(lane);
+  fold_lanes<2, true>(lane);
+  return lane[1] > lane[0] ? lane[1] : lane[0];
+}
+
+// The sum of kGridPad lane-wise partial sums, pairwise (lane l + w onto lane l, halving w):
+// three vector additions and one scalar one, where summing the lanes in order took an
+// extract and a scalar addition a lane, ~30 instructions for each of a row's five sums (max,
+// weights, three derivatives) against some 300 for the row's terms at abalone's K = 5,
+// B = 29 (ten vectors of 16). Overwrites `lane`.
+template <typename T>
+__attribute__((always_inline)) inline T lane_sum(T* __restrict lane) {
+  static_assert(kGridPad == 16, "lane_sum folds 16 lanes");
+  fold_lanes<8, false>(lane);
+  fold_lanes<4, false>(lane);
+  fold_lanes<2, false>(lane);
+  return lane[0] + lane[1];
 }
 
 // log sum_j exp(x[j]) of a row padded to whole blocks of kGridPad: the maximum, then
@@ -144,9 +177,7 @@ __attribute__((always_inline)) inline T row_logsumexp(const T* __restrict x, int
   for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
     for (int64_t l = 0; l < kLanes; ++l) lane[l] += exp_clamped<kFma, T>(x[j0 + l] - mx);
   }
-  T sum = 0;
-  for (int64_t l = 0; l < kLanes; ++l) sum += lane[l];
-  return mx + std::log(sum);
+  return mx + std::log(lane_sum(lane));
 }
 
 // exact_term's logarithm on the CPU: the polynomial log_positive, which vectorises.
@@ -165,17 +196,69 @@ __attribute__((always_inline)) inline T competitor_target(const SurrogateArgs<T>
   return a.grid_t[j] * (a.grid_id[j] == jb ? T(0) : T(1)) + (a.grid_id[j] == jb ? y : T(0));
 }
 
-// A sample's competitor targets and log-prior differences, the same for each of its
-// numerator clusters: rows[j] = competitor_target(j), rows[KV + j] = l_j - l_own, so the
-// K loops over the grid read them instead of computing them K times (the same values).
+// exact_term (surrogate_math.h) regrouped for the CPU: with eo = eta[k, b] (the numerator's
+// share), e = eta_j, t = t_j, and u,
+//   c  = 2 u e t - 2 u eo y  = P_j - Q_k          (P_j = (2 u e) t,  Q_k = (2 u eo) y)
+//   dd = u eo y^2 - u e t^2  = R_k - S_j          (R_k = (u eo) y y,  S_j = (u e) t t)
+//   d  = dd + lpd_j,  N = a m^2 + c (m + c s2 / 2),  F = (-log(r) / 2 + d) + N / r,
+// the per-competitor products P, S and lpd (a row each, the same for the sample's K
+// numerator clusters) and Q, R once per numerator cluster, so a term costs about half
+// the operations of exact_term's form, and the chain rule is read off the same parts:
+//   dF/dm  = (2 a m + c) / r
+//   dF/ds2 = (a + c^2 / 2 + 2 a N / r) / r
+//   dF/du  = (a dF/da + c dF/dc + dd) / u,  dF/da = (s2 + m^2 + 2 s2 N / r) / r,
+//            dF/dc = (m + c s2) / r           (a, c and dd are u times their u-free parts)
+// The numerator's own term (k' = k, b' = b: e = eo, t = y) has P = Q and S = R bit for bit
+// (the same products), hence c = dd = 0 and F = 0, as in exact_term. The products are
+// fused multiply-adds where the instruction set has them (mul_add); forward and backward
+// call the same code, so their terms have the same bits.
+template <typename T>
+struct ExactSample {
+  T m, m2, two_m, half_s2, s2, two_s2, s2_plus_m2;
+  explicit ExactSample(T m_, T s2_)
+      : m(m_), m2(m_ * m_), two_m(T(2) * m_), half_s2(T(0.5) * s2_), s2(s2_), two_s2(T(2) * s2_),
+        s2_plus_m2(s2_ + m_ * m_) {}
+};
+
+template <typename T>
+struct ExactParts {
+  T c, dd, NI, F;  // NI = N / r
+};
+
+template <bool kFma, typename T>
+__attribute__((always_inline)) inline ExactParts<T> exact_parts(T A, T IR, T HL, T P, T S, T lpd, T Q, T R,
+                                                                const ExactSample<T>& s) {
+  const T c = P - Q;
+  const T dd = R - S;
+  const T N = mul_add<kFma>(c, mul_add<kFma>(c, s.half_s2, s.m), A * s.m2);
+  const T NI = N * IR;
+  return {c, dd, NI, (HL + (dd + lpd)) + NI};
+}
+
+// A sample's competitor rows, the same for each of its numerator clusters: rows[j] = P_j,
+// rows[KV + j] = S_j, rows[2 KV + j] = lpd_j = l_j - l_own (exact_parts), so the K loops
+// over the grid read them instead of computing them K times.
+constexpr int64_t kSampleRows = 3;
+
 template <typename T>
 __attribute__((always_inline)) inline void fill_sample_rows(const SurrogateArgs<T>& a, T jb, T y, T lp_own,
                                                             T* __restrict rows) {
   const int64_t KV = a.KV_padded;
+  const T two_u = T(2) * a.u;
   for (int64_t j = 0; j < KV; ++j) {
-    rows[j] = competitor_target(a, j, jb, y);
-    rows[KV + j] = a.grid_lp[j] - lp_own;
+    const T t = competitor_target(a, j, jb, y);
+    rows[j] = (two_u * a.grid_eta[j]) * t;
+    rows[KV + j] = ((a.u * a.grid_eta[j]) * t) * t;
+    rows[2 * KV + j] = a.grid_lp[j] - lp_own;
   }
+}
+
+// exact_parts' Q and R of numerator share eo for a sample with target y (the same
+// products as fill_sample_rows' P and S).
+template <typename T>
+__attribute__((always_inline)) inline void numerator_products(T u, T eo, T y, T* Q, T* R) {
+  *Q = ((T(2) * u) * eo) * y;
+  *R = ((u * eo) * y) * y;
 }
 
 // The denominators (a, 1 / r, -log(r) / 2) of competitor j for numerator share eo: read
@@ -193,40 +276,43 @@ __attribute__((always_inline)) inline ExactDenominator<T> denominator_at(const S
 }
 
 // Fs[j] = F of every competitor j of numerator cluster k (table: that cluster's rows, or
-// unused; rows: the sample's fill_sample_rows); exact_term_given(exact_term_denominator(...))
-// is exact_term, the same bits.
+// unused; rows: the sample's fill_sample_rows).
 template <bool kTable, bool kFma, typename T>
 __attribute__((always_inline)) inline void exact_row(const SurrogateArgs<T>& a, const T* __restrict A,
-                                                     const T* __restrict IR, const T* __restrict HL, T eo, T y,
-                                                     const T* __restrict rows, T m, T s2, T* __restrict Fs) {
-  const T *__restrict t = rows, *__restrict lpd = rows + a.KV_padded;
-  for (int64_t j = 0; j < a.KV_padded; ++j) {
-    const ExactDenominator<T> den = denominator_at<kTable, kFma>(a, A, IR, HL, j, eo, s2);
-    Fs[j] = exact_term_given<T>(den, eo, a.grid_eta[j], y, t[j], lpd[j], m, s2, a.u).F;
+                                                     const T* __restrict IR, const T* __restrict HL, T eo, T Q, T R,
+                                                     const T* __restrict rows, const ExactSample<T>& s,
+                                                     T* __restrict Fs) {
+  const int64_t KV = a.KV_padded;
+  const T *__restrict P = rows, *__restrict S = rows + KV, *__restrict lpd = rows + 2 * KV;
+  for (int64_t j = 0; j < KV; ++j) {
+    const ExactDenominator<T> den = denominator_at<kTable, kFma>(a, A, IR, HL, j, eo, s.s2);
+    Fs[j] = exact_parts<kFma>(den.a, den.inv_r, den.half_log_r, P[j], S[j], lpd[j], Q, R, s).F;
   }
 }
 
-// Forward of sample i; Fs is scratch of K * V values, rows of 2 KV_padded (fill_sample_rows).
-// `table`: the sample's denominators ([3, K, KV_padded]: a, 1 / r, -log(r) / 2; see
-// DenominatorPlan), or nullptr to compute them here.
+// Forward of sample i; Fs is scratch of K * V values, rows of kSampleRows KV_padded
+// (fill_sample_rows). `table`: the sample's denominators ([3, K, KV_padded]: a, 1 / r,
+// -log(r) / 2; see DenominatorPlan), or nullptr to compute them here.
 template <bool kFma, typename T>
 __attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse,
                                                               T* __restrict Fs, T* __restrict rows, const T* table) {
   const int64_t b = a.bin[i], B = a.B, K = a.K, KV = a.KV_padded;
   const T jb = static_cast<T>(a.grid_pos[b]);  // the own bin has a prior (checked)
   const T y = a.target[i];
-  const T m = a.pred[i] + a.alpha * a.shift[i];
   T s2;
   sample_variance(a, i, &s2);
+  const ExactSample<T> s(a.pred[i] + a.alpha * a.shift[i], s2);
   fill_sample_rows(a, jb, y, a.log_prior[b], rows);
   T total = 0;
   for (int64_t k = 0; k < K; ++k) {
     const T eo = a.eta[k * B + b];
+    T Q, R;
+    numerator_products(a.u, eo, y, &Q, &R);
     if (table != nullptr) {
       const T* A = table + k * KV;
-      exact_row<true, kFma>(a, A, A + K * KV, A + 2 * K * KV, eo, y, rows, m, s2, Fs);
+      exact_row<true, kFma>(a, A, A + K * KV, A + 2 * K * KV, eo, Q, R, rows, s, Fs);
     } else {
-      exact_row<false, kFma, T>(a, nullptr, nullptr, nullptr, eo, y, rows, m, s2, Fs);
+      exact_row<false, kFma, T>(a, nullptr, nullptr, nullptr, eo, Q, R, rows, s, Fs);
     }
     lse[k] = row_logsumexp<kFma>(Fs, KV);
     total += lse[k];
@@ -234,21 +320,27 @@ __attribute__((always_inline)) inline void exact_forward_impl(const SurrogateArg
   *loss = total / T(K);
 }
 
-// Every competitor's F of numerator cluster k and its derivatives in m, s2 and u, stored
-// as four rows: row[0] = F, row[1..3] = dF/dm, dF/ds2, dF/du (rows of KV_padded each).
+// Every competitor's F of numerator cluster k and its derivatives in m and s2 and u times
+// its derivative in u (exact_parts' comment), stored as four rows: row[0] = F, row[1..3] =
+// dF/dm, dF/ds2, u dF/du (rows of KV_padded each).
 template <bool kTable, bool kFma, typename T>
 __attribute__((always_inline)) inline void exact_row_terms(const SurrogateArgs<T>& a, const T* __restrict A,
-                                                           const T* __restrict IR, const T* __restrict HL, T eo, T y,
-                                                           const T* __restrict rows, T m, T s2, T* __restrict F,
-                                                           T* __restrict dm, T* __restrict ds2, T* __restrict du) {
-  const T *__restrict t = rows, *__restrict lpd = rows + a.KV_padded;
-  for (int64_t j = 0; j < a.KV_padded; ++j) {
-    const ExactDenominator<T> den = denominator_at<kTable, kFma>(a, A, IR, HL, j, eo, s2);
-    const ExactTerm<T> e = exact_term_given<T>(den, eo, a.grid_eta[j], y, t[j], lpd[j], m, s2, a.u);
+                                                           const T* __restrict IR, const T* __restrict HL, T eo, T Q,
+                                                           T R, const T* __restrict rows, const ExactSample<T>& s,
+                                                           T* __restrict F, T* __restrict dm, T* __restrict ds2,
+                                                           T* __restrict du) {
+  const int64_t KV = a.KV_padded;
+  const T *__restrict P = rows, *__restrict S = rows + KV, *__restrict lpd = rows + 2 * KV;
+  for (int64_t j = 0; j < KV; ++j) {
+    const ExactDenominator<T> den = denominator_at<kTable, kFma>(a, A, IR, HL, j, eo, s.s2);
+    const T an = den.a, ir = den.inv_r;
+    const ExactParts<T> e = exact_parts<kFma>(an, ir, den.half_log_r, P[j], S[j], lpd[j], Q, R, s);
     F[j] = e.F;
-    dm[j] = e.dF_dm;
-    ds2[j] = e.dF_ds2;
-    du[j] = e.dF_du;
+    dm[j] = mul_add<kFma>(an, s.two_m, e.c) * ir;
+    ds2[j] = mul_add<kFma>(an + an, e.NI, mul_add<kFma>(T(0.5) * e.c, e.c, an)) * ir;
+    const T dF_da = mul_add<kFma>(s.two_s2, e.NI, s.s2_plus_m2) * ir;
+    const T dF_dc = mul_add<kFma>(e.c, s.s2, s.m) * ir;
+    du[j] = mul_add<kFma>(an, dF_da, mul_add<kFma>(e.c, dF_dc, e.dd));
   }
 }
 
@@ -263,13 +355,13 @@ constexpr int64_t kPartials = 5;  // the columns of the partials tensor (both mo
 
 // The loss of sample i and its ExactPartials in one pass over the grid, each row's terms
 // and derivatives computed once; lse_out and loss are written when given (a forward that
-// needs the gradient), the recomputing backward passes neither. Scratch: rows (2 KV_padded,
-// fill_sample_rows) and terms (4 KV_padded). For each numerator cluster k the softmax
-// weights are exp(F - max_k), summed with the weighted derivatives in the log-sum-exp's
-// own pass and divided by that sum: one exponential a term, where weights exp(F - lse_k)
-// took a second pass and a second exponential. The terms and the LSEs (hence the loss)
-// are those of exact_forward_impl (row_logsumexp's lanes, in its order), and the
-// recomputing backward runs this same code: both backwards give the same bits.
+// needs the gradient), the recomputing backward passes neither. Scratch: rows (kSampleRows
+// KV_padded, fill_sample_rows) and terms (4 KV_padded). For each numerator cluster k the
+// softmax weights are exp(F - max_k), summed with the weighted derivatives in the
+// log-sum-exp's own pass and divided by that sum: one exponential a term, where weights
+// exp(F - lse_k) took a second pass and a second exponential. The terms and the LSEs
+// (hence the loss) are those of exact_forward_impl (row_logsumexp's lanes, in its order),
+// and the recomputing backward runs this same code: both backwards give the same bits.
 template <bool kFma, typename T>
 __attribute__((always_inline)) inline ExactPartials<T> exact_partials_impl(const SurrogateArgs<T>& a, int64_t i,
                                                                            T* lse_out, T* loss, T* __restrict rows,
@@ -277,9 +369,9 @@ __attribute__((always_inline)) inline ExactPartials<T> exact_partials_impl(const
   const int64_t b = a.bin[i], B = a.B, K = a.K, KV = a.KV_padded;
   const T jb = static_cast<T>(a.grid_pos[b]);
   const T y = a.target[i];
-  const T m = a.pred[i] + a.alpha * a.shift[i];
   T s2;
   const bool capped = sample_variance(a, i, &s2);
+  const ExactSample<T> s(a.pred[i] + a.alpha * a.shift[i], s2);
   fill_sample_rows(a, jb, y, a.log_prior[b], rows);
   T* F = terms;
   const T *dm = terms + KV, *ds2 = terms + 2 * KV, *du = terms + 3 * KV;
@@ -290,13 +382,15 @@ __attribute__((always_inline)) inline ExactPartials<T> exact_partials_impl(const
   T gm = 0, gs2 = 0, gu = 0, total = 0;
   for (int64_t k = 0; k < K; ++k) {
     const T eo = a.eta[k * B + b];
+    T Q, R;
+    numerator_products(a.u, eo, y, &Q, &R);
     if (table != nullptr) {
       const T* A = table + k * KV;
-      exact_row_terms<true, kFma>(a, A, A + K * KV, A + 2 * K * KV, eo, y, rows, m, s2, F, terms + KV, terms + 2 * KV,
+      exact_row_terms<true, kFma>(a, A, A + K * KV, A + 2 * K * KV, eo, Q, R, rows, s, F, terms + KV, terms + 2 * KV,
                                   terms + 3 * KV);
     } else {
-      exact_row_terms<false, kFma, T>(a, nullptr, nullptr, nullptr, eo, y, rows, m, s2, F, terms + KV,
-                                      terms + 2 * KV, terms + 3 * KV);
+      exact_row_terms<false, kFma, T>(a, nullptr, nullptr, nullptr, eo, Q, R, rows, s, F, terms + KV, terms + 2 * KV,
+                                      terms + 3 * KV);
     }
     // row_logsumexp's maximum and lane sums, with the weighted derivatives beside them
     const T mx = row_max(F, KV);
@@ -310,13 +404,7 @@ __attribute__((always_inline)) inline ExactPartials<T> exact_partials_impl(const
         acc_u[l] = mul_add<kFma>(w, du[j0 + l], acc_u[l]);
       }
     }
-    T sum = 0, sm = 0, ss2 = 0, su = 0;
-    for (int64_t l = 0; l < kLanes; ++l) {
-      sum += acc_w[l];
-      sm += acc_m[l];
-      ss2 += acc_s2[l];
-      su += acc_u[l];
-    }
+    const T sum = lane_sum(acc_w), sm = lane_sum(acc_m), ss2 = lane_sum(acc_s2), su = lane_sum(acc_u);
     if (lse_out != nullptr) {
       lse_out[k] = mx + std::log(sum);
       total += lse_out[k];
@@ -326,7 +414,7 @@ __attribute__((always_inline)) inline ExactPartials<T> exact_partials_impl(const
     gu += su / sum;
   }
   if (loss != nullptr) *loss = total / T(K);
-  return {gm, gs2, gu, s2, capped ? T(1) : T(0)};
+  return {gm, gs2, gu / a.u, s2, capped ? T(1) : T(0)};
 }
 
 // d loss_i / d (pred, shift, var, noise_var) from sample i's ExactPartials and the
@@ -546,14 +634,8 @@ __attribute__((always_inline)) inline std::array<T, 4> paper_partials_impl(const
       acc_u[l] = mul_add<kFma>(w, du[j], acc_u[l]);
     }
   }
-  T sum = 0, g[4] = {0, 0, 0, 0};
-  for (int64_t l = 0; l < kLanes; ++l) {
-    sum += acc_s[l];
-    g[0] += acc_p[l];
-    g[1] += acc_sh[l];
-    g[2] += acc_v[l];
-    g[3] += acc_u[l];
-  }
+  const T sum = lane_sum(acc_s);
+  T g[4] = {lane_sum(acc_p), lane_sum(acc_sh), lane_sum(acc_v), lane_sum(acc_u)};
   if (lse_out != nullptr) {
     T own = 0;
     for (int64_t kc = 0; kc < K; ++kc) own += Z[kc * V + a.grid_pos[b]];
@@ -696,9 +778,9 @@ void for_each_sample(const Prepared& p, const SurrogateArgs<T>& a, bool exact, i
   });
 }
 
-// Scratch rows of the partials' passes: exact, fill_sample_rows (2) and a row's terms (4);
-// paper, the own-bin shares (1) and the terms (5).
-constexpr int64_t kPartialScratchRows = 6;
+// Scratch rows of the partials' passes: exact, fill_sample_rows (kSampleRows) and a row's
+// terms (4); paper, the own-bin shares (1) and the terms (5).
+constexpr int64_t kPartialScratchRows = kSampleRows + 4;
 
 // The forward: loss [n] and lse [n, L]; with `partials` (a gradient will follow:
 // csrc/autograd.cpp, on the CPU) also each sample's partials [n, 5] (ExactPartials, or
@@ -723,9 +805,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> surrogate_forward(
     scalar_t* loss_ptr = loss.data_ptr<scalar_t>();
     scalar_t* lse_ptr = lse.data_ptr<scalar_t>();
     if (!with_partials) {
-      // one sample's row of logits over the padded grid, then (exact) its two rows of
+      // one sample's row of logits over the padded grid, then (exact) its rows of
       // fill_sample_rows or (paper) its own-bin shares
-      for_each_sample(p, a, exact, 3, [&](int64_t i, scalar_t* s, const scalar_t* table) {
+      for_each_sample(p, a, exact, 1 + kSampleRows, [&](int64_t i, scalar_t* s, const scalar_t* table) {
         if (exact) {
           exact_forward(a, i, loss_ptr + i, lse_ptr + i * L, s, s + KV, table);
         } else {
@@ -738,7 +820,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> surrogate_forward(
     for_each_sample(p, a, exact, kPartialScratchRows, [&](int64_t i, scalar_t* s, const scalar_t* table) {
       scalar_t* o = out + i * kPartials;
       if (exact) {
-        const ExactPartials<scalar_t> e = exact_partials(a, i, lse_ptr + i * L, loss_ptr + i, s, s + 2 * KV,
+        const ExactPartials<scalar_t> e = exact_partials(a, i, lse_ptr + i * L, loss_ptr + i, s, s + kSampleRows * KV,
                                                          table);
         o[0] = e.m, o[1] = e.s2, o[2] = e.u, o[3] = e.s2_value, o[4] = e.capped;
       } else {
@@ -800,7 +882,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backwa
     // the partials' pass, the grid recomputed: the training path's code, hence its bits
     for_each_sample(p, a, exact, kPartialScratchRows, [&](int64_t i, scalar_t* s, const scalar_t* table) {
       if (exact) {
-        const ExactPartials<scalar_t> e = exact_partials(a, i, nullptr, nullptr, s, s + 2 * a.KV_padded,
+        const ExactPartials<scalar_t> e = exact_partials(a, i, nullptr, nullptr, s, s + kSampleRows * a.KV_padded,
                                                          table);
         exact_gradient(e, gp[i], a.alpha, a.beta, a.u, a.K, o_pred + i, o_shift + i, o_var + i, o_nv + i);
       } else {

@@ -4,7 +4,8 @@
 // The iterates are Lloyd's, as irda_ext.reference.kmeans_lloyd computes them: each point
 // takes its nearest centre (argmin_k ||c_k||^2 - 2 x.c_k, the first on a tie), each centre
 // the mean of its points (an empty cluster keeps its centre), until no label changes or
-// the centres move (squared, summed) at most `tol`. What Hamerly adds is which distances
+// the centres move (squared, summed) at most `tol` (with `relative`, tol times the features'
+// mean variance, scikit-learn's convention, computed in the op's first pass). What Hamerly adds is which distances
 // are computed: every point keeps an upper bound u on the distance to its centre and a
 // lower bound l on the distance to any other; when the centres move by delta_k, u grows
 // by its centre's delta and l shrinks by the largest other delta. While u stays below
@@ -109,7 +110,7 @@ double distance(const double* a, const double* b, int64_t D) {
 
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> kmeans_impl(const at::Tensor& xc, const at::Tensor& init, int64_t max_iter,
-                                               double tol) {
+                                               double tol, bool relative) {
   const int64_t N = xc.size(0), K = init.size(0), D = xc.size(1);
   std::vector<double> centres(init.numel());
   {
@@ -122,15 +123,31 @@ std::tuple<at::Tensor, at::Tensor> kmeans_impl(const at::Tensor& xc, const at::T
   Hamerly<T> h{xc.data_ptr<T>(), N, K, D, std::vector<double>(N), std::vector<double>(N), std::vector<double>(N)};
   double max_row = 0, max_centre = 0;
   bool norms_finite = true;
+  std::vector<double> column_sum(relative ? D : 0, 0.0);
+  double row_sq_sum = 0.0;
   for (int64_t i = 0; i < N; ++i) {
     h.row_sq[i] = squared_norm(h.x + i * D, D);
     norms_finite = norms_finite && std::isfinite(h.row_sq[i]);
     max_row = std::max(max_row, h.row_sq[i]);
+    if (relative) {
+      row_sq_sum += h.row_sq[i];
+      const T* row = h.x + i * D;
+      for (int64_t d = 0; d < D; ++d) column_sum[d] += static_cast<double>(row[d]);
+    }
   }
   // NaN or infinity in a row makes its norm NaN or infinite (so may a finite row past
   // 1e154: the exact check decides then), without a pass of its own.
   if (!norms_finite)
     TORCH_CHECK_VALUE(at::isfinite(xc).all().item<bool>(), "kmeans: x contains NaN or infinite values");
+  if (relative && N > 0 && D > 0) {
+    // scikit-learn's: tol times the features' mean variance, (mean ||x||^2 - ||mean x||^2) / D,
+    // from the norms above and the column sums read in the same pass
+    double mean_sq = 0.0;
+    for (int64_t d = 0; d < D; ++d) mean_sq += (column_sum[d] / N) * (column_sum[d] / N);
+    tol *= std::max(row_sq_sum / N - mean_sq, 0.0) / D;
+  } else if (relative) {
+    tol = 0.0;
+  }
   std::vector<double> centre_sq(K), delta(K, 0.0), half_gap(K), sums(K * D, 0.0), sizes(K, 0.0), moved(K * D);
   std::vector<uint8_t> changed(N, 0);
   std::vector<int64_t> previous(N, 0);  // a changed point's label before the last nearest()
@@ -231,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor> kmeans_impl(const at::Tensor& xc, const at::T
 }
 
 std::tuple<at::Tensor, at::Tensor> kmeans_cpu(const at::Tensor& x, const at::Tensor& init, int64_t max_iter,
-                                              double tol) {
+                                              double tol, bool relative) {
   TORCH_CHECK_TYPE(x.scalar_type() == at::kDouble || x.scalar_type() == at::kFloat,
                    "kmeans: x must be float32 or float64, got ", x.scalar_type());
   TORCH_CHECK_TYPE(init.scalar_type() == at::kDouble, "kmeans: init must be float64, got ", init.scalar_type());
@@ -241,8 +258,8 @@ std::tuple<at::Tensor, at::Tensor> kmeans_cpu(const at::Tensor& x, const at::Ten
   TORCH_CHECK_VALUE(max_iter >= 0, "kmeans: max_iter must be >= 0, got ", max_iter);
   TORCH_CHECK_VALUE(tol >= 0, "kmeans: tol must be >= 0, got ", tol);
   const at::Tensor xc = x.contiguous();
-  return xc.scalar_type() == at::kDouble ? kmeans_impl<double>(xc, init, max_iter, tol)
-                                         : kmeans_impl<float>(xc, init, max_iter, tol);
+  return xc.scalar_type() == at::kDouble ? kmeans_impl<double>(xc, init, max_iter, tol, relative)
+                                         : kmeans_impl<float>(xc, init, max_iter, tol, relative);
 }
 
 }  // namespace
