@@ -47,13 +47,16 @@ from report import write_results  # noqa: E402
 # Floating-point operations per term (float32), counted from the source; selects, compares
 # used as masks and bit manipulation are not counted, a division counts as one, a fused multiply-add
 # (mul_add in csrc/cpu/simd.h, where the CPU has FMA) as two.
-#   exact_term's F (surrogate_math.h): 30, plus log_positive (simd.h): 20; forward's
-#   log-sum-exp: a max (1) and exp_clamped of the difference with the sum (26). Backward
-#   recomputes F (50) and adds the four derivatives (27), then in one pass the maximum (1),
-#   exp_clamped(F - max) (25) with its sum (1) and three weighted sums (6), divided by the sum per
-#   (sample, numerator cluster) (exact_partials_impl: one exponential a term). A competitor's
-#   target and log-prior difference (3) are computed once per sample, forward and backward
-#   (fill_sample_rows), and read by its K numerator clusters.
+#   Exact mode (csrc/cpu/irda_surrogate.cpp, exact_parts and exact_row_terms): a term's
+#   denominators a, 1 / r and -log(r) / 2 (exact_term_denominator, surrogate_math.h) 27 (eta's
+#   difference 1, a 1, r 3, the division 1, log_positive 20 (simd.h), the halving 1), then F
+#   from the sample's rows 11; forward's log-sum-exp: a max (1) and exp_clamped of the
+#   difference with the sum (26). Backward recomputes F (38) and adds the four derivatives
+#   (20), then in one pass the maximum (1), exp_clamped(F - max) (25) with its sum (1) and three
+#   weighted sums (6), divided by the sum per (sample, numerator cluster) (exact_partials_impl:
+#   one exponential a term). A competitor's target, its products P and S and its log-prior
+#   difference (8) are computed once per sample, forward and backward (fill_sample_rows), and
+#   read by its K numerator clusters.
 #   paper_term's Z: 17 (the own-bin shares are filled per sample); forward's log-sum-exp 27;
 #   backward recomputes Z (17) and its four derivatives (10), then the same one pass: the
 #   maximum (1), exp_clamped(Z - max) (25) with its sum (1) and four weighted sums (8)
@@ -61,17 +64,17 @@ from report import write_results  # noqa: E402
 #   With a var per bin (IRDALoss's case) exact mode reads a, 1 / r and -log(r) / 2 from a table
 #   built once per (bin, s2) and thread (DenominatorPlan, ThreadDenominators in
 #   csrc/cpu/irda_surrogate.cpp; this count takes one per (bin, s2), the one-thread case): a term then
-#   skips a (1), r (3), the division (1) and log_positive (20), forward and backward, and each
-#   table costs those 25 per (numerator cluster, competitor), once forward and once backward.
+#   skips those 27, forward and backward, and each table costs them per (numerator cluster,
+#   competitor), once forward and once backward.
 #   The training path (irda_surrogate_with_partials, what autograd runs on the CPU) evaluates
-#   each term once with its derivatives (exact 77, paper 27), then the one pass of the backward
+#   each term once with its derivatives (exact 58, paper 27), then the one pass of the backward
 #   (exact 33, paper 35), which also gives the log-sum-exp; the sample rows and the tables once;
 #   its backward is O(n). (Training and the recomputing backward run the same code.)
-FLOPS_PER_TERM = {"exact": {"forward": 77, "backward": 110, "training": 110},
+FLOPS_PER_TERM = {"exact": {"forward": 65, "backward": 91, "training": 91},
                   "paper": {"forward": 44, "backward": 62, "training": 62},
-                  "exact, var per bin": {"forward": 52, "backward": 85, "training": 85}}
-TABLE_FLOPS = 25  # per table entry, forward and backward each (the training path: once)
-ROW_FLOPS = 3  # exact mode, per (sample, competitor), forward and backward each (the training path: once)
+                  "exact, var per bin": {"forward": 38, "backward": 64, "training": 64}}
+TABLE_FLOPS = 27  # per table entry, forward and backward each (the training path: once)
+ROW_FLOPS = 8  # exact mode, per (sample, competitor), forward and backward each (the training path: once)
 MODES = {"exact": "exact", "paper": "paper", "exact, var per bin": "exact"}
 TARGETS = {"exact_bound": 4.0, "exact_dense": 15.0, "paper_dense": 15.0}
 

@@ -29,10 +29,10 @@ class ConfusionCounter(nn.Module):
         """``add(true_bin, bins.index(pred, clamp=True))``: on the host one op
         (``confusion_add_``, csrc/cpu/bin_index.cpp) instead of six; a NaN prediction is named
         by ``Bins.index``, which raises, and counts nothing."""
-        if (_on_host(pred) and _on_host(self.counts) and true_bin.device == pred.device
+        counts = self._buffers["counts"]  # every step: not through nn.Module.__getattr__
+        if (_on_host(pred) and counts.device.type == "cpu" and true_bin.device == pred.device
                 and pred.dtype in (torch.float32, torch.float64) and true_bin.dtype == torch.int64):
-            if not int(ops.confusion_add_(self.counts, true_bin, pred, bins.low, bins.high, bins.width,
-                                          bins.num_bins)):
+            if not int(ops.confusion_add_(counts, true_bin, pred, bins.low, bins.high, bins.width, bins.num_bins)):
                 return
         self.add(true_bin, bins.index(pred, clamp=True).to(true_bin.device))
 

@@ -241,17 +241,21 @@ class IRDALoss(nn.Module):
         """What the smoothed statistics depend on, compared on the host: the statistics'
         revision (count moves every step, but which bins have data changes only with one), their
         buffers' versions and storage, and the smoothing weights'."""
-        stats = self.stats
-        return (stats.revision, stats.mean._version, stats.cov._version, stats.mean.data_ptr(), stats.cov.data_ptr(),
-                self.smoothing._version, self.smoothing.data_ptr())
+        # read from the modules' dicts: through nn.Module.__getattr__ these seven reads cost
+        # 15 us a step, most of the key's time
+        stats = self._modules["stats"]
+        mean, cov, smoothing = stats._buffers["mean"], stats._buffers["cov"], self._buffers["smoothing"]
+        return (stats.revision, mean._version, cov._version, mean.data_ptr(), cov.data_ptr(), smoothing._version,
+                smoothing.data_ptr())
 
     def constants(self, dtype: torch.dtype):
         """``(centers, eta, log_prior)`` in ``dtype`` for the surrogate: the float64 buffers
         change at epoch ends (and ``fit_prior``), so on the CPU their copies are kept until a
         buffer's version changes, instead of three copies a step (on a GPU, where a copy is an
         asynchronous kernel, and while ``torch.compile`` traces, they are copied)."""
-        buffers = (self.centers, self.eta, self.log_prior)
-        if not _on_host(self.eta):
+        own = self._buffers  # not through nn.Module.__getattr__: this runs every step
+        buffers = (own["centers"], own["eta"], own["log_prior"])
+        if not _on_host(buffers[1]):
             return tuple(t.to(dtype) for t in buffers)
         key = (dtype,) + tuple((t._version, t.data_ptr(), t.device) for t in buffers)
         if self._in_dtype is None or self._in_dtype[0] != key:
@@ -294,7 +298,8 @@ class IRDALoss(nn.Module):
                 and reduction in ("mean", "sum", "none") and not targets.requires_grad
                 and (pred.requires_grad or head_weight.requires_grad or head_bias.requires_grad
                      or self.noise.log_sigma.requires_grad)
-                and _on_host(pred) and _on_host(self.stats.mean) and torch._C._len_torch_dispatch_stack() == 0)
+                and _on_host(pred) and self._modules["stats"]._buffers["mean"].device.type == "cpu"
+                and torch._C._len_torch_dispatch_stack() == 0)
 
     def augmentation(self, head_weight: torch.Tensor, head_bias: torch.Tensor, mean_gate=None, cov_gate=None,
                      v=None, twice_differentiable: bool = True, smoothed_prediction: bool = True):
@@ -354,10 +359,12 @@ class IRDALoss(nn.Module):
         if update:
             with torch.no_grad():
                 z = features.detach()
-                self.stats.update(z, bin_index)
-                self.confusion_counter.add_predictions(bin_index, pred.detach(), self.bins)
-                if self.reservoir is not None:
-                    self.reservoir.add(z, bin_index)
+                modules = self._modules  # not through nn.Module.__getattr__, every step
+                modules["stats"].update(z, bin_index)
+                modules["confusion_counter"].add_predictions(bin_index, pred.detach(), self.bins)
+                reservoir = modules.get("reservoir")  # None (a plain attribute) with one cluster
+                if reservoir is not None:
+                    reservoir.add(z, bin_index)
         return self.head_loss(features, targets, head.weight, head.bias, reduction=reduction, weight=weight,
                               bin_index=bin_index, pred=pred, **gates)
 
