@@ -163,7 +163,7 @@ def kernel_floor(step: SimpleNamespace) -> dict:
     forms of the head and the surrogate's partials, and the O(n + B D) backward), and the
     epoch's ``BinStats.update`` calls with the flush, per step, on a copy of the statistics."""
     op_args = step.op_args
-    (pred, target, bin_index, weight, bias, offset, cov_s, keep, iso, centers, eta, log_prior, alpha, beta,
+    (pred, target, bin_index, weight, bias, offset, cov_upper, keep, iso, centers, eta, log_prior, alpha, beta,
      log_sigma, mode, reduction) = op_args
     head = torch.ops.irda_ext.irda_head_loss
     with torch.no_grad():
@@ -192,8 +192,8 @@ def kernel_floor(step: SimpleNamespace) -> dict:
     hot["stats_update_s"] = min(epoch_of_updates() for _ in range(20)) / len(step.updates)
     cold["stats_update_s"] = hot["stats_update_s"]  # an epoch's updates: the caches as in training
     return {"hot": hot, "cold": cold, "floor_s": sum(hot.values()), "cold_floor_s": sum(cold.values()),
-            "batch": pred.shape[0], "covariance_dtype": str(cov_s.dtype).replace("torch.", ""),
-            "covariance_mib": cov_s.numel() * cov_s.element_size() / 2**20}
+            "batch": pred.shape[0], "covariance_dtype": str(cov_upper.dtype).replace("torch.", ""),
+            "covariance_mib": cov_upper.numel() * cov_upper.element_size() / 2**20}
 
 
 def measure(dataset: str, methods, epochs: int, threads: int) -> dict:
@@ -265,7 +265,8 @@ def main(argv=None):
                       "BinStats.update is an epoch's updates and the flush, per step, in both:", "",
                   "| piece | hot (ms) | cold (ms) | cold, share of the MSE step |", "|---|---|---|---|"]
         names = {"head_forward_s": f"fused loss, forward (the surrogate with partials; w^T Sigma_b w over "
-                                   f"{floor['covariance_mib']:.1f} MiB of {floor['covariance_dtype']} covariances)",
+                                   f"{floor['covariance_mib']:.1f} MiB of {floor['covariance_dtype']} covariances, "
+                                   "their packed upper triangles)",
                  "head_backward_s": "fused loss, backward", "stats_update_s": "BinStats.update"}
         for key, name in names.items():
             hot, cold = floor["hot"][key], floor["cold"][key]
