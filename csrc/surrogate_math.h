@@ -73,15 +73,16 @@ struct ExactTerm {
   T dF_du;   // d F / d u at fixed s2
 };
 
-// The CPU and CUDA kernels' forward and backward all evaluate F here, with the same
-// operations (and no fused multiply-adds: -ffp-contract=off, --fmad=false), so a
-// float32 logit of 1e6 rounds the same way in forward and backward and the dominant
-// term's exp(F - lse) stays exactly 1.
+// The CUDA kernels' forward and backward both evaluate F here, with the same operations
+// (and no fused multiply-adds: --fmad=false), so a float32 logit of 1e6 rounds the same
+// way in forward and backward and the dominant term's exp(F - lse) stays exactly 1. The
+// CPU kernel regroups the same terms (exact_parts in csrc/cpu/irda_surrogate.cpp, about
+// half the operations), one function for its forward and backward, for the same reason.
 //
 // The parts that do not depend on the sample's target and prediction, a, 1 / r and
 // -log(r) / 2, are exact_term_denominator's; the CPU kernel computes them once per
-// (bin, s2) when many samples share them and passes them to exact_term_given, which
-// then gives the same bits as exact_term.
+// (bin, s2) when many samples share them (exact_term_given takes them so, as exact_term
+// does).
 template <typename T>
 struct ExactDenominator {
   T a;           // u (eta_own - eta_comp)
