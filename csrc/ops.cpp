@@ -111,7 +111,8 @@ void define_host_schemas(torch::Library& m) {
   // surrogate of pred with shift a_{b_i} (paper: |a_{b_i} - y_i|) and var max(q_{b_i}, 0),
   // reduced ("mean", "sum", "none") and scaled by 2 sigma^2, sigma^2 = exp(2 log_sigma) (the
   // scale a constant). Also returns, for the backward, a [B] (pred's dtype), q [B] and
-  // cov_w = cov w [B, D] (the statistics' dtype) and the partials.
+  // cov_w = cov w [B, D] (the statistics' dtype; q and cov_w of the bins with samples in the
+  // batch, zeros elsewhere: nothing reads those) and the partials.
   m.def("irda_head_loss(Tensor pred, Tensor target, Tensor bin_index, Tensor weight, Tensor bias, Tensor offset, Tensor cov_upper, Tensor keep, Tensor iso, Tensor centers, Tensor eta, Tensor log_prior, float alpha, float beta, Tensor log_sigma, str mode, str reduction) -> (Tensor loss, Tensor bin_shift, Tensor bin_var, Tensor cov_w, Tensor partials)");
   m.def("irda_head_loss_backward(Tensor grad, Tensor target, Tensor bin_index, Tensor weight, Tensor bias, Tensor offset, Tensor keep, Tensor iso, Tensor bin_shift, Tensor bin_var, Tensor cov_w, Tensor partials, float alpha, float beta, Tensor log_sigma, int num_clusters, str mode, str reduction) -> (Tensor grad_pred, Tensor grad_weight, Tensor grad_bias, Tensor grad_log_sigma)");
 }

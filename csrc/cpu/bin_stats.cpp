@@ -100,6 +100,23 @@ void check_finite(const at::Tensor& z) {
   TORCH_CHECK_VALUE(at::isfinite(z).all().item<bool>(), "z contains NaN or infinite features");
 }
 
+// The rows of bin_means and build_plan, compiled for AVX-512, AVX2 and baseline x86-64
+// (IRDA_TARGET_CLONES, simd.h): as plain template code they were SSE2, two doubles an
+// instruction. Element by element, so every instruction set gives the same bits.
+// acc[d] += z[d] in float64
+#define IRDA_ROW_FUNCTIONS(T)                                                                             \
+  IRDA_TARGET_CLONES void add_row(double* __restrict acc, const T* __restrict z, int64_t D) {             \
+    for (int64_t d = 0; d < D; ++d) acc[d] += static_cast<double>(z[d]);                                  \
+  }                                                                                                       \
+  /* out[d] = z[d] - m[d], computed in float64 and rounded to T */                                        \
+  IRDA_TARGET_CLONES void centre_row(T* __restrict out, const T* __restrict z, const double* __restrict m, \
+                                     int64_t D) {                                                         \
+    for (int64_t d = 0; d < D; ++d) out[d] = static_cast<T>(static_cast<double>(z[d]) - m[d]);           \
+  }
+IRDA_ROW_FUNCTIONS(float)
+IRDA_ROW_FUNCTIONS(double)
+#undef IRDA_ROW_FUNCTIONS
+
 // The batch mean of every present bin, in float64, into m[P, D]. A NaN or infinite feature
 // makes its bin's mean NaN or infinite (a float32 sum cannot overflow a double), so the
 // finiteness check of z reads these P x D values, not z itself, before anything is written
@@ -114,8 +131,7 @@ void bin_means(const Buckets& bk, const at::Tensor& zc, int64_t D, std::vector<d
       double* mp = m.data() + p * D;
       const int64_t lo = bk.offset[p], hi = bk.offset[p + 1];
       for (int64_t s = lo; s < hi; ++s) {
-        const T* zi = z + bk.order[s] * D;
-        for (int64_t d = 0; d < D; ++d) mp[d] += static_cast<double>(zi[d]);
+        add_row(mp, z + bk.order[s] * D, D);
       }
       for (int64_t d = 0; d < D; ++d) mp[d] /= static_cast<double>(hi - lo);
     }
@@ -139,8 +155,7 @@ void build_plan(const Buckets& bk, const T* z, const std::vector<double>& means,
       const MergeCoef c = plain_moments ? moment_coefficients() : merge_coefficients(count[b], nb, momentum);
       T* v = out.vecs + out.vec_offset[p] * D;
       for (int64_t s = lo; s < hi; ++s, v += D) {
-        const T* zi = z + bk.order[s] * D;
-        for (int64_t d = 0; d < D; ++d) v[d] = static_cast<T>(static_cast<double>(zi[d]) - m[d]);
+        centre_row(v, z + bk.order[s] * D, m, D);
         out.weights[out.vec_offset[p] + (s - lo)] = static_cast<T>(c.sample_w);
       }
       T* mb = mean + b * D;
@@ -287,14 +302,17 @@ void apply_plans(const std::vector<Plan<T>>& plans, int64_t num_bins, T* cov) {
 // later keeps folded into the weights (in float64, then rounded to T). A plan with keep 0
 // (the bin's first batch of the epoch) drops the old block and every earlier plan's
 // vectors: their factor is 0, and the old block, which may hold anything, is not read.
-// The block is computed in tiles of kTileRows rows x kTileCols columns held in registers
-// over all M vectors (fused multiply-adds where the instruction set has them), then
-// stored once. At abalone's sizes (8 batches of 256 in 29 bins, D = 128, float32, one
-// thread, AVX-512) that is 0.9-1.2 ms where the row-by-row update of the same plans
-// (apply_plans: each row reading every vector, in groups of four) took 2.1-2.3 ms.
-// The sums are in another order than apply_plans', hence other roundings (relative 1e-7
-// in float32); bin_stats_update_ keeps apply_plans, one plan at a time.
-constexpr int64_t kTileRows = 4;
+// The block is computed in tiles of R rows x two vector registers of columns, held in
+// registers over all M vectors (fused multiply-adds where the instruction set has them),
+// then stored once; R is sized to the set's registers (folded_tile_rows), and each tile
+// row's factors w_v x_v[d] are computed once per row band, not once per tile. Each
+// element's sum runs over the vectors in the same order whatever the tiles, so the bits
+// do not depend on them. The sums are in another order than apply_plans', hence other
+// roundings (relative 1e-7 in float32); bin_stats_update_ keeps apply_plans, one plan at a
+// time. At abalone's sizes (8 batches of 256 in 29 bins, D = 128, float32, one thread,
+// AVX-512) see bench/results (apply_plans, each row reading every vector, took 2.1-2.3 ms).
+// Bins are handed to the threads in bands of kBandRows rows (a multiple of every R).
+constexpr int64_t kBandRows = 24;
 
 template <typename T>
 struct FoldedBin {
@@ -328,17 +346,25 @@ void fold_bin(const std::vector<Plan<T>>& plans, const std::vector<int64_t>& whe
   out.keep = static_cast<T>(later);
 }
 
-// Rows [d0, d0 + R) x columns [e0, e0 + C) of the block: sum_v (w_v x_v[d]) x_v[e] in
-// registers, then keep * old + sum (or the sum alone when keep is 0).
+// R rows a tile for a vector width of kVectorBytes: 2 R accumulator registers, the two
+// column vectors and a broadcast (AVX-512: 19 of 32 registers, AVX2: 15 of 16).
+constexpr int64_t folded_tile_rows(int64_t kVectorBytes) {
+  return kVectorBytes == 64 ? 8 : (kVectorBytes == 32 ? 6 : 4);
+}
+
+// Rows [d0, d0 + R) x columns [e0, e0 + C) of the block: sum_v a_v[r] x_v[e] in registers,
+// a_v[r] = w_v x_v[d0 + r] (scaled[v R + r]), then keep * old + sum (or the sum alone when
+// keep is 0).
 template <bool kFma, typename T, int64_t R, int64_t C>
-__attribute__((always_inline)) inline void folded_tile(T* __restrict block, const T* const* vecs, const T* weights,
-                                                       int64_t M, int64_t D, int64_t d0, int64_t e0, T keep) {
+__attribute__((always_inline)) inline void folded_tile(T* __restrict block, const T* const* vecs,
+                                                       const T* __restrict scaled, int64_t M, int64_t D, int64_t d0,
+                                                       int64_t e0, T keep) {
   T acc[R][C] = {};
   for (int64_t v = 0; v < M; ++v) {
-    const T* __restrict x = vecs[v];
+    const T* __restrict x = vecs[v] + e0;
+    const T* __restrict a = scaled + v * R;
     for (int64_t r = 0; r < R; ++r) {
-      const T a = weights[v] * x[d0 + r];
-      for (int64_t e = 0; e < C; ++e) acc[r][e] = mul_add<kFma>(a, x[e0 + e], acc[r][e]);
+      for (int64_t e = 0; e < C; ++e) acc[r][e] = mul_add<kFma>(a[r], x[e], acc[r][e]);
     }
   }
   for (int64_t r = 0; r < R; ++r) {
@@ -351,33 +377,50 @@ __attribute__((always_inline)) inline void folded_tile(T* __restrict block, cons
   }
 }
 
-// Rows [d0, d1) of a bin's block: whole tiles, then the rows and columns left over, element
-// by element with the same operations.
-template <bool kFma, typename T>
-__attribute__((always_inline)) inline void folded_rows_impl(T* block, const T* const* vecs, const T* weights,
-                                                            int64_t M, int64_t D, int64_t d0, int64_t d1, T keep) {
-  constexpr int64_t kTileCols = 128 / sizeof(T);  // two AVX-512 or four AVX2 registers a row
-  const int64_t whole_cols = D / kTileCols * kTileCols;
-  for (int64_t e0 = 0; e0 < whole_cols; e0 += kTileCols) {  // a column chunk of every vector stays in L1
-    int64_t d = d0;
-    for (; d + kTileRows <= d1; d += kTileRows) {
-      folded_tile<kFma, T, kTileRows, kTileCols>(block, vecs, weights, M, D, d, e0, keep);
-    }
-    for (; d < d1; ++d) folded_tile<kFma, T, 1, kTileCols>(block, vecs, weights, M, D, d, e0, keep);
+// Rows [d0, d0 + R) of a bin's block, every column: the factors w_v x_v[d] once into
+// `scaled` [M, R], then whole tiles of C columns and the columns left over one by one.
+template <bool kFma, typename T, int64_t R, int64_t C>
+__attribute__((always_inline)) inline void folded_row_tiles(T* block, const T* const* vecs, const T* weights,
+                                                            int64_t M, int64_t D, int64_t d0, T keep, T* scaled) {
+  for (int64_t v = 0; v < M; ++v) {
+    for (int64_t r = 0; r < R; ++r) scaled[v * R + r] = weights[v] * vecs[v][d0 + r];
   }
-  for (int64_t d = d0; d < d1; ++d) {
-    for (int64_t e = whole_cols; e < D; ++e) folded_tile<kFma, T, 1, 1>(block, vecs, weights, M, D, d, e, keep);
+  const int64_t whole_cols = D / C * C;
+  for (int64_t e0 = 0; e0 < whole_cols; e0 += C) {
+    folded_tile<kFma, T, R, C>(block, vecs, scaled, M, D, d0, e0, keep);
   }
+  for (int64_t e = whole_cols; e < D; ++e) folded_tile<kFma, T, R, 1>(block, vecs, scaled, M, D, d0, e, keep);
 }
 
-#define IRDA_FOLDED_ENTRY_POINTS(TARGET, FMA, T)                                                            \
+// Rows [d0, d1) of a bin's block: tiles of R rows, then of 2 and 1 for the rows left over.
+template <bool kFma, typename T, int64_t R, int64_t C>
+__attribute__((always_inline)) inline void folded_rows_impl(T* block, const T* const* vecs, const T* weights,
+                                                            int64_t M, int64_t D, int64_t d0, int64_t d1, T keep) {
+  std::vector<T> scaled(static_cast<size_t>(M * R));
+  int64_t d = d0;
+  for (; d + R <= d1; d += R) {
+    for (int64_t r = R; r < 2 * R && d + r < d1; ++r) {  // the next tile's rows of the block, from memory
+      const char* next = reinterpret_cast<const char*>(block + (d + r) * D);
+      for (int64_t off = 0; off < D * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(next + off, 1);
+    }
+    folded_row_tiles<kFma, T, R, C>(block, vecs, weights, M, D, d, keep, scaled.data());
+  }
+  if constexpr (R > 4) {
+    for (; d + 4 <= d1; d += 4) folded_row_tiles<kFma, T, 4, C>(block, vecs, weights, M, D, d, keep, scaled.data());
+  }
+  for (; d + 2 <= d1; d += 2) folded_row_tiles<kFma, T, 2, C>(block, vecs, weights, M, D, d, keep, scaled.data());
+  for (; d < d1; ++d) folded_row_tiles<kFma, T, 1, C>(block, vecs, weights, M, D, d, keep, scaled.data());
+}
+
+#define IRDA_FOLDED_ENTRY_POINTS(TARGET, FMA, BYTES, T)                                                     \
   TARGET void folded_rows(T* block, const T* const* vecs, const T* weights, int64_t M, int64_t D, int64_t d0, \
                           int64_t d1, T keep) {                                                             \
-    folded_rows_impl<FMA, T>(block, vecs, weights, M, D, d0, d1, keep);                                     \
+    folded_rows_impl<FMA, T, folded_tile_rows(BYTES), 2 * (BYTES) / sizeof(T)>(block, vecs, weights, M, D, d0, \
+                                                                               d1, keep);                   \
   }
-#define IRDA_FOLDED_VARIANT(TARGET, FMA) \
-  IRDA_FOLDED_ENTRY_POINTS(TARGET, FMA, float) IRDA_FOLDED_ENTRY_POINTS(TARGET, FMA, double)
-IRDA_FMA_VARIANTS(IRDA_FOLDED_VARIANT)
+#define IRDA_FOLDED_VARIANT(TARGET, FMA, BYTES) \
+  IRDA_FOLDED_ENTRY_POINTS(TARGET, FMA, BYTES, float) IRDA_FOLDED_ENTRY_POINTS(TARGET, FMA, BYTES, double)
+IRDA_WIDTH_VARIANTS(IRDA_FOLDED_VARIANT)
 #undef IRDA_FOLDED_VARIANT
 #undef IRDA_FOLDED_ENTRY_POINTS
 
@@ -394,9 +437,9 @@ void apply_plans_folded(const std::vector<Plan<T>>& plans, int64_t num_bins, T* 
     fold_bin(plans, where, num_bins, b, folded[b]);
     vectors += static_cast<int64_t>(folded[b].vecs.size());
   }
-  // items: (bin, a band of kTileRows rows), so that both cores stay busy whatever the spread
-  const int64_t bands = (D + kTileRows - 1) / kTileRows, U = static_cast<int64_t>(bins.size());
-  const int64_t work_per_band = 2 * kTileRows * D * std::max<int64_t>(1, vectors / std::max<int64_t>(U, 1));
+  // items: (bin, a band of kBandRows rows), so that both cores stay busy whatever the spread
+  const int64_t bands = (D + kBandRows - 1) / kBandRows, U = static_cast<int64_t>(bins.size());
+  const int64_t work_per_band = 2 * kBandRows * D * std::max<int64_t>(1, vectors / std::max<int64_t>(U, 1));
   at::parallel_for(0, U * bands, grain_for(work_per_band), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end;) {
       // consecutive bands of one bin in one call
@@ -404,7 +447,7 @@ void apply_plans_folded(const std::vector<Plan<T>>& plans, int64_t num_bins, T* 
       const int64_t last = std::min(bands, first + (end - item));
       const FoldedBin<T>& f = folded[bins[u]];
       folded_rows(cov + bins[u] * D * D, f.vecs.data(), f.weights.data(), static_cast<int64_t>(f.vecs.size()), D,
-                  first * kTileRows, std::min(D, last * kTileRows), f.keep);
+                  first * kBandRows, std::min(D, last * kBandRows), f.keep);
       item += last - first;
     }
   });

@@ -10,6 +10,10 @@
 // and gcc picks one version at load time. The surrogate's polynomials are chains of
 // multiply-adds: fused, they take half the instructions and half the latency.
 //
+// IRDA_WIDTH_VARIANTS(DEFINE) is IRDA_FMA_VARIANTS with a third argument, the set's
+// vector width in bytes (64 AVX-512, 32 AVX2, 16 baseline SSE2), for code whose register
+// tiles are sized to the registers it has.
+//
 // exp_clamped(x) and log_positive(x) are exp and log in plain arithmetic (no library
 // call), so a loop that calls them still vectorises: glibc's exp and log only have
 // vector versions under -ffast-math, which would also break the infinity checks the
@@ -24,24 +28,33 @@
 #if defined(IRDA_CPU_ISA_AVX512F)
 #define IRDA_TARGET_CLONES __attribute__((target("avx512f")))
 #define IRDA_FMA_VARIANTS(DEFINE) DEFINE(__attribute__((target("avx512f"))), true)
+#define IRDA_WIDTH_VARIANTS(DEFINE) DEFINE(__attribute__((target("avx512f"))), true, 64)
 #elif defined(IRDA_CPU_ISA_AVX2)
 #define IRDA_TARGET_CLONES __attribute__((target("arch=x86-64-v3")))
 #define IRDA_FMA_VARIANTS(DEFINE) DEFINE(__attribute__((target("arch=x86-64-v3"))), true)
+#define IRDA_WIDTH_VARIANTS(DEFINE) DEFINE(__attribute__((target("arch=x86-64-v3"))), true, 32)
 #elif defined(IRDA_CPU_ISA_DEFAULT)
 #define IRDA_TARGET_CLONES
 #define IRDA_FMA_VARIANTS(DEFINE) DEFINE(, false)
+#define IRDA_WIDTH_VARIANTS(DEFINE) DEFINE(, false, 16)
 #elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define IRDA_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #define IRDA_FMA_VARIANTS(DEFINE)                             \
   DEFINE(__attribute__((target("avx512f"))), true)            \
   DEFINE(__attribute__((target("arch=x86-64-v3"))), true)     \
   DEFINE(__attribute__((target("default"))), false)
+#define IRDA_WIDTH_VARIANTS(DEFINE)                               \
+  DEFINE(__attribute__((target("avx512f"))), true, 64)            \
+  DEFINE(__attribute__((target("arch=x86-64-v3"))), true, 32)     \
+  DEFINE(__attribute__((target("default"))), false, 16)
 #else
 #define IRDA_TARGET_CLONES
 #if defined(__FMA__) || defined(__aarch64__)
 #define IRDA_FMA_VARIANTS(DEFINE) DEFINE(, true)
+#define IRDA_WIDTH_VARIANTS(DEFINE) DEFINE(, true, 16)
 #else
 #define IRDA_FMA_VARIANTS(DEFINE) DEFINE(, false)
+#define IRDA_WIDTH_VARIANTS(DEFINE) DEFINE(, false, 16)
 #endif
 #endif
 
