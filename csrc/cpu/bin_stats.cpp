@@ -302,15 +302,14 @@ void apply_plans(const std::vector<Plan<T>>& plans, int64_t num_bins, T* cov) {
 // later keeps folded into the weights (in float64, then rounded to T). A plan with keep 0
 // (the bin's first batch of the epoch) drops the old block and every earlier plan's
 // vectors: their factor is 0, and the old block, which may hold anything, is not read.
-// The block is computed in tiles of R rows x two vector registers of columns, held in
-// registers over all M vectors (fused multiply-adds where the instruction set has them),
-// then stored once; R is sized to the set's registers (folded_tile_rows), and each tile
-// row's factors w_v x_v[d] are computed once per row band, not once per tile. Each
-// element's sum runs over the vectors in the same order whatever the tiles, so the bits
-// do not depend on them. The sums are in another order than apply_plans', hence other
-// roundings (relative 1e-7 in float32); bin_stats_update_ keeps apply_plans, one plan at a
-// time. At abalone's sizes (8 batches of 256 in 29 bins, D = 128, float32, one thread,
-// AVX-512) see bench/results (apply_plans, each row reading every vector, took 2.1-2.3 ms).
+// The block is computed in tiles of R rows x C columns, held in registers over all M
+// vectors (fused multiply-adds where the instruction set has them), then stored once
+// (FoldedTiles). Each element's sum runs over the vectors in the same order whatever the
+// tiles, so the bits do not depend on them. The sums are in another order than
+// apply_plans', hence other roundings (relative 1e-7 in float32); bin_stats_update_ keeps
+// apply_plans, one plan at a time. At abalone's sizes (7 batches of 256 in 29 bins, D = 128,
+// float32, one thread, hot caches) a flush takes 0.64 ms with AVX-512 (0.89 ms in tiles of 4
+// rows), 1.3 ms with AVX2; apply_plans (each row reading every vector) took 2.1-2.3 ms.
 // Bins are handed to the threads in bands of kBandRows rows (a multiple of every R).
 constexpr int64_t kBandRows = 24;
 
@@ -346,25 +345,31 @@ void fold_bin(const std::vector<Plan<T>>& plans, const std::vector<int64_t>& whe
   out.keep = static_cast<T>(later);
 }
 
-// R rows a tile for a vector width of kVectorBytes: 2 R accumulator registers, the two
-// column vectors and a broadcast (AVX-512: 19 of 32 registers, AVX2: 15 of 16).
-constexpr int64_t folded_tile_rows(int64_t kVectorBytes) {
-  return kVectorBytes == 64 ? 8 : (kVectorBytes == 32 ? 6 : 4);
-}
+// The tile: R rows x C = 128 / sizeof(T) columns (two AVX-512 registers a row of float32,
+// four AVX2 ones). For float32 under AVX-512 R = 8 (16 accumulator registers of 32), with
+// the rows' factors w_v x_v[d] read from `scaled`, computed once per row band (kScaled);
+// elsewhere R = 4 and each tile computes its factors, as before: in gcc's output the scaled
+// form with float64, and 16 columns of float32 under AVX2, came out as shuffles and spills,
+// flushes 5-20 times slower. The factors have the same bits either way.
+template <int64_t kVectorBytes, typename T>
+struct FoldedTiles {
+  static constexpr bool kScaled = kVectorBytes == 64 && sizeof(T) == 4;
+  static constexpr int64_t R = kScaled ? 8 : 4, C = 128 / sizeof(T);
+};
 
 // Rows [d0, d0 + R) x columns [e0, e0 + C) of the block: sum_v a_v[r] x_v[e] in registers,
-// a_v[r] = w_v x_v[d0 + r] (scaled[v R + r]), then keep * old + sum (or the sum alone when
-// keep is 0).
-template <bool kFma, typename T, int64_t R, int64_t C>
-__attribute__((always_inline)) inline void folded_tile(T* __restrict block, const T* const* vecs,
+// a_v[r] = w_v x_v[d0 + r] (read from scaled[v R + r] when kScaled), then keep * old + sum
+// (or the sum alone when keep is 0).
+template <bool kFma, bool kScaled, typename T, int64_t R, int64_t C>
+__attribute__((always_inline)) inline void folded_tile(T* __restrict block, const T* const* vecs, const T* weights,
                                                        const T* __restrict scaled, int64_t M, int64_t D, int64_t d0,
                                                        int64_t e0, T keep) {
   T acc[R][C] = {};
   for (int64_t v = 0; v < M; ++v) {
-    const T* __restrict x = vecs[v] + e0;
-    const T* __restrict a = scaled + v * R;
+    const T* __restrict x = vecs[v];
     for (int64_t r = 0; r < R; ++r) {
-      for (int64_t e = 0; e < C; ++e) acc[r][e] = mul_add<kFma>(a[r], x[e], acc[r][e]);
+      const T a = kScaled ? scaled[v * R + r] : weights[v] * x[d0 + r];
+      for (int64_t e = 0; e < C; ++e) acc[r][e] = mul_add<kFma>(a, x[e0 + e], acc[r][e]);
     }
   }
   for (int64_t r = 0; r < R; ++r) {
@@ -377,46 +382,52 @@ __attribute__((always_inline)) inline void folded_tile(T* __restrict block, cons
   }
 }
 
-// Rows [d0, d0 + R) of a bin's block, every column: the factors w_v x_v[d] once into
-// `scaled` [M, R], then whole tiles of C columns and the columns left over one by one.
-template <bool kFma, typename T, int64_t R, int64_t C>
+// Rows [d0, d0 + R) of a bin's block, every column: the factors into `scaled` [M, R] (when
+// kScaled), then whole tiles of C columns and the columns left over one by one.
+template <bool kFma, bool kScaled, typename T, int64_t R, int64_t C>
 __attribute__((always_inline)) inline void folded_row_tiles(T* block, const T* const* vecs, const T* weights,
                                                             int64_t M, int64_t D, int64_t d0, T keep, T* scaled) {
-  for (int64_t v = 0; v < M; ++v) {
-    for (int64_t r = 0; r < R; ++r) scaled[v * R + r] = weights[v] * vecs[v][d0 + r];
+  if constexpr (kScaled) {
+    for (int64_t v = 0; v < M; ++v) {
+      for (int64_t r = 0; r < R; ++r) scaled[v * R + r] = weights[v] * vecs[v][d0 + r];
+    }
   }
   const int64_t whole_cols = D / C * C;
   for (int64_t e0 = 0; e0 < whole_cols; e0 += C) {
-    folded_tile<kFma, T, R, C>(block, vecs, scaled, M, D, d0, e0, keep);
+    folded_tile<kFma, kScaled, T, R, C>(block, vecs, weights, scaled, M, D, d0, e0, keep);
   }
-  for (int64_t e = whole_cols; e < D; ++e) folded_tile<kFma, T, R, 1>(block, vecs, scaled, M, D, d0, e, keep);
+  for (int64_t e = whole_cols; e < D; ++e) {
+    folded_tile<kFma, kScaled, T, R, 1>(block, vecs, weights, scaled, M, D, d0, e, keep);
+  }
 }
 
-// Rows [d0, d1) of a bin's block: tiles of R rows, then of 2 and 1 for the rows left over.
-template <bool kFma, typename T, int64_t R, int64_t C>
+// Rows [d0, d1) of a bin's block: tiles of R rows, then of 4, 2 and 1 for the rows left over.
+template <bool kFma, int64_t kVectorBytes, typename T>
 __attribute__((always_inline)) inline void folded_rows_impl(T* block, const T* const* vecs, const T* weights,
                                                             int64_t M, int64_t D, int64_t d0, int64_t d1, T keep) {
-  std::vector<T> scaled(static_cast<size_t>(M * R));
+  using Tiles = FoldedTiles<kVectorBytes, T>;
+  constexpr bool kScaled = Tiles::kScaled;
+  constexpr int64_t R = Tiles::R, C = Tiles::C;
+  std::vector<T> scaled(kScaled ? static_cast<size_t>(M * R) : 0);
   int64_t d = d0;
   for (; d + R <= d1; d += R) {
     for (int64_t r = R; r < 2 * R && d + r < d1; ++r) {  // the next tile's rows of the block, from memory
       const char* next = reinterpret_cast<const char*>(block + (d + r) * D);
       for (int64_t off = 0; off < D * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(next + off, 1);
     }
-    folded_row_tiles<kFma, T, R, C>(block, vecs, weights, M, D, d, keep, scaled.data());
+    folded_row_tiles<kFma, kScaled, T, R, C>(block, vecs, weights, M, D, d, keep, scaled.data());
   }
   if constexpr (R > 4) {
-    for (; d + 4 <= d1; d += 4) folded_row_tiles<kFma, T, 4, C>(block, vecs, weights, M, D, d, keep, scaled.data());
+    for (; d + 4 <= d1; d += 4) folded_row_tiles<kFma, kScaled, T, 4, C>(block, vecs, weights, M, D, d, keep, scaled.data());
   }
-  for (; d + 2 <= d1; d += 2) folded_row_tiles<kFma, T, 2, C>(block, vecs, weights, M, D, d, keep, scaled.data());
-  for (; d < d1; ++d) folded_row_tiles<kFma, T, 1, C>(block, vecs, weights, M, D, d, keep, scaled.data());
+  for (; d + 2 <= d1; d += 2) folded_row_tiles<kFma, kScaled, T, 2, C>(block, vecs, weights, M, D, d, keep, scaled.data());
+  for (; d < d1; ++d) folded_row_tiles<kFma, kScaled, T, 1, C>(block, vecs, weights, M, D, d, keep, scaled.data());
 }
 
 #define IRDA_FOLDED_ENTRY_POINTS(TARGET, FMA, BYTES, T)                                                     \
   TARGET void folded_rows(T* block, const T* const* vecs, const T* weights, int64_t M, int64_t D, int64_t d0, \
                           int64_t d1, T keep) {                                                             \
-    folded_rows_impl<FMA, T, folded_tile_rows(BYTES), 2 * (BYTES) / sizeof(T)>(block, vecs, weights, M, D, d0, \
-                                                                               d1, keep);                   \
+    folded_rows_impl<FMA, BYTES, T>(block, vecs, weights, M, D, d0, d1, keep);                              \
   }
 #define IRDA_FOLDED_VARIANT(TARGET, FMA, BYTES) \
   IRDA_FOLDED_ENTRY_POINTS(TARGET, FMA, BYTES, float) IRDA_FOLDED_ENTRY_POINTS(TARGET, FMA, BYTES, double)
@@ -515,25 +526,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bin_stats
   TORCH_CHECK_VALUE(count.is_contiguous() && mean.is_contiguous(), "the statistics (count, mean) must be contiguous");
   const double rho = checked_momentum(momentum);
   const int64_t n = z.size(0), B = mean.size(0), D = mean.size(1), S = std::min(n, B);
-  at::Tensor bins = at::full({S}, -1, count.options());
-  at::Tensor vec_offset = at::zeros({S + 1}, count.options());
-  at::Tensor vecs = at::zeros({n + S, D}, mean.options());
-  at::Tensor weights = at::zeros({n + S}, mean.options());
-  at::Tensor keep = at::zeros({S}, mean.options());
-  if (n == 0 || D == 0) return {bins, vec_offset, vecs, weights, keep};
+  if (n == 0 || D == 0) {
+    return {at::full({S}, -1, count.options()), at::zeros({S + 1}, count.options()),
+            at::zeros({n + S, D}, mean.options()), at::zeros({n + S}, mean.options()), at::zeros({S}, mean.options())};
+  }
+  // Uninitialised, then every entry written: build_plan writes the first n + P vectors and
+  // weights and P keeps (P: the bins present), the rest is padding (-1, zeros) written here.
+  // Zero-filling the vectors first was another pass over the step's largest output.
+  at::Tensor bins = at::empty({S}, count.options());
+  at::Tensor vec_offset = at::empty({S + 1}, count.options());
+  at::Tensor vecs = at::empty({n + S, D}, mean.options());
+  at::Tensor weights = at::empty({n + S}, mean.options());
+  at::Tensor keep = at::empty({S}, mean.options());
   const at::Tensor zc = z.to(mean.scalar_type()).contiguous();
   const Buckets bk = bucket_by_bin(bin_index.contiguous(), B);
   const int64_t P = static_cast<int64_t>(bk.bins.size());
   int64_t* offsets = vec_offset.data_ptr<int64_t>();
   plan_layout(bk, /*plain_moments=*/false, offsets);
   for (int64_t p = P + 1; p <= S; ++p) offsets[p] = offsets[P];
-  std::copy(bk.bins.begin(), bk.bins.end(), bins.data_ptr<int64_t>());
+  int64_t* bin_out = bins.data_ptr<int64_t>();
+  std::copy(bk.bins.begin(), bk.bins.end(), bin_out);
+  std::fill(bin_out + P, bin_out + S, int64_t(-1));
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "bin_stats_plan_cpu", [&] {
     std::vector<double> means;
     bin_means<scalar_t>(bk, zc, D, means);
+    scalar_t *v = vecs.data_ptr<scalar_t>(), *w = weights.data_ptr<scalar_t>(), *k = keep.data_ptr<scalar_t>();
     build_plan<scalar_t>(bk, zc.data_ptr<scalar_t>(), means, D, count.data_ptr<int64_t>(), mean.data_ptr<scalar_t>(),
-                         rho, /*plain_moments=*/false,
-                         {offsets, vecs.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(), keep.data_ptr<scalar_t>()});
+                         rho, /*plain_moments=*/false, {offsets, v, w, k});
+    std::fill(v + (n + P) * D, v + (n + S) * D, scalar_t(0));
+    std::fill(w + n + P, w + n + S, scalar_t(0));
+    std::fill(k + P, k + S, scalar_t(0));
   });
   return {bins, vec_offset, vecs, weights, keep};
 }
@@ -556,13 +578,14 @@ bin_stats_epoch_plan_cpu(at::Tensor& count, at::Tensor& epoch_count, at::Tensor&
   const std::vector<int64_t> before(ec, ec + B);
   auto [bins, vec_offset, vecs, weights, keep] = bin_stats_plan_cpu(epoch_count, epoch_mean, z, bin_index,
                                                                      std::nullopt);
-  at::Tensor first = at::zeros({B}, count.options().dtype(at::kBool));
+  at::Tensor first = at::empty({B}, count.options().dtype(at::kBool));
   bool* f = first.data_ptr<bool>();
   int64_t* c = count.data_ptr<int64_t>();
   int64_t num_first = 0;
   for (int64_t b = 0; b < B; ++b) {
     const int64_t added = ec[b] - before[b];
-    if (added > 0 && c[b] == before[b]) f[b] = true, ++num_first;
+    f[b] = added > 0 && c[b] == before[b];
+    num_first += f[b];
     c[b] += added;
   }
   return {bins, vec_offset, vecs, weights, keep, first, at::scalar_tensor(num_first, count.options())};

@@ -505,15 +505,25 @@ struct DenominatorPlan {
       Bits s2;
       int64_t sample;
     };
+    // Sorted by (bin, s2, sample): bucketed by bin in sample order (a counting sort), then
+    // each bin's run sorted by s2, stably; with IRDALoss's one s2 a bin the runs come sorted.
+    std::vector<int64_t> start(args.B + 1, 0);
+    for (int64_t i = 0; i < n; ++i) ++start[args.bin[i] + 1];
+    for (int64_t b = 0; b < args.B; ++b) start[b + 1] += start[b];
     std::vector<Key> keys(n);
     for (int64_t i = 0; i < n; ++i) {
       T s2;
       sample_variance(args, i, &s2);
-      keys[i] = {args.bin[i], FloatLayout<T>::to_bits(s2), i};
+      keys[start[args.bin[i]]++] = {args.bin[i], FloatLayout<T>::to_bits(s2), i};
     }
-    std::sort(keys.begin(), keys.end(), [](const Key& x, const Key& y) {
-      return x.bin != y.bin ? x.bin < y.bin : (x.s2 != y.s2 ? x.s2 < y.s2 : x.sample < y.sample);
-    });
+    const auto by_s2 = [](const Key& x, const Key& y) { return x.s2 < y.s2; };
+    for (int64_t lo = 0, hi; lo < n; lo = hi) {
+      for (hi = lo + 1; hi < n && keys[hi].bin == keys[lo].bin; ++hi) {
+      }
+      if (!std::is_sorted(keys.begin() + lo, keys.begin() + hi, by_s2)) {
+        std::stable_sort(keys.begin() + lo, keys.begin() + hi, by_s2);
+      }
+    }
     order.resize(n);
     pair_of.resize(n);
     for (int64_t r = 0; r < n; ++r) {

@@ -13,29 +13,78 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "../checks.h"
 #include "../wfds_math.h"
 #include "grain.h"
+#include "simd.h"
 
 namespace irda {
 namespace {
+
+// o[e] = sum_j w[j] x[j][e] over the nb rows of a band in their order, each product rounded
+// and added to the sum so far from 0 (no contraction: -ffp-contract=off): the bits of
+// filling o with 0 and adding one row after another, in one pass over o instead of one a
+// row of the band. Compiled for AVX-512, AVX2 and baseline x86-64 (IRDA_TARGET_CLONES,
+// simd.h); element by element, so every instruction set gives the same bits.
+constexpr int64_t kBandLanes = 16;
+#define IRDA_BAND_ROW(T)                                                                                  \
+  IRDA_TARGET_CLONES void band_row(T* __restrict o, const T* const* x, const T* w, int64_t nb, int64_t len) { \
+    int64_t e = 0;                                                                                        \
+    for (; e + kBandLanes <= len; e += kBandLanes) {                                                      \
+      T acc[kBandLanes] = {};                                                                             \
+      for (int64_t j = 0; j < nb; ++j) {                                                                  \
+        const T wj = w[j];                                                                                \
+        const T* __restrict xj = x[j] + e;                                                                \
+        for (int64_t l = 0; l < kBandLanes; ++l) acc[l] += wj * xj[l];                                    \
+      }                                                                                                   \
+      for (int64_t l = 0; l < kBandLanes; ++l) o[e + l] = acc[l];                                         \
+    }                                                                                                     \
+    for (; e < len; ++e) {                                                                                \
+      T acc = T(0);                                                                                       \
+      for (int64_t j = 0; j < nb; ++j) acc += w[j] * x[j][e];                                             \
+      o[e] = acc;                                                                                         \
+    }                                                                                                     \
+  }                                                                                                       \
+  /* lanes[l] += o[e]^2 in float64 for e in [1, len): eight lanes, e = 1 + 8 j + l, the rest on lane 0 */ \
+  IRDA_TARGET_CLONES void add_squares(double* __restrict lanes, const T* __restrict o, int64_t len) {     \
+    int64_t e = 1;                                                                                        \
+    for (; e + 8 <= len; e += 8) {                                                                        \
+      for (int64_t l = 0; l < 8; ++l) lanes[l] += static_cast<double>(o[e + l]) * static_cast<double>(o[e + l]); \
+    }                                                                                                     \
+    for (; e < len; ++e) lanes[0] += static_cast<double>(o[e]) * static_cast<double>(o[e]);               \
+  }
+IRDA_BAND_ROW(float)
+IRDA_BAND_ROW(double)
+#undef IRDA_BAND_ROW
+
+// The rows of bin b's band with a nonzero weight, in band order: their weights into w and
+// the start of row `offset` of each into x, for band_row (at most 2 h + 1 of them).
+template <typename T>
+int64_t band_rows(const T* S, const T* in, int64_t B, int64_t b, int64_t h, int64_t block, int64_t offset, T* w,
+                  const T** x) {
+  const Band band = band_of(b, h, B);
+  int64_t nb = 0;
+  for (int64_t bp = band.lo; bp <= band.hi; ++bp) {
+    const T wb = S[b * B + bp];
+    if (wb == T(0)) continue;
+    w[nb] = wb;
+    x[nb++] = in + bp * block + offset;
+  }
+  return nb;
+}
 
 // out[b] = sum over the band of S[b, b'] in[b'], rows of length `row` and `rows` rows per bin.
 template <typename T>
 void banded_apply(const T* S, const T* in, T* out, int64_t B, int64_t rows, int64_t row, int64_t h) {
   at::parallel_for(0, B * rows, grain_for((2 * h + 1) * row), [&](int64_t begin, int64_t end) {
+    std::vector<T> w(2 * h + 1);
+    std::vector<const T*> x(2 * h + 1);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / rows, d = r % rows;
-      T* o = out + (b * rows + d) * row;
-      const Band band = band_of(b, h, B);
-      std::fill(o, o + row, T(0));
-      for (int64_t bp = band.lo; bp <= band.hi; ++bp) {
-        const T w = S[b * B + bp];
-        if (w == T(0)) continue;
-        const T* x = in + (bp * rows + d) * row;
-        for (int64_t e = 0; e < row; ++e) o[e] += w * x[e];
-      }
+      const int64_t nb = band_rows(S, in, B, b, h, rows * row, d * row, w.data(), x.data());
+      band_row(out + (b * rows + d) * row, x.data(), w.data(), nb, row);
     }
   });
 }
@@ -49,31 +98,23 @@ void banded_apply_upper(const T* S, const T* cov, T* upper, T* diag, double* sum
                         int64_t h) {
   const int64_t P = D * (D + 1) / 2;
   at::parallel_for(0, B, grain_for((2 * h + 1) * P), [&](int64_t begin, int64_t end) {
-    constexpr int64_t kLanes = 8;
+    std::vector<T> w(2 * h + 1);
+    std::vector<const T*> x(2 * h + 1);
     for (int64_t b = begin; b < end; ++b) {
-      const Band band = band_of(b, h, B);
       T* o = upper + b * P;
-      double on_diag = 0.0, lanes[kLanes] = {};
+      double on_diag = 0.0, lanes[8] = {};  // add_squares' lanes
+      const int64_t nb = band_rows(S, cov, B, b, h, D * D, 0, w.data(), x.data());
       for (int64_t i = 0; i < D; ++i) {
         const int64_t len = D - i;
-        std::fill(o, o + len, T(0));
-        for (int64_t bp = band.lo; bp <= band.hi; ++bp) {
-          const T w = S[b * B + bp];
-          if (w == T(0)) continue;
-          const T* x = cov + (bp * D + i) * D + i;
-          for (int64_t e = 0; e < len; ++e) o[e] += w * x[e];
-        }
+        band_row(o, x.data(), w.data(), nb, len);
+        for (int64_t j = 0; j < nb; ++j) x[j] += D + 1;  // row i + 1 from its diagonal
         diag[b * D + i] = o[0];
         on_diag += static_cast<double>(o[0]) * static_cast<double>(o[0]);
-        int64_t e = 1;
-        for (; e + kLanes <= len; e += kLanes) {
-          for (int64_t l = 0; l < kLanes; ++l) lanes[l] += static_cast<double>(o[e + l]) * static_cast<double>(o[e + l]);
-        }
-        for (; e < len; ++e) lanes[0] += static_cast<double>(o[e]) * static_cast<double>(o[e]);
+        add_squares(lanes, o, len);
         o += len;
       }
       double off_diag = 0.0;
-      for (int64_t l = 0; l < kLanes; ++l) off_diag += lanes[l];
+      for (int64_t l = 0; l < 8; ++l) off_diag += lanes[l];
       sum_sq[b] = on_diag + 2.0 * off_diag;
     }
   });
