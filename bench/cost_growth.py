@@ -125,12 +125,12 @@ def main(argv=None):
     for name in BASE:
         top = rows[tuple(dict(BASE, **{name: BASE[name] * 2 ** args.doublings}).values())]
         where.append(f"at {name} = {BASE[name] * 2 ** args.doublings} {larger(top)} "
-                     f"({top['stats_update'] * 1e3:.2f} against {top['surrogate'] * 1e3:.2f} ms)")
+                     f"(update {top['stats_update'] * 1e3:.2f} ms, head_loss {top['surrogate'] * 1e3:.2f} ms)")
     lines += ["", f"What dominates: at the base point {larger(base)} (update {base['stats_update'] * 1e3:.2f} ms, "
                   f"head_loss {base['surrogate'] * 1e3:.2f} ms of a {base['step'] * 1e3:.2f} ms step); "
                   + "; ".join(where) + ". The update is O(n D^2) (a rank-one covariance update per sample); head_loss "
-                  "is O(B D^2) for the quadratic forms w^T Sigma_b w (one pass over every bin's covariance, which the "
-                  "head changes every step) plus O(n K^2 B) for the exact surrogate."]
+                  "is O(B D^2) for the quadratic forms w^T Sigma_b w (one pass over the covariance of every bin in the "
+                  "batch, as the head changes every step) plus O(n K^2 B) for the exact surrogate."]
     write_results(args.out, "cost_growth", lines, {"env": env, "base": BASE, "exponents": exponents,
                                                    "rows": {",".join(map(str, k)): v for k, v in rows.items()}})
     return 0

@@ -191,9 +191,12 @@ def kernel_floor(step: SimpleNamespace) -> dict:
 
     hot["stats_update_s"] = min(epoch_of_updates() for _ in range(20)) / len(step.updates)
     cold["stats_update_s"] = hot["stats_update_s"]  # an epoch's updates: the caches as in training
+    bins_in_batch = int(torch.unique(bin_index).numel())  # the op reads these bins' triangles only
     return {"hot": hot, "cold": cold, "floor_s": sum(hot.values()), "cold_floor_s": sum(cold.values()),
             "batch": pred.shape[0], "covariance_dtype": str(cov_upper.dtype).replace("torch.", ""),
-            "covariance_mib": cov_upper.numel() * cov_upper.element_size() / 2**20}
+            "covariance_mib": cov_upper.numel() * cov_upper.element_size() / 2**20,
+            "bins": cov_upper.shape[0], "bins_in_batch": bins_in_batch,
+            "covariance_read_mib": bins_in_batch * cov_upper.shape[1] * cov_upper.element_size() / 2**20}
 
 
 def measure(dataset: str, methods, epochs: int, threads: int) -> dict:
@@ -264,9 +267,10 @@ def main(argv=None):
                       "(best of 50, each after 64 MiB written elsewhere, as a step's other work leaves the caches); "
                       "BinStats.update is an epoch's updates and the flush, per step, in both:", "",
                   "| piece | hot (ms) | cold (ms) | cold, share of the MSE step |", "|---|---|---|---|"]
-        names = {"head_forward_s": f"fused loss, forward (the surrogate with partials; w^T Sigma_b w over "
-                                   f"{floor['covariance_mib']:.1f} MiB of {floor['covariance_dtype']} covariances, "
-                                   "their packed upper triangles)",
+        names = {"head_forward_s": f"fused loss, forward (the surrogate with partials; w^T Sigma_b w for the "
+                                   f"{floor['bins_in_batch']} of {floor['bins']} bins in the batch: "
+                                   f"{floor['covariance_read_mib']:.1f} of {floor['covariance_mib']:.1f} MiB of "
+                                   f"{floor['covariance_dtype']} covariances, their packed upper triangles)",
                  "head_backward_s": "fused loss, backward", "stats_update_s": "BinStats.update"}
         for key, name in names.items():
             hot, cold = floor["hot"][key], floor["cold"][key]
