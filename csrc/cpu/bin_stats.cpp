@@ -417,11 +417,12 @@ __attribute__((always_inline)) inline void folded_rows_impl(T* block, const T* c
     }
     folded_row_tiles<kFma, kScaled, T, R, C>(block, vecs, weights, M, D, d, keep, scaled.data());
   }
+  T* s = scaled.data();
   if constexpr (R > 4) {
-    for (; d + 4 <= d1; d += 4) folded_row_tiles<kFma, kScaled, T, 4, C>(block, vecs, weights, M, D, d, keep, scaled.data());
+    for (; d + 4 <= d1; d += 4) folded_row_tiles<kFma, kScaled, T, 4, C>(block, vecs, weights, M, D, d, keep, s);
   }
-  for (; d + 2 <= d1; d += 2) folded_row_tiles<kFma, kScaled, T, 2, C>(block, vecs, weights, M, D, d, keep, scaled.data());
-  for (; d < d1; ++d) folded_row_tiles<kFma, kScaled, T, 1, C>(block, vecs, weights, M, D, d, keep, scaled.data());
+  for (; d + 2 <= d1; d += 2) folded_row_tiles<kFma, kScaled, T, 2, C>(block, vecs, weights, M, D, d, keep, s);
+  for (; d < d1; ++d) folded_row_tiles<kFma, kScaled, T, 1, C>(block, vecs, weights, M, D, d, keep, s);
 }
 
 #define IRDA_FOLDED_ENTRY_POINTS(TARGET, FMA, BYTES, T)                                                     \
