@@ -94,8 +94,8 @@ class BinStats(nn.Module):
     block read and written once, not once per batch); the result is that of one update per
     batch to rounding (the sums run in another order). Where the covariances outgrow the caches
     this saves most of the update's memory traffic, and at small D it is arithmetic done at a
-    matrix product's speed (abalone, D = 128: 8 batches' updates in 1.2 ms where applying them
-    row by row took 2.2 ms, one thread).
+    matrix product's speed (abalone, D = 128, float32, one thread of an AMD EPYC (Zen 5): 7
+    batches' updates in 0.34 ms with AVX-512, 0.59 ms with AVX2).
 
     Args:
         num_bins: ``B``. dim: feature dimension ``D``.

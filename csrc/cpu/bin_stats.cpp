@@ -26,6 +26,30 @@
 #include "grain.h"
 #include "simd.h"
 
+// The folded flush's tiles in AVX2 and AVX-512 intrinsics (gcc on x86-64, where simd.h builds
+// those variants), each inclusion compiled for its instruction set.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define IRDA_X86_TILES 1
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+#define IRDA_TILE_BYTES 32
+#define IRDA_TILE_NAMESPACE avx2_tiles
+#include "folded_tiles_x86.h"
+#undef IRDA_TILE_NAMESPACE
+#undef IRDA_TILE_BYTES
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+#define IRDA_TILE_BYTES 64
+#define IRDA_TILE_NAMESPACE avx512_tiles
+#include "folded_tiles_x86.h"
+#undef IRDA_TILE_NAMESPACE
+#undef IRDA_TILE_BYTES
+#pragma GCC pop_options
+#else
+#define IRDA_X86_TILES 0
+#endif
+
 namespace irda {
 namespace {
 
@@ -303,13 +327,15 @@ void apply_plans(const std::vector<Plan<T>>& plans, int64_t num_bins, T* cov) {
 // (the bin's first batch of the epoch) drops the old block and every earlier plan's
 // vectors: their factor is 0, and the old block, which may hold anything, is not read.
 // The block is computed in tiles of R rows x C columns, held in registers over all M
-// vectors (fused multiply-adds where the instruction set has them), then stored once
-// (FoldedTiles). Each element's sum runs over the vectors in the same order whatever the
+// vectors (fused multiply-adds where the instruction set has them), then stored once: under
+// AVX2 and AVX-512 in intrinsics (folded_tiles_x86.h), elsewhere in loops gcc vectorises
+// (folded_tile). Each element's sum runs over the vectors in the same order whatever the
 // tiles, so the bits do not depend on them. The sums are in another order than
 // apply_plans', hence other roundings (relative 1e-7 in float32); bin_stats_update_ keeps
 // apply_plans, one plan at a time. At abalone's sizes (7 batches of 256 in 29 bins, D = 128,
-// float32, one thread, hot caches) a flush takes 0.64 ms with AVX-512 (0.89 ms in tiles of 4
-// rows), 1.3 ms with AVX2; apply_plans (each row reading every vector) took 2.1-2.3 ms.
+// one thread, hot caches; AMD EPYC, Zen 5) a flush takes 0.34 ms in float32 with AVX-512,
+// 0.59 ms with AVX2 (0.37 and 0.84 ms when gcc vectorised the tiles itself), and 0.61 / 1.2 ms
+// in float64 (2.3 / 13.7 ms before).
 // Bins are handed to the threads in bands of kBandRows rows (a multiple of every R).
 constexpr int64_t kBandRows = 24;
 
@@ -345,30 +371,18 @@ void fold_bin(const std::vector<Plan<T>>& plans, const std::vector<int64_t>& whe
   out.keep = static_cast<T>(later);
 }
 
-// The tile: R rows x C = 128 / sizeof(T) columns (two AVX-512 registers a row of float32,
-// four AVX2 ones). For float32 under AVX-512 R = 8 (16 accumulator registers of 32), with
-// the rows' factors w_v x_v[d] read from `scaled`, computed once per row band (kScaled);
-// elsewhere R = 4 and each tile computes its factors, as before: in gcc's output the scaled
-// form with float64, and 16 columns of float32 under AVX2, came out as shuffles and spills,
-// flushes 5-20 times slower. The factors have the same bits either way.
-template <int64_t kVectorBytes, typename T>
-struct FoldedTiles {
-  static constexpr bool kScaled = kVectorBytes == 64 && sizeof(T) == 4;
-  static constexpr int64_t R = kScaled ? 8 : 4, C = 128 / sizeof(T);
-};
-
-// Rows [d0, d0 + R) x columns [e0, e0 + C) of the block: sum_v a_v[r] x_v[e] in registers,
-// a_v[r] = w_v x_v[d0 + r] (read from scaled[v R + r] when kScaled), then keep * old + sum
-// (or the sum alone when keep is 0).
-template <bool kFma, bool kScaled, typename T, int64_t R, int64_t C>
+// The tile of the instruction sets without vector intrinsics here (baseline x86-64, other
+// architectures): R = 4 rows x C = 128 / sizeof(T) columns, which gcc vectorises itself. Rows
+// [d0, d0 + R) x columns [e0, e0 + C) of the block: sum_v a_v[r] x_v[e] in registers,
+// a_v[r] = w_v x_v[d0 + r], then keep * old + sum (or the sum alone when keep is 0).
+template <bool kFma, typename T, int64_t R, int64_t C>
 __attribute__((always_inline)) inline void folded_tile(T* __restrict block, const T* const* vecs, const T* weights,
-                                                       const T* __restrict scaled, int64_t M, int64_t D, int64_t d0,
-                                                       int64_t e0, T keep) {
+                                                       int64_t M, int64_t D, int64_t d0, int64_t e0, T keep) {
   T acc[R][C] = {};
   for (int64_t v = 0; v < M; ++v) {
     const T* __restrict x = vecs[v];
     for (int64_t r = 0; r < R; ++r) {
-      const T a = kScaled ? scaled[v * R + r] : weights[v] * x[d0 + r];
+      const T a = weights[v] * x[d0 + r];
       for (int64_t e = 0; e < C; ++e) acc[r][e] = mul_add<kFma>(a, x[e0 + e], acc[r][e]);
     }
   }
@@ -382,47 +396,39 @@ __attribute__((always_inline)) inline void folded_tile(T* __restrict block, cons
   }
 }
 
-// Rows [d0, d0 + R) of a bin's block, every column: the factors into `scaled` [M, R] (when
-// kScaled), then whole tiles of C columns and the columns left over one by one.
-template <bool kFma, bool kScaled, typename T, int64_t R, int64_t C>
+// Rows [d0, d0 + R) of a bin's block, every column: whole tiles of C columns, then the columns
+// left over one by one.
+template <bool kFma, typename T, int64_t R>
 __attribute__((always_inline)) inline void folded_row_tiles(T* block, const T* const* vecs, const T* weights,
-                                                            int64_t M, int64_t D, int64_t d0, T keep, T* scaled) {
-  if constexpr (kScaled) {
-    for (int64_t v = 0; v < M; ++v) {
-      for (int64_t r = 0; r < R; ++r) scaled[v * R + r] = weights[v] * vecs[v][d0 + r];
-    }
-  }
+                                                            int64_t M, int64_t D, int64_t d0, T keep) {
+  constexpr int64_t C = 128 / sizeof(T);
   const int64_t whole_cols = D / C * C;
-  for (int64_t e0 = 0; e0 < whole_cols; e0 += C) {
-    folded_tile<kFma, kScaled, T, R, C>(block, vecs, weights, scaled, M, D, d0, e0, keep);
-  }
-  for (int64_t e = whole_cols; e < D; ++e) {
-    folded_tile<kFma, kScaled, T, R, 1>(block, vecs, weights, scaled, M, D, d0, e, keep);
-  }
+  for (int64_t e0 = 0; e0 < whole_cols; e0 += C) folded_tile<kFma, T, R, C>(block, vecs, weights, M, D, d0, e0, keep);
+  for (int64_t e = whole_cols; e < D; ++e) folded_tile<kFma, T, R, 1>(block, vecs, weights, M, D, d0, e, keep);
 }
 
-// Rows [d0, d1) of a bin's block: tiles of R rows, then of 4, 2 and 1 for the rows left over.
+// Rows [d0, d1) of a bin's block: AVX2 and AVX-512 in folded_tiles_x86.h's tiles, the other
+// instruction sets in tiles of 4 rows, then 2 and 1 for the rows left over.
 template <bool kFma, int64_t kVectorBytes, typename T>
 __attribute__((always_inline)) inline void folded_rows_impl(T* block, const T* const* vecs, const T* weights,
                                                             int64_t M, int64_t D, int64_t d0, int64_t d1, T keep) {
-  using Tiles = FoldedTiles<kVectorBytes, T>;
-  constexpr bool kScaled = Tiles::kScaled;
-  constexpr int64_t R = Tiles::R, C = Tiles::C;
-  std::vector<T> scaled(kScaled ? static_cast<size_t>(M * R) : 0);
+#if IRDA_X86_TILES
+  if constexpr (kVectorBytes == 64) {
+    return avx512_tiles::folded_rows(block, vecs, weights, M, D, d0, d1, keep);
+  } else if constexpr (kVectorBytes == 32) {
+    return avx2_tiles::folded_rows(block, vecs, weights, M, D, d0, d1, keep);
+  }
+#endif
   int64_t d = d0;
-  for (; d + R <= d1; d += R) {
-    for (int64_t r = R; r < 2 * R && d + r < d1; ++r) {  // the next tile's rows of the block, from memory
+  for (; d + 4 <= d1; d += 4) {
+    for (int64_t r = 4; r < 8 && d + r < d1; ++r) {  // the next tile's rows of the block, from memory
       const char* next = reinterpret_cast<const char*>(block + (d + r) * D);
       for (int64_t off = 0; off < D * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(next + off, 1);
     }
-    folded_row_tiles<kFma, kScaled, T, R, C>(block, vecs, weights, M, D, d, keep, scaled.data());
+    folded_row_tiles<kFma, T, 4>(block, vecs, weights, M, D, d, keep);
   }
-  T* s = scaled.data();
-  if constexpr (R > 4) {
-    for (; d + 4 <= d1; d += 4) folded_row_tiles<kFma, kScaled, T, 4, C>(block, vecs, weights, M, D, d, keep, s);
-  }
-  for (; d + 2 <= d1; d += 2) folded_row_tiles<kFma, kScaled, T, 2, C>(block, vecs, weights, M, D, d, keep, s);
-  for (; d < d1; ++d) folded_row_tiles<kFma, kScaled, T, 1, C>(block, vecs, weights, M, D, d, keep, s);
+  for (; d + 2 <= d1; d += 2) folded_row_tiles<kFma, T, 2>(block, vecs, weights, M, D, d, keep);
+  for (; d < d1; ++d) folded_row_tiles<kFma, T, 1>(block, vecs, weights, M, D, d, keep);
 }
 
 #define IRDA_FOLDED_ENTRY_POINTS(TARGET, FMA, BYTES, T)                                                     \
