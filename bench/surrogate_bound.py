@@ -20,8 +20,9 @@ In one run, at n = 256, K = 3, B = 100, float32 (SPEC 6):
   thread; then the training path's ops on every thread count up to ``--max-threads``.
 
 ``--isa-build DIR`` runs the same measurement in a subprocess on another build of this tree (its
-``irda_ext/_C*.so`` in place), e.g. one compiled with ``IRDA_CPU_ISA=avx2`` to see what an AVX2
-machine gets. All of it is repeated ``--rounds`` times, every build in each round, and each time
+``irda_ext/_C*.so`` in place), one compiled with ``IRDA_CPU_ISA=avx2``, to see what an AVX2
+machine gets: the subprocess also keeps PyTorch's own kernels (the dense reference's) to AVX2
+(:data:`AVX2_MACHINE`), as they would be on such a machine. All of it is repeated ``--rounds`` times, every build in each round, and each time
 reported is the median over the rounds (on a shared machine one run's figures moved by 30%).
 Writes bench/results/surrogate_bound.{md,json}.
 """
@@ -77,6 +78,12 @@ TABLE_FLOPS = 27  # per table entry, forward and backward each (the training pat
 ROW_FLOPS = 8  # exact mode, per (sample, competitor), forward and backward each (the training path: once)
 MODES = {"exact": "exact", "paper": "paper", "exact, var per bin": "exact"}
 TARGETS = {"exact_bound": 4.0, "exact_dense": 15.0, "paper_dense": 15.0}
+
+
+# The environment of an --isa-build subprocess: PyTorch's own vectorised kernels (ATen's
+# dispatch, MKL, oneDNN) held to AVX2, as on a machine without AVX-512; otherwise the dense
+# reference would run AVX-512 code against an AVX2 build of the kernels.
+AVX2_MACHINE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def median_time(fn):
@@ -153,6 +160,7 @@ def measure(max_threads):
         torch.set_num_threads(1)
         out["modes"][label] = row
     out["env"]["torch_threads"] = 1
+    out["env"]["torch_capability"] = torch.backends.cpu.get_cpu_capability()  # the dense reference's kernels
     return out
 
 
@@ -243,7 +251,7 @@ def main(argv=None):
     for _ in range(args.rounds):
         rounds[this].append(measure(args.max_threads))
         for build in args.isa_build:
-            env = dict(os.environ, PYTHONPATH=os.path.abspath(build))
+            env = dict(os.environ, PYTHONPATH=os.path.abspath(build), **AVX2_MACHINE)
             proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--json-only", "--max-threads",
                                    str(args.max_threads)], env=env, cwd=build, check=True, capture_output=True,
                                   text=True)
@@ -265,7 +273,9 @@ def main(argv=None):
     for label, data in builds.items():
         isa = "avx2" if "IRDA_CPU_ISA" in label else ("avx512f" if "avx512f" in peaks else "avx2")
         peak = max(peaks[isa]["fma_gflops"], peaks[isa]["mul_add_gflops"]) if isa in peaks else float("nan")
-        lines += table(f"{label}, bound at {peak:.1f} GFLOP/s ({isa})", data, peak) + [""]
+        torch_isa = data["env"].get("torch_capability", "?")
+        lines += table(f"{label}, bound at {peak:.1f} GFLOP/s ({isa}); PyTorch's kernels (the dense reference): "
+                       f"{torch_isa}", data, peak) + [""]
         rows += checks(label, data, peak)
     lines += ["## Targets (issue 16)", "", "| build | check | measured | target | met |", "|---|---|---|---|---|", *rows,
               "", "Raw ops, no autograd: the training path is what autograd runs on the CPU "

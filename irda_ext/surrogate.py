@@ -76,8 +76,8 @@ def reduce_loss(loss: torch.Tensor, reduction: str, weight: Optional[torch.Tenso
     if weight is not None:
         check_weight(weight, loss)
         loss = loss * weight
-    if reduction == "mean":
-        return loss.sum() / max(loss.shape[0], 1)
+    if reduction == "mean":  # an empty batch gives 0 where mean() would give NaN
+        return loss.mean() if loss.shape[0] > 0 else loss.sum()
     if reduction == "sum":
         return loss.sum()
     return loss

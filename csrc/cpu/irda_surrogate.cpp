@@ -572,53 +572,65 @@ __attribute__((always_inline)) inline void fill_own_eta(const SurrogateArgs<T>& 
   std::fill(Es + a.K * a.V, Es + a.KV_padded, T(0));
 }
 
+// Zs[j] = Z of every competitor j of sample i (paper_term), over the padded grid.
+template <typename T>
+__attribute__((always_inline)) inline void paper_row(const SurrogateArgs<T>& a, const T* __restrict Es, T jb, T y,
+                                                     T p, T shift, T var, T* __restrict Zs) {
+  for (int64_t j = 0; j < a.KV_padded; ++j) {
+    const T t = competitor_target(a, j, jb, y);
+    Zs[j] = paper_term<T>(Es[j], a.grid_eta[j], y, t, a.grid_lp[j], p, shift, var, a.alpha, a.beta, a.u).Z;
+  }
+}
+
 template <bool kFma, typename T>
 __attribute__((always_inline)) inline void paper_forward_impl(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse,
                                                               T* __restrict Zs, T* __restrict Es) {
   const int64_t b = a.bin[i], K = a.K, V = a.V, KV = a.KV_padded;
   const T jb = static_cast<T>(a.grid_pos[b]);
-  const T y = a.target[i], p = a.pred[i], shift = a.shift[i], var = a.var[i], u = a.u;
   fill_own_eta(a, b, Es);
-  for (int64_t j = 0; j < KV; ++j) {
-    const T t = competitor_target(a, j, jb, y);
-    Zs[j] = paper_term<T>(Es[j], a.grid_eta[j], y, t, a.grid_lp[j], p, shift, var, a.alpha, a.beta, u).Z;
-  }
+  paper_row(a, Es, jb, a.target[i], a.pred[i], a.shift[i], a.var[i], Zs);
   T own = 0;
   for (int64_t kc = 0; kc < K; ++kc) own += Zs[kc * V + a.grid_pos[b]];
   lse[0] = row_logsumexp<kFma>(Zs, KV);
   *loss = lse[0] - own / T(K);
 }
 
-// Every competitor's Z of a sample (paper_term) and its derivatives in pred, shift, var and
-// u, stored as five rows (restrict parameters: gcc vectorises the loop).
+// paper_term's derivatives are constants of the sample times four factors that vary over
+// the grid,
+//   dZ/dp = 2 u (e' diff),  dZ/dshift = alpha u R1,  dZ/dvar = beta u^2 R2,
+//   dZ/du = -(e' diff) diff + alpha shift R1 + 2 beta u var R2.
+// paper_factor_rows stores each competitor's Z and those factors as five rows
+// (Z, e' diff, e' diff^2, R1, R2; restrict parameters: gcc vectorises the loop), Z with
+// paper_term's bits.
 template <typename T>
-__attribute__((always_inline)) inline void paper_row_terms(const SurrogateArgs<T>& a, const T* __restrict Es, T jb,
-                                                           T y, T p, T shift, T var, T* __restrict Z,
-                                                           T* __restrict dp, T* __restrict dsh, T* __restrict dv,
-                                                           T* __restrict du) {
+__attribute__((always_inline)) inline void paper_factor_rows(const SurrogateArgs<T>& a, const T* __restrict Es, T jb,
+                                                             T y, T p, T shift, T var, T* __restrict Z,
+                                                             T* __restrict ed, T* __restrict edd, T* __restrict r1,
+                                                             T* __restrict r2) {
   for (int64_t j = 0; j < a.KV_padded; ++j) {
-    const T t = competitor_target(a, j, jb, y);
-    const PaperTerm<T> z =
-        paper_term<T>(Es[j], a.grid_eta[j], y, t, a.grid_lp[j], p, shift, var, a.alpha, a.beta, a.u);
-    Z[j] = z.Z;
-    dp[j] = z.dZ_dp;
-    dsh[j] = z.dZ_dshift;
-    dv[j] = z.dZ_dvar;
-    du[j] = z.dZ_du;
+    const T t = competitor_target(a, j, jb, y), e = a.grid_eta[j];
+    Z[j] = paper_term<T>(Es[j], e, y, t, a.grid_lp[j], p, shift, var, a.alpha, a.beta, a.u).Z;
+    // paper_term's operations (the compiler shares them with the line above)
+    const T diff = t - p;
+    const T lin = e * t - Es[j] * y;
+    const T de = Es[j] - e;
+    ed[j] = e * diff;
+    edd[j] = ed[j] * diff;
+    r1[j] = de + T(2) * lin;
+    r2[j] = lin * lin + T(0.25) * de * de;
   }
 }
 
 // Sample i's loss (when lse_out is given: lse_out and loss are written) and its gradient
-// before the incoming one, paper mode, in one pass over the grid: the terms Z and their
-// four derivatives stored as rows (scratch: Es, KV_padded, then terms, 5 KV_padded), the
-// softmax-weighted sums of the derivatives less the numerator terms' (averaged over k):
-// d loss_i / d (pred, shift, var, u). The softmax weights are exp(Z - max) summed with
-// the derivatives in the same pass as the log-sum-exp's sum, and the sums divided by it
-// at the end: one exponential a term where weights exp(Z - lse) took a second pass and
-// a second exponential (a fifth of the op on an AVX2 machine). The loss has the bits of
-// paper_forward_impl (row_logsumexp's lanes, in its order). The recomputing backward
-// recomputes the same sums (not the forward's saved LSEs), so its gradients have the bits
-// of the training path's.
+// before the incoming one, paper mode, in one pass over the grid after paper_factor_rows
+// (scratch: Es, KV_padded, then terms, 5 KV_padded): d loss_i / d (pred, shift, var, u),
+// the softmax-weighted sums of the terms' derivatives less the numerator terms' (averaged
+// over k). The weights exp(Z - max) are summed with the weighted factors in the
+// log-sum-exp's own pass, and the sums divided by it and multiplied by the sample's
+// constants once at the end: one exponential a term, where weights exp(Z - lse) took a
+// second pass and a second exponential. The loss has the bits of paper_forward_impl
+// (row_logsumexp's lanes, in its order). The recomputing backward runs this same code, so
+// its gradients have the bits of the training path's.
 template <bool kFma, typename T>
 __attribute__((always_inline)) inline std::array<T, 4> paper_partials_impl(const SurrogateArgs<T>& a, int64_t i,
                                                                           T* lse_out, T* loss, T* __restrict Es,
@@ -627,32 +639,34 @@ __attribute__((always_inline)) inline std::array<T, 4> paper_partials_impl(const
   const T jb = static_cast<T>(a.grid_pos[b]);
   const T y = a.target[i], p = a.pred[i], shift = a.shift[i], var = a.var[i], u = a.u;
   fill_own_eta(a, b, Es);
-  T *Z = terms, *dp = terms + KV, *dsh = terms + 2 * KV, *dv = terms + 3 * KV, *du = terms + 4 * KV;
-  paper_row_terms(a, Es, jb, y, p, shift, var, Z, dp, dsh, dv, du);
+  T *Z = terms, *ed = terms + KV, *edd = terms + 2 * KV, *r1 = terms + 3 * KV, *r2 = terms + 4 * KV;
+  paper_factor_rows(a, Es, jb, y, p, shift, var, Z, ed, edd, r1, r2);
   constexpr int64_t kLanes = kGridPad;
-  // row_logsumexp's maximum and lane sums, with the weighted derivatives beside them
+  // row_logsumexp's maximum and lane sums, with the weighted factors beside them
   const T mx = row_max(Z, KV);
-  T acc_s[kLanes] = {}, acc_p[kLanes] = {}, acc_sh[kLanes] = {}, acc_v[kLanes] = {}, acc_u[kLanes] = {};
+  T acc_s[kLanes] = {}, acc_ed[kLanes] = {}, acc_edd[kLanes] = {}, acc_r1[kLanes] = {}, acc_r2[kLanes] = {};
   for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
     for (int64_t l = 0; l < kLanes; ++l) {
       const int64_t j = j0 + l;
       const T w = exp_clamped<kFma, T>(Z[j] - mx);
       acc_s[l] += w;
-      acc_p[l] = mul_add<kFma>(w, dp[j], acc_p[l]);
-      acc_sh[l] = mul_add<kFma>(w, dsh[j], acc_sh[l]);
-      acc_v[l] = mul_add<kFma>(w, dv[j], acc_v[l]);
-      acc_u[l] = mul_add<kFma>(w, du[j], acc_u[l]);
+      acc_ed[l] = mul_add<kFma>(w, ed[j], acc_ed[l]);
+      acc_edd[l] = mul_add<kFma>(w, edd[j], acc_edd[l]);
+      acc_r1[l] = mul_add<kFma>(w, r1[j], acc_r1[l]);
+      acc_r2[l] = mul_add<kFma>(w, r2[j], acc_r2[l]);
     }
   }
   const T sum = lane_sum(acc_s);
-  T g[4] = {lane_sum(acc_p), lane_sum(acc_sh), lane_sum(acc_v), lane_sum(acc_u)};
+  const T s_ed = lane_sum(acc_ed) / sum, s_edd = lane_sum(acc_edd) / sum;
+  const T s_r1 = lane_sum(acc_r1) / sum, s_r2 = lane_sum(acc_r2) / sum;
   if (lse_out != nullptr) {
     T own = 0;
     for (int64_t kc = 0; kc < K; ++kc) own += Z[kc * V + a.grid_pos[b]];
     lse_out[0] = mx + std::log(sum);
     *loss = lse_out[0] - own / T(K);
   }
-  for (T& x : g) x /= sum;
+  const T g_p = T(2) * u * s_ed, g_shift = a.alpha * u * s_r1, g_var = a.beta * u * u * s_r2;
+  const T g_u = (a.alpha * shift * s_r1 - s_edd) + T(2) * a.beta * u * var * s_r2;
   // the numerator terms Z[k, b], averaged over k (their shift and var terms vanish)
   T op = 0, ou = 0;
   for (int64_t kc = 0; kc < K; ++kc) {
@@ -661,7 +675,7 @@ __attribute__((always_inline)) inline std::array<T, 4> paper_partials_impl(const
     op += z.dZ_dp;
     ou += z.dZ_du;
   }
-  return {g[0] - op / T(K), g[1], g[2], g[3] - ou / T(K)};
+  return {g_p - op / T(K), g_shift, g_var, g_u - ou / T(K)};
 }
 
 // d loss_i / d (pred, shift, var, noise_var) from paper_partials and the incoming gradient.
