@@ -25,6 +25,14 @@ def cpu_description() -> dict:
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
+# The environment of a benchmark's subprocess on an AVX2-only build of this tree
+# (IRDA_CPU_ISA=avx2, the --isa-build options): PyTorch's own vectorised kernels (ATen's
+# dispatch, MKL, oneDNN) held to AVX2 too, as on a machine without AVX-512; otherwise the
+# work around the kernels (the dense reference, the MLP of a step) would run AVX-512 code
+# beside an AVX2 build of the kernels.
+AVX2_MACHINE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
 def describe(env: dict) -> str:
     return (f"{env['cpu']} ({', '.join(env['vector_extensions']) or 'no vector extensions listed'}), "
             f"{env['cpus']} CPUs, {env['torch_threads']} torch thread(s), torch {env['torch']}")

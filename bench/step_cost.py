@@ -2,6 +2,7 @@
 
     python bench/step_cost.py                  # abalone, 1 thread, 30 epochs a method
     python bench/step_cost.py --dataset bikeshare --threads 2
+    python bench/step_cost.py --isa-build /tmp/avx2    # also an IRDA_CPU_ISA=avx2 build, as on an AVX2 machine
 
 In one run, for ``--method vanilla-mse`` (MSE) and ``--method irda`` (the CLI defaults), the
 driver builds the run exactly as ``irda-train`` does (``irda_ext.train.driver.build_run``: model,
@@ -32,8 +33,10 @@ Writes bench/results/step_cost.{md,json}.
 """
 import argparse
 import copy
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +47,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
-from machine import cpu_description, describe  # noqa: E402
+from machine import AVX2_MACHINE, cpu_description, describe  # noqa: E402
 from report import write_results  # noqa: E402
 
 TARGETS = {"step_ratio": 1.5, "end_epoch_share": 0.10}
@@ -222,6 +225,30 @@ def measure(dataset: str, methods, epochs: int, threads: int) -> dict:
         return rows
 
 
+def step_table(rows: dict, base_method: str) -> list:
+    base = rows[base_method]
+    lines = ["| method | step (ms) | step / MSE step | epoch (ms) | epoch / MSE epoch | end_epoch (ms) | "
+             "end_epoch share of the epoch |", "|---|---|---|---|---|---|---|"]
+    for m, r in rows.items():
+        lines.append(f"| {m} | {r['step_s'] * 1e3:.2f} | {r['step_s'] / base['step_s']:.2f}x | "
+                     f"{r['epoch_s'] * 1e3:.1f} | {r['epoch_s'] / base['epoch_s']:.2f}x | "
+                     f"{r['end_epoch_s'] * 1e3:.2f} | {r['end_epoch_s'] / r['epoch_s']:.1%} |")
+    return lines
+
+
+def check_rows(rows: dict, base_method: str, build: str) -> list:
+    base, lines = rows[base_method], []
+    for m, r in rows.items():
+        if m == base_method:
+            continue
+        ratio, share = r["step_s"] / base["step_s"], r["end_epoch_s"] / r["epoch_s"]
+        lines.append(f"| {build} | {m} step / {base_method} step | {ratio:.2f}x | <= {TARGETS['step_ratio']}x | "
+                     f"{'yes' if ratio <= TARGETS['step_ratio'] else '**no**'} |")
+        lines.append(f"| {build} | {m} end_epoch / epoch | {share:.1%} | <= {TARGETS['end_epoch_share']:.0%} | "
+                     f"{'yes' if share <= TARGETS['end_epoch_share'] else '**no**'} |")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="abalone")
@@ -229,10 +256,28 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", nargs="+", default=["vanilla-mse", "irda"])
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--isa-build", action="append", default=[], metavar="DIR",
+                        help="also measure an AVX2-only build of this tree (IRDA_CPU_ISA=avx2) in DIR, in a "
+                             "subprocess whose PyTorch kernels are held to AVX2: what a machine without AVX-512 gets")
+    parser.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)  # the subprocess mode
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error(f"--epochs must be at least 2 (the first epoch is not timed), got {args.epochs}")
+    if args.json_only:
+        print(json.dumps({"rows": measure(args.dataset, args.methods, args.epochs, args.threads),
+                          "capability": torch.backends.cpu.get_cpu_capability()}))
+        return 0
     rows = measure(args.dataset, args.methods, args.epochs, args.threads)
+    builds = {}
+    for build in args.isa_build:
+        # the build's own copy of this script: it puts its tree first on the path
+        command = [sys.executable, os.path.join(build, "bench", "step_cost.py"), "--json-only", "--dataset",
+                   args.dataset, "--epochs", str(args.epochs), "--threads", str(args.threads), "--methods",
+                   *args.methods]
+        proc = subprocess.run(command, env=dict(os.environ, PYTHONPATH=os.path.abspath(build), **AVX2_MACHINE),
+                              cwd=build, check=True, capture_output=True, text=True)
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+        builds[build] = (data["rows"], data["capability"])
     floor = kernel_floor(capture_step(args.dataset, args.threads)) if "irda" in args.methods else None
     env = cpu_description()
     env["torch_threads"] = args.threads
@@ -243,23 +288,15 @@ def main(argv=None):
              f"{base['steps_per_epoch']} steps an epoch), every method at its CLI defaults"
              + "".join(f" ({m}: K = {r['clusters']} clusters)" for m, r in rows.items() if r.get("clusters"))
              + f"; a step is the mean over an epoch's steps; medians over epochs 2-{args.epochs}, the methods' epochs "
-               "interleaved.", "",
-             "| method | step (ms) | step / MSE step | epoch (ms) | epoch / MSE epoch | end_epoch (ms) | "
-             "end_epoch share of the epoch |",
-             "|---|---|---|---|---|---|---|"]
-    for m, r in rows.items():
-        lines.append(f"| {m} | {r['step_s'] * 1e3:.2f} | {r['step_s'] / base['step_s']:.2f}x | "
-                     f"{r['epoch_s'] * 1e3:.1f} | {r['epoch_s'] / base['epoch_s']:.2f}x | {r['end_epoch_s'] * 1e3:.2f} | "
-                     f"{r['end_epoch_s'] / r['epoch_s']:.1%} |")
-    lines += ["", "| check | measured | target | met |", "|---|---|---|---|"]
-    for m, r in rows.items():
-        if m == args.methods[0]:
-            continue
-        ratio, share = r["step_s"] / base["step_s"], r["end_epoch_s"] / r["epoch_s"]
-        lines.append(f"| {m} step / {args.methods[0]} step | {ratio:.2f}x | <= {TARGETS['step_ratio']}x | "
-                     f"{'yes' if ratio <= TARGETS['step_ratio'] else '**no**'} |")
-        lines.append(f"| {m} end_epoch / epoch | {share:.1%} | <= {TARGETS['end_epoch_share']:.0%} | "
-                     f"{'yes' if share <= TARGETS['end_epoch_share'] else '**no**'} |")
+               "interleaved.", "", *step_table(rows, args.methods[0])]
+    checks = check_rows(rows, args.methods[0], "this build")
+    for build, (other, capability) in builds.items():
+        lines += ["", f"The same run on `{build}`, an AVX2-only build of this tree (IRDA_CPU_ISA=avx2), in a "
+                      f"subprocess whose PyTorch kernels are held to AVX2 too ({capability}; AVX2_MACHINE in "
+                      "bench/machine.py): what a machine without AVX-512 gets.", "",
+                  *step_table(other, args.methods[0])]
+        checks += check_rows(other, args.methods[0], f"{build} (AVX2)")
+    lines += ["", "| build | check | measured | target | met |", "|---|---|---|---|---|", *checks]
     if floor is not None:
         irda, mse = rows["irda"], base["step_s"]
         lines += ["", f"IRDA's own arithmetic in one step (a full batch of {floor['batch']}), each piece timed alone "
@@ -289,6 +326,8 @@ def main(argv=None):
                       "loss's autograd nodes, the records a step keeps (bins, confusion, reservoir), the optimizer's "
                       "second parameter group, and the MLP's own work slowed by the caches IRDA's data takes."]
     write_results(args.out, "step_cost", lines, {"env": env, "dataset": args.dataset, "rows": rows,
+                                                 "isa_builds": {b: {"rows": r, "torch_capability": c}
+                                                                for b, (r, c) in builds.items()},
                                                  "kernel_floor": floor})
     return 0
 

@@ -21,9 +21,10 @@ In one run, at n = 256, K = 3, B = 100, float32 (SPEC 6):
 
 ``--isa-build DIR`` runs the same measurement in a subprocess on another build of this tree (its
 ``irda_ext/_C*.so`` in place), one compiled with ``IRDA_CPU_ISA=avx2``, to see what an AVX2
-machine gets: the subprocess also keeps PyTorch's own kernels (the dense reference's) to AVX2
-(:data:`AVX2_MACHINE`), as they would be on such a machine. All of it is repeated ``--rounds`` times, every build in each round, and each time
-reported is the median over the rounds (on a shared machine one run's figures moved by 30%).
+machine gets: the subprocess also holds PyTorch's own kernels (the dense reference's) to AVX2
+(``AVX2_MACHINE`` in bench/machine.py), as they would be on such a machine. All of it is
+repeated ``--rounds`` times, every build in each round, and each time reported is the median
+over the rounds (on a shared machine one run's figures moved by 30%).
 Writes bench/results/surrogate_bound.{md,json}.
 """
 import argparse
@@ -42,7 +43,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import run_benchmarks  # noqa: E402
 from cases import surrogate_batch, var_per_bin  # noqa: E402
-from machine import cpu_description, describe  # noqa: E402
+from machine import AVX2_MACHINE, cpu_description, describe  # noqa: E402
 from report import write_results  # noqa: E402
 
 # Floating-point operations per term (float32), counted from the source; selects, compares
@@ -78,12 +79,6 @@ TABLE_FLOPS = 27  # per table entry, forward and backward each (the training pat
 ROW_FLOPS = 8  # exact mode, per (sample, competitor), forward and backward each (the training path: once)
 MODES = {"exact": "exact", "paper": "paper", "exact, var per bin": "exact"}
 TARGETS = {"exact_bound": 4.0, "exact_dense": 15.0, "paper_dense": 15.0}
-
-
-# The environment of an --isa-build subprocess: PyTorch's own vectorised kernels (ATen's
-# dispatch, MKL, oneDNN) held to AVX2, as on a machine without AVX-512; otherwise the dense
-# reference would run AVX-512 code against an AVX2 build of the kernels.
-AVX2_MACHINE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def median_time(fn):

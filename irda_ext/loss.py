@@ -19,7 +19,7 @@ from .isotropic import adjusted_quadratic, isotropic_adjustment, isotropic_from_
 from .noise_scale import NoiseScale
 from ._ops import ops
 from .surrogate import MODES, reduce_loss
-from .wfds import kernel_matrix, restrict_to_bins, wfds_smooth, wfds_weights
+from .wfds import kernel_matrix, kernel_smoothing_matrix, restrict_to_bins, wfds_smooth, wfds_weights
 
 
 def _check_fits_in_memory(num_bins: int, feature_dim: int, dtype: torch.dtype, copies: int = 1) -> None:
@@ -177,7 +177,8 @@ class IRDALoss(nn.Module):
         distributed.all_reduce_sum_(self.confusion_counter.counts)  # issue 7: every rank's predictions
         self.confusion.copy_(self.confusion_counter.confusion())
         self.confusion_counter.reset()
-        self.smoothing.copy_(wfds_weights(self.confusion, self.kernel, self.kernel_size, self.kernel_sigma))
+        self.smoothing.copy_(wfds_weights(self.confusion, self.kernel, self.kernel_size, self.kernel_sigma,
+                                          fds=self._kernel_rows()))
         if self.reservoir is not None:
             # issue 7: k-means on every rank's reservoir (once, on rank 0), eta broadcast
             eta = distributed.synced_cluster_shares(self.reservoir, self.num_clusters, self.bins.num_bins,
@@ -185,6 +186,23 @@ class IRDALoss(nn.Module):
             self.eta.copy_(eta.to(self.eta.device))
             self.reservoir.reset()
         self.epochs_done += 1
+        if self._head_terms is not None:
+            # The fused step's per-bin terms of the new statistics, now rather than in the next
+            # epoch's first step: they change here, once an epoch (a bin's first sample aside),
+            # and the caches hold the statistics just merged. Only where the fused step ran
+            # (it made the cache): Meta-IRDA's steps never read them.
+            self.head_terms()
+
+    def _kernel_rows(self) -> torch.Tensor:
+        """FDS's kernel rows (``kernel_smoothing_matrix``) for ``wfds_weights``, kept: they depend
+        on the bins and the kernel only, and rebuilding them was a tenth of an abalone epoch end."""
+        confusion = self.confusion
+        kept = self.__dict__.get("_fds")
+        if kept is None or kept.dtype != confusion.dtype or kept.device != confusion.device:
+            kept = kernel_smoothing_matrix(confusion.shape[0], self.kernel, self.kernel_size, self.kernel_sigma,
+                                           confusion.dtype, confusion.device)
+            self.__dict__["_fds"] = kept
+        return kept
 
     def strength(self):
         """The current ``(alpha, beta)`` after the ramp."""

@@ -85,12 +85,15 @@ def kernel_smoothing_matrix(num_bins: int, kernel: str = "gaussian", kernel_size
 
 
 def wfds_weights(confusion: torch.Tensor, kernel: str = "gaussian", kernel_size: int = 5,
-                 sigma: float = 2.0) -> torch.Tensor:
+                 sigma: float = 2.0, fds: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Row-normalised W-FDS weights ``S[b, b'] = eps[b, b'] k(b, b') / sum_b'' (...)``.
 
     A row with no mass falls back to the normalised kernel row, which is FDS's
     smoothing. ``confusion`` is ``eps [B, B]`` (paper eq. 6): the share of bin-b
     training samples predicted in bin b'; the identity gives ``S = I``.
+
+    ``fds``: :func:`kernel_smoothing_matrix` of these bins and kernel in ``confusion``'s dtype
+    and device, if the caller keeps it (it depends on neither the confusion nor the epoch).
 
     Returns:
         ``S [B, B]`` in the dtype and on the device of ``confusion``, banded with
@@ -103,7 +106,12 @@ def wfds_weights(confusion: torch.Tensor, kernel: str = "gaussian", kernel_size:
         raise ValueError("confusion must be finite and non-negative")
     # Each row of eps * k is renormalised, so k's rows may be scaled first: FDS's normalised
     # rows serve as the kernel and as the fallback of a row without mass.
-    fds = kernel_smoothing_matrix(confusion.shape[0], kernel, kernel_size, sigma, confusion.dtype, confusion.device)
+    if fds is None:
+        fds = kernel_smoothing_matrix(confusion.shape[0], kernel, kernel_size, sigma, confusion.dtype,
+                                      confusion.device)
+    elif fds.shape != confusion.shape or fds.dtype != confusion.dtype or fds.device != confusion.device:
+        raise ValueError(f"fds must match confusion ({tuple(confusion.shape)}, {confusion.dtype}, {confusion.device}), "
+                         f"got ({tuple(fds.shape)}, {fds.dtype}, {fds.device})")
     s = confusion * fds
     mass = s.sum(1, keepdim=True)
     return torch.where(mass > 0, s / mass.clamp_min(torch.finfo(s.dtype).tiny), fds)

@@ -144,6 +144,35 @@ def test_head_terms_are_the_smoothed_statistics_and_follow_them(mode, isotropic)
         criterion.end_epoch()
 
 
+def test_epoch_end_computes_the_next_epochs_head_terms_once():
+    """Where the fused step ran, end_epoch leaves the new statistics' head terms in the cache (the
+    next epoch's first step reads them instead of computing them): the same bits as computing them
+    afresh, and the first step does not compute them again. Without a fused step (no cache yet:
+    Meta-IRDA's steps) the epoch end computes nothing."""
+    g = torch.Generator().manual_seed(5)
+    B, D = 9, 5
+    criterion = IRDALoss(Bins(0, B, 1), D, 2)
+    head = torch.nn.Linear(D, 1)
+
+    def step():
+        y = torch.rand(40, generator=g, dtype=torch.float64) * B
+        criterion(torch.randn(40, D, generator=g), y, head).backward()
+
+    criterion.end_epoch()
+    assert criterion._head_terms is None  # no fused step yet: nothing computed
+    for epoch in range(3):
+        step()
+        criterion.end_epoch()
+        kept = criterion._head_terms
+        assert kept is not None and kept[0][0] == criterion._statistics_key()
+        criterion._head_terms = None
+        for a, b in zip(kept[1], criterion.head_terms()):
+            assert torch.equal(a, b)
+        criterion._head_terms = kept
+        step()  # the bins it sees all had data: the statistics are those of the epoch end
+        assert criterion._head_terms is kept
+
+
 def test_smoothed_statistics_follow_a_loaded_state_and_a_direct_write():
     B, D = 8, 3
     a, b = IRDALoss(Bins(0, B, 1), D, 2), IRDALoss(Bins(0, B, 1), D, 2)

@@ -95,6 +95,19 @@ def test_row_without_mass_falls_back_to_fds_kernel():
     torch.testing.assert_close(S[3], kernel_smoothing_matrix(7)[3])
 
 
+def test_weights_from_kept_kernel_rows_are_the_same_bits():
+    """IRDALoss keeps FDS's kernel rows and hands them to wfds_weights at each epoch end: the
+    weights are those computed from scratch, and rows of other bins, dtype or device are refused."""
+    eps = torch.rand(11, 11, dtype=torch.float64)
+    eps[4] = 0.0  # a row without mass: the kernel row itself
+    fds = kernel_smoothing_matrix(11, "triang", 5, 2.0, torch.float64)
+    kept = irda_ext.wfds_weights(eps, "triang", 5, 2.0, fds=fds)
+    assert torch.equal(kept, irda_ext.wfds_weights(eps, "triang", 5, 2.0))
+    for bad in (fds[:10, :10], fds.float()):
+        with pytest.raises(ValueError, match="fds must match confusion"):
+            irda_ext.wfds_weights(eps, "triang", 5, 2.0, fds=bad)
+
+
 def test_restrict_to_bins_drops_empty_columns():
     S = irda_ext.wfds_weights(torch.ones(5, 5, dtype=torch.float64))
     has = torch.tensor([True, False, True, True, False])
