@@ -249,13 +249,18 @@ def _canonical_order_in_torch(features, bins):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("N,D", [(0, 3), (1, 4), (97, 1), (500, 97), (300, 0)])
-def test_canonical_order_sorts_by_bin_key_and_position_whatever_the_arrival(dtype, N, D):
+@pytest.mark.parametrize("spread", ["narrow", "wide"])
+def test_canonical_order_sorts_by_bin_key_and_position_whatever_the_arrival(dtype, N, D, spread):
+    """Bins of a narrow range (the op buckets them by bin) and bins far apart, to int64's ends
+    (one sort of all the rows)."""
     from irda_ext.distributed import canonical_order
     g = torch.Generator().manual_seed(N + D)
     x = torch.randn(N, D, generator=g, dtype=torch.float64).to(dtype)
     if N > 10:
         x[5] = x[3]  # a tie in bin and key: position decides
     bins = torch.randint(0, 7, (N,), generator=g)
+    if spread == "wide":
+        bins = torch.tensor([-2**63, -5, 0, 3, 2**40, 2**62, 2**63 - 1])[bins]
     if N > 10:
         bins[5] = bins[3]
     got_x, got_b = canonical_order(x, bins)
