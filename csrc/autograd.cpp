@@ -74,6 +74,8 @@ class Surrogate : public torch::autograd::Function<Surrogate> {
                                double alpha, double beta, const at::Tensor& noise_var, c10::string_view mode,
                                bool with_partials) {
     at::AutoDispatchBelowADInplaceOrView below;
+    // lse is not differentiable: no zero gradient built for it in every backward
+    ctx->set_materialize_grads(false);
     ctx->saved_data["alpha"] = alpha;
     ctx->saved_data["beta"] = beta;
     ctx->saved_data["mode"] = std::string(mode);

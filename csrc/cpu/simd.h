@@ -116,7 +116,9 @@ struct FloatLayout {
 //   x = k ln2 + r, |r| <= ln2 / 2;  exp(x) = 2^k * exp(r), exp(r) by its Taylor series.
 // k is rounded with the shifter and 2^k is built directly in the exponent bits.
 // kFma: the rounding of k, the reduction and Horner's steps are fused multiply-adds.
-template <bool kFma, typename T>
+// kClampAbove = false (exp_nonpositive) leaves out the upper clamp, for arguments that never
+// reach it.
+template <bool kFma, typename T, bool kClampAbove = true>
 __attribute__((always_inline)) inline T exp_clamped(T x) {
   using L = FloatLayout<T>;
   constexpr bool dbl = L::dbl;
@@ -124,7 +126,11 @@ __attribute__((always_inline)) inline T exp_clamped(T x) {
   constexpr T highest = dbl ? T(709.0) : T(88.0);
   constexpr T log2e = T(1.4426950408889634);
 
-  x = x < lowest ? lowest : (x > highest ? highest : x);
+  if constexpr (kClampAbove) {
+    x = x < lowest ? lowest : (x > highest ? highest : x);
+  } else {
+    x = x < lowest ? lowest : x;
+  }
   const T kd = mul_add<kFma>(x, log2e, L::shifter);  // round to nearest: k sits in the low mantissa bits
   const T k = kd - L::shifter;
   const T r = mul_add<kFma>(-k, L::ln2_lo, mul_add<kFma>(-k, L::ln2_hi, x));
@@ -136,6 +142,13 @@ __attribute__((always_inline)) inline T exp_clamped(T x) {
   // the bits of 2^k
   const T scale = L::from_bits(((L::to_bits(kd) - L::to_bits(L::shifter)) + L::bias) << L::mantissa);
   return p * scale;
+}
+
+// exp(x) for x <= 0, as the softmax weights exp(x - max) are: exp_clamped's bits (its upper
+// clamp, which such arguments never reach, left out: a compare and a select fewer a term).
+template <bool kFma, typename T>
+__attribute__((always_inline)) inline T exp_nonpositive(T x) {
+  return exp_clamped<kFma, T, false>(x);
 }
 
 // log(x) for a positive normal finite x, within a few ulp in float64 and float32.
