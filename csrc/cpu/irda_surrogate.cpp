@@ -175,7 +175,7 @@ __attribute__((always_inline)) inline T row_logsumexp(const T* __restrict x, int
   T lane[kLanes];
   for (int64_t l = 0; l < kLanes; ++l) lane[l] = T(0);
   for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) lane[l] += exp_clamped<kFma, T>(x[j0 + l] - mx);
+    for (int64_t l = 0; l < kLanes; ++l) lane[l] += exp_nonpositive<kFma, T>(x[j0 + l] - mx);
   }
   return mx + std::log(lane_sum(lane));
 }
@@ -397,7 +397,7 @@ __attribute__((always_inline)) inline ExactPartials<T> exact_partials_impl(const
     T acc_w[kLanes] = {}, acc_m[kLanes] = {}, acc_s2[kLanes] = {}, acc_u[kLanes] = {};
     for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
       for (int64_t l = 0; l < kLanes; ++l) {
-        const T w = exp_clamped<kFma, T>(F[j0 + l] - mx);
+        const T w = exp_nonpositive<kFma, T>(F[j0 + l] - mx);
         acc_w[l] += w;
         acc_m[l] = mul_add<kFma>(w, dm[j0 + l], acc_m[l]);
         acc_s2[l] = mul_add<kFma>(w, ds2[j0 + l], acc_s2[l]);
@@ -648,7 +648,7 @@ __attribute__((always_inline)) inline std::array<T, 4> paper_partials_impl(const
   for (int64_t j0 = 0; j0 < KV; j0 += kLanes) {
     for (int64_t l = 0; l < kLanes; ++l) {
       const int64_t j = j0 + l;
-      const T w = exp_clamped<kFma, T>(Z[j] - mx);
+      const T w = exp_nonpositive<kFma, T>(Z[j] - mx);
       acc_s[l] += w;
       acc_ed[l] = mul_add<kFma>(w, ed[j], acc_ed[l]);
       acc_edd[l] = mul_add<kFma>(w, edd[j], acc_edd[l]);
