@@ -10,17 +10,24 @@ VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl
 
 
 def cpu_description() -> dict:
-    model, flags = platform.processor() or platform.machine(), set()
+    model, flags, ids = platform.processor() or platform.machine(), set(), {}
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                key = key.strip()
+                if key == "model name" and model in ("", platform.machine(), platform.processor()):
                     model = value.strip()
-                elif key.strip() == "flags" and not flags:
+                elif key == "flags" and not flags:
                     flags = set(value.split())
+                elif key in ("cpu family", "model") and key not in ids:
+                    ids[key] = value.strip()
     except OSError:
         pass
+    # A virtual machine's model name may say only "AMD EPYC": the family and model numbers tell
+    # the generation (family 26 is Zen 5, 25 Zen 3/4, 23 Zen 1/2; Intel's are family 6).
+    if "cpu family" in ids and "model" in ids:
+        model = f"{model}, family {ids['cpu family']} model {ids['model']}"
     return {"cpu": model, "vector_extensions": [f for f in VECTOR_FLAGS if f in flags], "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 

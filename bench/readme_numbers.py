@@ -73,6 +73,13 @@ def paragraph() -> str:
                      f"{irda['epoch_s'] / mse['epoch_s']:.2f}x), "
                      f"and `end_epoch` is {irda['end_epoch_s'] / irda['epoch_s']:.0%} of an IRDA epoch "
                      f"({machine(step['env'])}; `step_cost.md`).")
+        for other in step.get("isa_builds", {}).values():
+            o_mse, o_irda = other["rows"].get("vanilla-mse"), other["rows"].get("irda")
+            if o_mse and o_irda:
+                parts.append(f"Built for AVX2 only, with PyTorch's kernels held to AVX2 too (what a machine without "
+                             f"AVX-512 gets), the step is {o_irda['step_s'] / o_mse['step_s']:.2f}x an MSE step and "
+                             f"`end_epoch` {o_irda['end_epoch_s'] / o_irda['epoch_s']:.0%} of the epoch "
+                             f"(same machine, 1 thread; `step_cost.md`).")
         floor = step.get("kernel_floor")
         if floor:
             parts.append(f"IRDA's own kernels in that step (the fused loss's forward and backward: the surrogate and "
