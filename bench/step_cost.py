@@ -15,8 +15,9 @@ interleaved (a shared machine's slow spells fall on both), timing:
   epoch but the first;
 * **one epoch**: its steps (loader included) plus the method's ``end_epoch``, and
   ``end_epoch`` alone as a share of it (IRDA: the covariance updates ``BinStats`` deferred during
-  the epoch, applied in one pass, the statistics' epoch merge, the W-FDS weights and k-means on
-  the feature reservoir). Work a step defers is paid here: the epoch ratio is the whole cost.
+  the epoch, applied in one pass, the statistics' epoch merge, the W-FDS weights, k-means on
+  the feature reservoir, and the fused step's per-bin terms of the new statistics, which the
+  next epoch's steps read). Work a step defers is paid here: the epoch ratio is the whole cost.
 
 Then IRDA's own arithmetic in such a step, each piece timed alone on the inputs of a real step
 (``capture_step``: a separate 3-epoch run of the same configuration), best of many calls with hot
