@@ -289,7 +289,8 @@ class IRDALoss(nn.Module):
         smooths straight into the triangles with the diagonals and sums of squares the
         adjustment needs, one pass over half of each covariance where the full smoothed blocks,
         the adjustment and the packing took three over all of it (2.9 ms at abalone's sizes, in
-        each epoch's first step). Kept until the statistics or the smoothing change."""
+        each epoch's first step when that step computed them). Kept until the statistics or the
+        smoothing change; ``end_epoch`` computes them for the next epoch where the fused step ran."""
         key = (self._statistics_key(), self.mode)
         cached = self._head_terms
         if cached is None or cached[0] != key:
