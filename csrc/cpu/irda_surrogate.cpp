@@ -600,8 +600,8 @@ __attribute__((always_inline)) inline void paper_forward_impl(const SurrogateArg
 //   dZ/dp = 2 u (e' diff),  dZ/dshift = alpha u R1,  dZ/dvar = beta u^2 R2,
 //   dZ/du = -(e' diff) diff + alpha shift R1 + 2 beta u var R2.
 // paper_factor_rows stores each competitor's Z and those factors as five rows
-// (Z, e' diff, e' diff^2, R1, R2; restrict parameters: gcc vectorises the loop), Z with
-// paper_term's bits.
+// (Z, e' diff, e' diff^2, R1, R2; restrict parameters: gcc vectorises the loop), from
+// paper_term's own parts (paper_factors, paper_logit): Z has its bits.
 template <typename T>
 __attribute__((always_inline)) inline void paper_factor_rows(const SurrogateArgs<T>& a, const T* __restrict Es, T jb,
                                                              T y, T p, T shift, T var, T* __restrict Z,
@@ -609,15 +609,12 @@ __attribute__((always_inline)) inline void paper_factor_rows(const SurrogateArgs
                                                              T* __restrict r2) {
   for (int64_t j = 0; j < a.KV_padded; ++j) {
     const T t = competitor_target(a, j, jb, y), e = a.grid_eta[j];
-    Z[j] = paper_term<T>(Es[j], e, y, t, a.grid_lp[j], p, shift, var, a.alpha, a.beta, a.u).Z;
-    // paper_term's operations (the compiler shares them with the line above)
-    const T diff = t - p;
-    const T lin = e * t - Es[j] * y;
-    const T de = Es[j] - e;
-    ed[j] = e * diff;
-    edd[j] = ed[j] * diff;
-    r1[j] = de + T(2) * lin;
-    r2[j] = lin * lin + T(0.25) * de * de;
+    const PaperFactors<T> f = paper_factors(Es[j], e, y, t, p);
+    Z[j] = paper_logit(f, e, a.grid_lp[j], shift, var, a.alpha, a.beta, a.u);
+    ed[j] = e * f.diff;
+    edd[j] = ed[j] * f.diff;
+    r1[j] = f.R1;
+    r2[j] = f.R2;
   }
 }
 
