@@ -59,9 +59,11 @@ from report import write_results  # noqa: E402
 #   one exponential a term). A competitor's target, its products P and S and its log-prior
 #   difference (8) are computed once per sample, forward and backward (fill_sample_rows), and
 #   read by its K numerator clusters.
-#   paper_term's Z: 17 (the own-bin shares are filled per sample); forward's log-sum-exp 27;
-#   backward recomputes Z (17) and its four derivatives (10), then the same one pass: the
-#   maximum (1), exp_clamped(Z - max) (25) with its sum (1) and four weighted sums (8)
+#   Paper mode's Z (paper_cell, csrc/cpu/irda_surrogate.cpp): 18 (lin 3; de, 2 lin and diff 3;
+#   R1 1; R2' 3; ed and ed diff 2; Z's three multiply-adds 6; the own-bin shares are filled per
+#   sample), whose intermediates ed, ed diff, R1 and R2' are the factors of its derivatives;
+#   forward's log-sum-exp 27; backward recomputes Z (18), then the same one pass: the maximum
+#   (1), exp_clamped(Z - max) (25) with its sum (1) and four weighted sums (8)
 #   (paper_partials_impl).
 #   With a var per bin (IRDALoss's case) exact mode reads a, 1 / r and -log(r) / 2 from a table
 #   built once per (bin, s2) and thread (DenominatorPlan, ThreadDenominators in
@@ -69,11 +71,11 @@ from report import write_results  # noqa: E402
 #   skips those 27, forward and backward, and each table costs them per (numerator cluster,
 #   competitor), once forward and once backward.
 #   The training path (irda_surrogate_with_partials, what autograd runs on the CPU) evaluates
-#   each term once with its derivatives (exact 58, paper 27), then the one pass of the backward
+#   each term once with its derivatives (exact 58, paper 18), then the one pass of the backward
 #   (exact 33, paper 35), which also gives the log-sum-exp; the sample rows and the tables once;
 #   its backward is O(n). (Training and the recomputing backward run the same code.)
 FLOPS_PER_TERM = {"exact": {"forward": 65, "backward": 91, "training": 91},
-                  "paper": {"forward": 44, "backward": 62, "training": 62},
+                  "paper": {"forward": 45, "backward": 53, "training": 53},
                   "exact, var per bin": {"forward": 38, "backward": 64, "training": 64}}
 TABLE_FLOPS = 27  # per table entry, forward and backward each (the training path: once)
 ROW_FLOPS = 8  # exact mode, per (sample, competitor), forward and backward each (the training path: once)

@@ -139,36 +139,20 @@ struct PaperTerm {
   T dZ_du;
 };
 
-// The parts of Z that vary over the grid: diff = t - p, R1 and R2 (the CPU's paper partials
-// sum them, weighted, and apply the sample's constants once).
-template <typename T>
-struct PaperFactors {
-  T diff, R1, R2;
-};
-
-template <typename T>
-IRDA_INLINE PaperFactors<T> paper_factors(T e_own, T e_comp, T y, T t, T p) {
-  const T lin = e_comp * t - e_own * y;
-  const T de = e_own - e_comp;
-  return {t - p, de + T(2) * lin, lin * lin + T(0.25) * de * de};
-}
-
-// Z from its factors.
-template <typename T>
-IRDA_INLINE T paper_logit(const PaperFactors<T>& f, T e_comp, T lp_comp, T shift, T var, T alpha, T beta, T u) {
-  return -u * e_comp * f.diff * f.diff + alpha * u * f.R1 * shift + beta * u * u * f.R2 * var + lp_comp;
-}
-
 template <typename T>
 IRDA_INLINE PaperTerm<T> paper_term(T e_own, T e_comp, T y, T t, T lp_comp, T p, T shift, T var,
                                         T alpha, T beta, T u) {
-  const PaperFactors<T> f = paper_factors(e_own, e_comp, y, t, p);
+  const T diff = t - p;
+  const T lin = e_comp * t - e_own * y;
+  const T de = e_own - e_comp;
+  const T R1 = de + T(2) * lin;
+  const T R2 = lin * lin + T(0.25) * de * de;
   PaperTerm<T> out;
-  out.Z = paper_logit(f, e_comp, lp_comp, shift, var, alpha, beta, u);
-  out.dZ_dp = T(2) * u * e_comp * f.diff;
-  out.dZ_dshift = alpha * u * f.R1;
-  out.dZ_dvar = beta * u * u * f.R2;
-  out.dZ_du = -e_comp * f.diff * f.diff + alpha * f.R1 * shift + T(2) * beta * u * f.R2 * var;
+  out.Z = -u * e_comp * diff * diff + alpha * u * R1 * shift + beta * u * u * R2 * var + lp_comp;
+  out.dZ_dp = T(2) * u * e_comp * diff;
+  out.dZ_dshift = alpha * u * R1;
+  out.dZ_dvar = beta * u * u * R2;
+  out.dZ_du = -e_comp * diff * diff + alpha * R1 * shift + T(2) * beta * u * R2 * var;
   return out;
 }
 

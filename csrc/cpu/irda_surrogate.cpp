@@ -572,13 +572,58 @@ __attribute__((always_inline)) inline void fill_own_eta(const SurrogateArgs<T>& 
   std::fill(Es + a.K * a.V, Es + a.KV_padded, T(0));
 }
 
-// Zs[j] = Z of every competitor j of sample i (paper_term), over the padded grid.
+// paper_term (surrogate_math.h) regrouped for the CPU. With eo = eta[k', b] (Es), e = eta_j,
+// t = t_j and the sample's y, p, shift, var,
+//   lin = e t - eo y,  de = eo - e,  l2 = 2 lin,  diff = t - p,  ed = e diff,
+//   R1 = de + l2,  R2' = 4 R2 = l2^2 + de^2,
+//   Z = lp - u ed diff + (alpha u shift) R1 + (beta u^2 var / 4) R2',
+// the sample's constants multiplied once and the sums fused into multiply-adds (mul_add):
+// 9 multiplies a term where paper_term's own order takes 15. R2' is 4 R2 exactly (scaling
+// by 4 rounds nowhere), and so are its sums; the gradient takes the 1/4 at the end. lin is
+// a plain difference of products, so at a sample's own bin (t = y, e = eo) it is exactly 0,
+// as are R1 and R2: the numerator's terms have no shift or var part (SPEC 6.1).
 template <typename T>
-__attribute__((always_inline)) inline void paper_row(const SurrogateArgs<T>& a, const T* __restrict Es, T jb, T y,
-                                                     T p, T shift, T var, T* __restrict Zs) {
+struct PaperSample {
+  T neg_y, p, neg_u, c_shift, c_var;  // -y, p, -u, alpha u shift, beta u^2 var / 4
+};
+
+template <typename T>
+__attribute__((always_inline)) inline PaperSample<T> paper_sample(const SurrogateArgs<T>& a, int64_t i) {
+  return {-a.target[i], a.pred[i], -a.u, a.alpha * a.u * a.shift[i], T(0.25) * a.beta * a.u * a.u * a.var[i]};
+}
+
+// One competitor's Z and its factors ed, ed diff, R1, R2' (above).
+template <typename T>
+struct PaperCell {
+  T Z, ed, edd, R1, R2x4;
+};
+
+template <bool kFma, typename T>
+__attribute__((always_inline)) inline PaperCell<T> paper_cell(const PaperSample<T>& c, T eo, T e, T t, T lp) {
+  const T lin = e * t + eo * c.neg_y;
+  const T de = eo - e, l2 = lin + lin, diff = t - c.p;
+  const T R1 = l2 + de, R2x4 = mul_add<kFma>(l2, l2, de * de);
+  const T ed = e * diff, edd = ed * diff;
+  const T Z = mul_add<kFma>(c.c_var, R2x4, mul_add<kFma>(c.c_shift, R1, mul_add<kFma>(c.neg_u, edd, lp)));
+  return {Z, ed, edd, R1, R2x4};
+}
+
+// Z of every competitor over the padded grid (kFactors: and its factors, as five rows Z,
+// ed, edd, R1, R2'; restrict parameters: gcc vectorises the loop). The target is a select
+// (a compare and a blend): patching the K own-bin competitors after the loop cost more, the
+// vector loads of the passes after it waiting on its scalar stores.
+template <bool kFma, bool kFactors, typename T>
+__attribute__((always_inline)) inline void paper_rows(const SurrogateArgs<T>& a, int64_t b, const PaperSample<T>& c,
+                                                      T y, const T* __restrict Es, T* __restrict Z,
+                                                      T* __restrict ed, T* __restrict edd, T* __restrict r1,
+                                                      T* __restrict r2) {
+  const T jb = static_cast<T>(a.grid_pos[b]);
   for (int64_t j = 0; j < a.KV_padded; ++j) {
-    const T t = competitor_target(a, j, jb, y);
-    Zs[j] = paper_term<T>(Es[j], a.grid_eta[j], y, t, a.grid_lp[j], p, shift, var, a.alpha, a.beta, a.u).Z;
+    const T centre = a.grid_t[j];  // read unconditionally: a select, not a branch, is what vectorises
+    const T t = a.grid_id[j] == jb ? y : centre;
+    const PaperCell<T> f = paper_cell<kFma>(c, Es[j], a.grid_eta[j], t, a.grid_lp[j]);
+    Z[j] = f.Z;
+    if constexpr (kFactors) ed[j] = f.ed, edd[j] = f.edd, r1[j] = f.R1, r2[j] = f.R2x4;
   }
 }
 
@@ -586,58 +631,37 @@ template <bool kFma, typename T>
 __attribute__((always_inline)) inline void paper_forward_impl(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse,
                                                               T* __restrict Zs, T* __restrict Es) {
   const int64_t b = a.bin[i], K = a.K, V = a.V, KV = a.KV_padded;
-  const T jb = static_cast<T>(a.grid_pos[b]);
   fill_own_eta(a, b, Es);
-  paper_row(a, Es, jb, a.target[i], a.pred[i], a.shift[i], a.var[i], Zs);
+  T* const none = nullptr;  // no factor rows
+  paper_rows<kFma, false>(a, b, paper_sample(a, i), a.target[i], Es, Zs, none, none, none, none);
   T own = 0;
   for (int64_t kc = 0; kc < K; ++kc) own += Zs[kc * V + a.grid_pos[b]];
   lse[0] = row_logsumexp<kFma>(Zs, KV);
   *loss = lse[0] - own / T(K);
 }
 
-// paper_term's derivatives are constants of the sample times four factors that vary over
-// the grid,
-//   dZ/dp = 2 u (e' diff),  dZ/dshift = alpha u R1,  dZ/dvar = beta u^2 R2,
-//   dZ/du = -(e' diff) diff + alpha shift R1 + 2 beta u var R2.
-// paper_factor_rows stores each competitor's Z and those factors as five rows
-// (Z, e' diff, e' diff^2, R1, R2; restrict parameters: gcc vectorises the loop), from
-// paper_term's own parts (paper_factors, paper_logit): Z has its bits.
-template <typename T>
-__attribute__((always_inline)) inline void paper_factor_rows(const SurrogateArgs<T>& a, const T* __restrict Es, T jb,
-                                                             T y, T p, T shift, T var, T* __restrict Z,
-                                                             T* __restrict ed, T* __restrict edd, T* __restrict r1,
-                                                             T* __restrict r2) {
-  for (int64_t j = 0; j < a.KV_padded; ++j) {
-    const T t = competitor_target(a, j, jb, y), e = a.grid_eta[j];
-    const PaperFactors<T> f = paper_factors(Es[j], e, y, t, p);
-    Z[j] = paper_logit(f, e, a.grid_lp[j], shift, var, a.alpha, a.beta, a.u);
-    ed[j] = e * f.diff;
-    edd[j] = ed[j] * f.diff;
-    r1[j] = f.R1;
-    r2[j] = f.R2;
-  }
-}
-
 // Sample i's loss (when lse_out is given: lse_out and loss are written) and its gradient
-// before the incoming one, paper mode, in one pass over the grid after paper_factor_rows
-// (scratch: Es, KV_padded, then terms, 5 KV_padded): d loss_i / d (pred, shift, var, u),
-// the softmax-weighted sums of the terms' derivatives less the numerator terms' (averaged
-// over k). The weights exp(Z - max) are summed with the weighted factors in the
-// log-sum-exp's own pass, and the sums divided by it and multiplied by the sample's
-// constants once at the end: one exponential a term, where weights exp(Z - lse) took a
-// second pass and a second exponential. The loss has the bits of paper_forward_impl
-// (row_logsumexp's lanes, in its order). The recomputing backward runs this same code, so
-// its gradients have the bits of the training path's.
+// before the incoming one, paper mode, in one pass over the grid after paper_rows (scratch:
+// Es, KV_padded, then terms, 5 KV_padded): d loss_i / d (pred, shift, var, u), the
+// softmax-weighted sums of the terms' derivatives less the numerator terms' (averaged over
+// k). paper_term's derivatives are constants of the sample times the factors,
+//   dZ/dp = 2 u ed,  dZ/dshift = alpha u R1,  dZ/dvar = beta u^2 R2,
+//   dZ/du = -ed diff + alpha shift R1 + 2 beta u var R2.
+// The weights exp(Z - max) are summed with the weighted factors in the log-sum-exp's own
+// pass, and the sums divided by it and multiplied by the sample's constants once at the
+// end: one exponential a term, where weights exp(Z - lse) took a second pass and a second
+// exponential. The loss has the bits of paper_forward_impl (row_logsumexp's lanes, in its
+// order). The recomputing backward runs this same code, so its gradients have the bits of
+// the training path's.
 template <bool kFma, typename T>
 __attribute__((always_inline)) inline std::array<T, 4> paper_partials_impl(const SurrogateArgs<T>& a, int64_t i,
                                                                           T* lse_out, T* loss, T* __restrict Es,
                                                                           T* __restrict terms) {
   const int64_t b = a.bin[i], K = a.K, V = a.V, KV = a.KV_padded;
-  const T jb = static_cast<T>(a.grid_pos[b]);
   const T y = a.target[i], p = a.pred[i], shift = a.shift[i], var = a.var[i], u = a.u;
   fill_own_eta(a, b, Es);
   T *Z = terms, *ed = terms + KV, *edd = terms + 2 * KV, *r1 = terms + 3 * KV, *r2 = terms + 4 * KV;
-  paper_factor_rows(a, Es, jb, y, p, shift, var, Z, ed, edd, r1, r2);
+  paper_rows<kFma, true>(a, b, paper_sample(a, i), y, Es, Z, ed, edd, r1, r2);
   constexpr int64_t kLanes = kGridPad;
   // row_logsumexp's maximum and lane sums, with the weighted factors beside them
   const T mx = row_max(Z, KV);
@@ -655,7 +679,7 @@ __attribute__((always_inline)) inline std::array<T, 4> paper_partials_impl(const
   }
   const T sum = lane_sum(acc_s);
   const T s_ed = lane_sum(acc_ed) / sum, s_edd = lane_sum(acc_edd) / sum;
-  const T s_r1 = lane_sum(acc_r1) / sum, s_r2 = lane_sum(acc_r2) / sum;
+  const T s_r1 = lane_sum(acc_r1) / sum, s_r2 = T(0.25) * (lane_sum(acc_r2) / sum);  // r2 holds 4 R2
   if (lse_out != nullptr) {
     T own = 0;
     for (int64_t kc = 0; kc < K; ++kc) own += Z[kc * V + a.grid_pos[b]];
