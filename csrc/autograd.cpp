@@ -17,6 +17,7 @@
 // microseconds. Every kernel (CPU, CUDA) runs below it, and a second derivative still
 // meets irda_surrogate_backward's autograd, which raises (irda_ext/_ops.py): a backward
 // that builds a graph takes the recomputing path.
+#include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/autograd.h>
@@ -64,6 +65,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> surrogate_backward(
                  mode, lse);
 }
 
+// The gradients of irda_surrogate's inputs (in its argument order, then one for each of the
+// two non-tensor arguments after noise_var) from grad_loss [n] and what the forward saved:
+// the inputs, lse and (the CPU training path) the partials. Shared by irda_surrogate's node
+// and irda_surrogate_reduced's.
+variable_list surrogate_input_grads(AutogradContext* ctx, const variable_list& s, const at::Tensor& grad_loss) {
+  const at::Tensor &pred = s[0], &eta = s[4], &noise_var = s[8], &partials = s[10];
+  const std::string mode = ctx->saved_data["mode"].toStringRef();
+  const double alpha = ctx->saved_data["alpha"].toDouble(), beta = ctx->saved_data["beta"].toDouble();
+  at::Tensor g_pred, g_shift, g_var, g_nv;
+  // grad mode is on in a backward only under create_graph
+  if (partials.defined() && !at::GradMode::is_enabled()) {
+    std::tie(g_pred, g_shift, g_var, g_nv) =
+        call_surrogate_partials_backward(grad_loss, partials, alpha, beta, noise_var, eta.size(0), mode);
+  } else {
+    std::tie(g_pred, g_shift, g_var, g_nv) = surrogate_backward(grad_loss, pred, s[1], s[2], s[3], eta, s[5], s[6],
+                                                                s[7], alpha, beta, noise_var, mode, s[9]);
+  }
+  // per-sample contributions summed in a fixed order
+  const at::Tensor g_noise = g_nv.sum().reshape_symint(noise_var.sym_sizes());
+  const at::Tensor none;
+  return {g_pred, none, none, none, none, none, g_shift, g_var, none, none, g_noise, none, none};
+}
+
 class Surrogate : public torch::autograd::Function<Surrogate> {
  public:
   // with_partials: the CPU path that keeps per-sample partials (see the top of this file);
@@ -96,25 +120,27 @@ class Surrogate : public torch::autograd::Function<Surrogate> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list s = ctx->get_saved_variables();
-    const at::Tensor &pred = s[0], &eta = s[4], &noise_var = s[8], &partials = s[10];
-    const at::Tensor grad_loss = grads[0].defined() ? grads[0] : at::zeros_like(pred);
-    const std::string mode = ctx->saved_data["mode"].toStringRef();
-    const double alpha = ctx->saved_data["alpha"].toDouble(), beta = ctx->saved_data["beta"].toDouble();
-    at::Tensor g_pred, g_shift, g_var, g_nv;
-    // grad mode is on in a backward only under create_graph
-    if (partials.defined() && !at::GradMode::is_enabled()) {
-      std::tie(g_pred, g_shift, g_var, g_nv) =
-          call_surrogate_partials_backward(grad_loss, partials, alpha, beta, noise_var, eta.size(0), mode);
-    } else {
-      std::tie(g_pred, g_shift, g_var, g_nv) = surrogate_backward(grad_loss, pred, s[1], s[2], s[3], eta, s[5], s[6],
-                                                                  s[7], alpha, beta, noise_var, mode, s[9]);
-    }
-    // per-sample contributions summed in a fixed order
-    const at::Tensor g_noise = g_nv.sum().reshape_symint(noise_var.sym_sizes());
-    const at::Tensor none;
-    return {g_pred, none, none, none, none, none, g_shift, g_var, none, none, g_noise, none, none};
+    return surrogate_input_grads(ctx, s, grads[0].defined() ? grads[0] : at::zeros_like(s[0]));
   }
 };
+
+// Whether irda_surrogate's CPU training path (the partials) serves these inputs: grad mode,
+// an input that requires a gradient, every tensor on the CPU (the partials op has no CUDA
+// kernel, and a misplaced input must meet irda_surrogate's device check, not a missing
+// kernel) and no Python dispatch mode (fake tensors, tracing, the tests' emulated CUDA: the
+// mode sees the canonical pair irda_surrogate / irda_surrogate_backward). The partials are
+// worth their O(n) memory and the derivatives' arithmetic only when a backward will read
+// them; the CUDA kernels recompute in their backward.
+bool partials_path(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& bin_index,
+                   const at::Tensor& centers, const at::Tensor& eta, const at::Tensor& log_prior,
+                   const at::Tensor& shift, const at::Tensor& var, const at::Tensor& noise_var) {
+  if (!at::GradMode::is_enabled() || c10::impl::dispatch_mode_enabled()) return false;
+  if (!(pred.requires_grad() || shift.requires_grad() || var.requires_grad() || noise_var.requires_grad())) return false;
+  for (const at::Tensor* t : {&pred, &target, &bin_index, &centers, &eta, &log_prior, &shift, &var, &noise_var}) {
+    if (!t->device().is_cpu()) return false;
+  }
+  return true;
+}
 
 std::tuple<at::Tensor, at::Tensor> irda_surrogate_autograd(const at::Tensor& pred, const at::Tensor& target,
                                                            const at::Tensor& bin_index, const at::Tensor& centers,
@@ -122,22 +148,101 @@ std::tuple<at::Tensor, at::Tensor> irda_surrogate_autograd(const at::Tensor& pre
                                                            const at::Tensor& shift, const at::Tensor& var,
                                                            double alpha, double beta, const at::Tensor& noise_var,
                                                            c10::string_view mode) {
-  // The partials are worth their O(n) memory and the derivatives' arithmetic only when a
-  // backward will read them; the CUDA kernels recompute in their backward. Under a Python
-  // dispatch mode (fake tensors, tracing, the tests' emulated CUDA) the mode sees the
-  // canonical pair irda_surrogate / irda_surrogate_backward.
-  // Every tensor on the CPU: the partials op has no CUDA kernel, and a misplaced input must
-  // meet irda_surrogate's device check, not a missing kernel.
-  bool on_cpu = true;
-  for (const at::Tensor* t : {&pred, &target, &bin_index, &centers, &eta, &log_prior, &shift, &var, &noise_var}) {
-    on_cpu = on_cpu && t->device().is_cpu();
-  }
-  const bool with_partials =
-      at::GradMode::is_enabled() && on_cpu && !c10::impl::dispatch_mode_enabled() &&
-      (pred.requires_grad() || shift.requires_grad() || var.requires_grad() || noise_var.requires_grad());
+  const bool with_partials = partials_path(pred, target, bin_index, centers, eta, log_prior, shift, var, noise_var);
   variable_list out = Surrogate::apply(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta,
                                        noise_var, mode, with_partials);
   return {out[0], out[1]};
+}
+
+// irda_surrogate_reduced: irda_surrogate's loss reduced, "mean" (an empty batch gives 0, as
+// irda_ext.irda_surrogate's does) or "sum".
+at::Tensor reduce_loss(const at::Tensor& loss, c10::string_view reduction) {
+  TORCH_CHECK_VALUE(reduction == "mean" || reduction == "sum", "reduction must be 'mean' or 'sum', got '", reduction,
+                    "'");
+  return reduction == "mean" && loss.size(0) > 0 ? loss.mean() : loss.sum();
+}
+
+// What it is on every device, and under autograd wherever the CPU training path does not
+// serve: irda_surrogate (with its own autograd), then the reduction.
+at::Tensor irda_surrogate_reduced_composite(const at::Tensor& pred, const at::Tensor& target,
+                                            const at::Tensor& bin_index, const at::Tensor& centers,
+                                            const at::Tensor& eta, const at::Tensor& log_prior,
+                                            const at::Tensor& shift, const at::Tensor& var, double alpha, double beta,
+                                            const at::Tensor& noise_var, c10::string_view mode,
+                                            c10::string_view reduction) {
+  const at::Tensor loss = std::get<0>(
+      surrogate_forward(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta, noise_var, mode));
+  return reduce_loss(loss, reduction);
+}
+
+// out = x / n for 0-dim CPU tensors x and out: loss.mean()'s division and MeanBackward's
+// (torch's CPU mean is the sum divided by the count, ReduceOps.cpp), the same IEEE division
+// of the same operands, without two dispatches and the count's conversion to a tensor.
+void divide_by_count(const at::Tensor& out, const at::Tensor& x, int64_t n) {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "divide_by_count", [&] {
+    *out.data_ptr<scalar_t>() = *x.const_data_ptr<scalar_t>() / static_cast<scalar_t>(n);
+  });
+}
+
+// On the CPU training path: the partials' forward and the reduction in one autograd node,
+// whose backward hands grad / n (mean) or grad to every sample, the values the reduction's
+// own node would hand to irda_surrogate's: the same bits as the composite, one node and its
+// dispatches fewer (irda_ext.irda_surrogate with reduction "mean": the loss's mean and
+// MeanBackward cost as much as the rest of the graph's bookkeeping at small batches).
+class SurrogateReduced : public torch::autograd::Function<SurrogateReduced> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& pred, const at::Tensor& target,
+                               const at::Tensor& bin_index, const at::Tensor& centers, const at::Tensor& eta,
+                               const at::Tensor& log_prior, const at::Tensor& shift, const at::Tensor& var,
+                               double alpha, double beta, const at::Tensor& noise_var, c10::string_view mode,
+                               c10::string_view reduction) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    ctx->saved_data["alpha"] = alpha;
+    ctx->saved_data["beta"] = beta;
+    ctx->saved_data["mode"] = std::string(mode);
+    ctx->saved_data["mean"] = reduction == "mean";
+    auto [loss, lse, partials] = call_surrogate_with_partials(pred, target, bin_index, centers, eta, log_prior, shift,
+                                                              var, alpha, beta, noise_var, mode);
+    ctx->save_for_backward({pred, target, bin_index, centers, eta, log_prior, shift, var, noise_var, lse, partials});
+    const int64_t n = loss.size(0);
+    at::Tensor out = loss.sum();
+    if (reduction == "mean" && n > 0) divide_by_count(out, out, n);
+    return {out};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list s = ctx->get_saved_variables();
+    const int64_t n = s[0].size(0);
+    at::Tensor grad = grads[0];
+    if (ctx->saved_data["mean"].toBool() && n > 0) {
+      if (grad.has_storage() && grad.is_cpu()) {
+        at::Tensor divided = at::empty({}, grad.options());
+        divide_by_count(divided, grad, n);
+        grad = divided;
+      } else {  // a wrapper tensor (a functorch transform's): the op, the same division
+        grad = grad.div(c10::Scalar(n));
+      }
+    }
+    // every sample's gradient, as SumBackward's and MeanBackward's: the partials' backward
+    // reads it through its stride (0)
+    return surrogate_input_grads(ctx, s, grad.expand({n}));
+  }
+};
+
+at::Tensor irda_surrogate_reduced_autograd_cpu(const at::Tensor& pred, const at::Tensor& target,
+                                               const at::Tensor& bin_index, const at::Tensor& centers,
+                                               const at::Tensor& eta, const at::Tensor& log_prior,
+                                               const at::Tensor& shift, const at::Tensor& var, double alpha,
+                                               double beta, const at::Tensor& noise_var, c10::string_view mode,
+                                               c10::string_view reduction) {
+  if (!partials_path(pred, target, bin_index, centers, eta, log_prior, shift, var, noise_var)) {
+    return irda_surrogate_reduced_composite(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta,
+                                            noise_var, mode, reduction);
+  }
+  TORCH_CHECK_VALUE(reduction == "mean" || reduction == "sum", "reduction must be 'mean' or 'sum', got '", reduction,
+                    "'");
+  return SurrogateReduced::apply(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta, noise_var,
+                                 mode, reduction)[0];
 }
 
 // irda_head_loss (host-only, csrc/cpu/irda_head.cpp): the forward op returns what its
@@ -254,4 +359,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_head
 TORCH_LIBRARY_IMPL(irda_ext, Autograd, m) {
   m.impl("irda_surrogate", &irda::irda_surrogate_autograd);
   m.impl("irda_head_loss", &irda::irda_head_loss_autograd);
+}
+
+// irda_surrogate_reduced: the composite on every device and key, but for autograd on the CPU.
+TORCH_LIBRARY_IMPL(irda_ext, CompositeImplicitAutograd, m) {
+  m.impl("irda_surrogate_reduced", &irda::irda_surrogate_reduced_composite);
+}
+
+TORCH_LIBRARY_IMPL(irda_ext, AutogradCPU, m) {
+  m.impl("irda_surrogate_reduced", &irda::irda_surrogate_reduced_autograd_cpu);
 }

@@ -57,6 +57,12 @@ void define_host_schemas(torch::Library& m) {
   // summed) at most tol (relative: tol times the features' mean variance, scikit-learn's
   // convention); labels[N] (int64) are those of the final centres[K, D].
   m.def("kmeans(Tensor x, Tensor init, int max_iter, float tol, bool relative=False) -> (Tensor labels, Tensor centres)");
+  // SPEC 6. irda_surrogate's loss reduced, "mean" (an empty batch gives 0) or "sum":
+  // irda_surrogate then loss.mean() / loss.sum(), the same bits, on every device (a
+  // composite, csrc/autograd.cpp); on the CPU under autograd one node where those take two
+  // (irda_ext.irda_surrogate without weights). Defined here, not in the emulated twin: the
+  // emulated kernels see its parts.
+  m.def("irda_surrogate_reduced(Tensor pred, Tensor target, Tensor bin_index, Tensor centers, Tensor eta, Tensor log_prior, Tensor shift, Tensor var, float alpha, float beta, Tensor noise_var, str mode, str reduction) -> Tensor");
   // The rows of features [N, D] (float32 or float64) and their bins [N] (int64) in canonical
   // order (csrc/cpu/canonical_order.cpp): by bin, then by the key sum_d features[i, d] w_d
   // (float64, w = 1 .. 2 evenly spaced), then by position, whatever order they came in.

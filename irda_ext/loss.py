@@ -18,7 +18,7 @@ from ._validate import _on_host, check_nonnegative, check_positive
 from .isotropic import adjusted_quadratic, isotropic_adjustment, isotropic_from_moments
 from .noise_scale import NoiseScale
 from ._ops import ops
-from .surrogate import MODES, reduce_loss
+from .surrogate import MODES, fused_surrogate_loss
 from .wfds import kernel_matrix, kernel_smoothing_matrix, restrict_to_bins, wfds_smooth, wfds_weights
 
 
@@ -450,7 +450,7 @@ class IRDALoss(nn.Module):
         else:
             # the fused op without irda_ext.irda_surrogate's checks: the inputs are built above
             # (the kernel still checks their values), only `weight` comes from the caller
-            loss = reduce_loss(ops.irda_surrogate(*args, noise_var, self.mode)[0], reduction, weight)
+            loss = fused_surrogate_loss(*args, noise_var, self.mode, reduction, weight)
         # Balanced-MSE's scaling: the gradient in pred then has the scale of MSE's.
         return loss * (2 * noise_var).detach()
 

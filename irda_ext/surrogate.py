@@ -64,6 +64,19 @@ def irda_surrogate(pred, target, bin_index, centers, eta, log_prior, shift, var,
     # for every sample's bin): on the CPU inline, on a GPU on the device, without synchronising.
     check_bin_index(bin_index, pred.shape[0], centers.shape[0] if centers.dim() == 1 else -1, pred.device,
                     values=False)
+    return fused_surrogate_loss(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta, noise_var,
+                                mode, reduction, weight)
+
+
+def fused_surrogate_loss(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta, noise_var,
+                         mode: str, reduction: str, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``irda_surrogate`` without its checks (the kernels still check the values): the fused op
+    and ``reduce_loss``, or, unweighted and reduced, ``irda_surrogate_reduced``: the same bits in
+    one op, and on the CPU one autograd node where the op and the reduction take two."""
+    check_reduction(reduction)
+    if weight is None and reduction != "none":
+        return ops.irda_surrogate_reduced(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta,
+                                          noise_var, mode, reduction)
     loss, _ = ops.irda_surrogate(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta,
                                  noise_var, mode)
     return reduce_loss(loss, reduction, weight)

@@ -165,6 +165,97 @@ def test_opcheck_of_the_cpu_training_path(mode):
                           (torch.rand(9, dtype=torch.float64), partials, 0.5, 0.75, args[10], 3, mode))
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("n", [0, 1, 97])
+def test_the_reduced_op_gives_the_op_and_reductions_bits(mode, dtype, reduction, n):
+    """irda_surrogate_reduced is irda_surrogate then loss.mean() / loss.sum() (an empty mean is 0):
+    the same loss and gradients, bit for bit; on the CPU under autograd in one node, which runs the
+    training path (the partials) and leaves no reduction node in the graph."""
+    args = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            for a in surrogate_inputs(n, 3, 11, "cpu", dead_bins=(5,))]
+    plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+
+    def run(fused):
+        a = list(plain)
+        for j in (0, 6, 7, 10):
+            a[j] = plain[j].clone().requires_grad_()
+        with torch.profiler.profile() as prof:
+            if fused:
+                loss = torch.ops.irda_ext.irda_surrogate_reduced(*a, mode, reduction)
+            else:
+                per_sample = torch.ops.irda_ext.irda_surrogate(*a, mode)[0]
+                loss = per_sample.mean() if reduction == "mean" and n else per_sample.sum()
+            grads = torch.autograd.grad(loss * 1.7, [a[0], a[6], a[7], a[10]])
+        return loss, grads, {e.name for e in prof.events()}
+
+    (loss, grads, ran), (want, want_grads, _) = run(True), run(False)
+    assert torch.equal(loss.detach(), want.detach())
+    assert all(torch.equal(g, w) for g, w in zip(grads, want_grads))
+    assert "SurrogateReduced" in loss.grad_fn.name()
+    assert "irda_ext::irda_surrogate_with_partials" in ran
+    assert not any("MeanBackward" in e or "SumBackward" in e for e in ran)
+    if n == 0:
+        assert loss.item() == 0
+
+
+def test_the_reduced_op_elsewhere_is_the_composite():
+    """Without a gradient to compute, and under a dispatch mode (the tests' emulated CUDA), the
+    reduced op is irda_surrogate then the reduction: the mode sees irda_surrogate."""
+    args = surrogate_inputs(13, 2, 7, "cpu", requires_grad=True, dead_bins=(3,))
+    plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    want = torch.ops.irda_ext.irda_surrogate(*plain, "paper")[0].mean()
+    with torch.no_grad():
+        assert torch.equal(torch.ops.irda_ext.irda_surrogate_reduced(*args, "paper", "mean"), want)
+    assert torch.ops.irda_ext.irda_surrogate_reduced(*plain, "paper", "mean").grad_fn is None
+    with torch.profiler.profile() as prof:
+        with emulated_cuda():
+            loss = torch.ops.irda_ext.irda_surrogate_reduced(*args, "paper", "mean")
+            torch.autograd.grad(loss, [args[0]])
+    ran = {e.name for e in prof.events()}
+    assert "irda_ext_emulated::irda_surrogate" in ran and "irda_ext::irda_surrogate_with_partials" not in ran
+    torch.testing.assert_close(loss.detach(), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_opcheck_of_the_reduced_op(mode):
+    args = surrogate_inputs(9, 3, 8, "cpu", requires_grad=True, dead_bins=(2,))
+    for reduction in ("mean", "sum"):
+        torch.library.opcheck(torch.ops.irda_ext.irda_surrogate_reduced.default, (*args, mode, reduction))
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        torch.ops.irda_ext.irda_surrogate_reduced(*args, mode, "none")
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        with torch.no_grad():
+            torch.ops.irda_ext.irda_surrogate_reduced(*args, mode, "max")
+
+
+def test_the_functional_loss_takes_the_reduced_op_unless_weighted():
+    args = surrogate_inputs(11, 2, 6, "cpu", requires_grad=True)
+    with torch.profiler.profile() as prof:
+        irda_ext.irda_surrogate(*args)
+    assert "irda_ext::irda_surrogate_reduced" in {e.name for e in prof.events()}
+    with torch.profiler.profile() as prof:
+        weighted = irda_ext.irda_surrogate(*args, weight=torch.rand(11, dtype=torch.float64))
+    assert "irda_ext::irda_surrogate_reduced" not in {e.name for e in prof.events()}
+    assert weighted.dim() == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_partials_backward_reads_the_gradient_through_its_stride(mode):
+    """An expanded scalar (a reduction's backward hands one) and a strided view give the bits of
+    the same values laid out contiguously."""
+    args = surrogate_inputs(7, 2, 6, "cpu", dead_bins=(1,))
+    _, _, partials = torch.ops.irda_ext.irda_surrogate_with_partials(*args, mode)
+    op = torch.ops.irda_ext.irda_surrogate_partials_backward
+    every_other = torch.rand(14, dtype=torch.float64)[::2]
+    expanded = torch.tensor(0.3, dtype=torch.float64).expand(7)
+    for grad in (every_other, expanded):
+        got = op(grad, partials, 0.5, 0.75, args[10], 2, mode)
+        want = op(grad.contiguous(), partials, 0.5, 0.75, args[10], 2, mode)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
 def test_partials_backward_bad_input():
     args = surrogate_inputs(5, 2, 6, "cpu")
     _, _, partials = torch.ops.irda_ext.irda_surrogate_with_partials(*args, "exact")

@@ -957,7 +957,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_partia
   const double nv = noise_var.item<double>();
   TORCH_CHECK_VALUE(nv > 0 && std::isfinite(nv), "noise_var must be positive and finite, got ", nv);
   const bool exact = mode == "exact";
-  const at::Tensor g = grad_loss.to(partials.scalar_type()).contiguous();
+  // read through its stride: a reduction's backward hands an expanded scalar (stride 0)
+  const at::Tensor g = grad_loss.to(partials.scalar_type());
+  const int64_t g_stride = g.stride(0);
   const at::Tensor part = partials.contiguous();
   at::Tensor g_pred = at::empty({n}, partials.options());
   at::Tensor g_shift = at::empty({n}, partials.options());
@@ -973,10 +975,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_partia
     for (int64_t i = 0; i < n; ++i) {
       const T* s = pp + i * kPartials;
       if (exact) {
-        exact_gradient(ExactPartials<T>{s[0], s[1], s[2], s[3], s[4]}, gp[i], a, b, u, num_clusters, o_pred + i,
-                       o_shift + i, o_var + i, o_nv + i);
+        exact_gradient(ExactPartials<T>{s[0], s[1], s[2], s[3], s[4]}, gp[i * g_stride], a, b, u, num_clusters,
+                       o_pred + i, o_shift + i, o_var + i, o_nv + i);
       } else {
-        paper_gradient(s, gp[i], u, o_pred + i, o_shift + i, o_var + i, o_nv + i);
+        paper_gradient(s, gp[i * g_stride], u, o_pred + i, o_shift + i, o_var + i, o_nv + i);
       }
     }
   });
