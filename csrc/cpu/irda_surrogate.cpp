@@ -71,27 +71,33 @@ struct CompactGrid {
   std::vector<T> t, lp, eta;
   CompactGrid(const T* centers, const T* log_prior, const T* eta_full, int64_t K, int64_t B) : pos(B, -1) {
     std::vector<int64_t> live;
+    live.reserve(B);
     for (int64_t b = 0; b < B; ++b) {
       if (!std::isfinite(log_prior[b])) continue;
       pos[b] = static_cast<int64_t>(live.size());
       live.push_back(b);
     }
+    const int64_t V = static_cast<int64_t>(live.size());
+    unpadded = K * V;
+    const int64_t padded = (unpadded + kGridPad - 1) / kGridPad * kGridPad;
+    // sized once (a call's fixed cost: this is built every call), then filled
+    id.resize(padded), t.resize(padded), lp.resize(padded), eta.resize(padded);
+    T eta_max = T(1);
     for (int64_t k = 0; k < K; ++k) {
-      for (int64_t b : live) {
-        id.push_back(static_cast<T>(pos[b]));
-        t.push_back(centers[b]);
-        lp.push_back(log_prior[b]);
-        eta.push_back(eta_full[k * B + b]);
+      for (int64_t v = 0; v < V; ++v) {
+        const int64_t j = k * V + v, b = live[v];
+        id[j] = static_cast<T>(v);
+        t[j] = centers[b];
+        lp[j] = log_prior[b];
+        eta[j] = eta_full[k * B + b];
+        eta_max = std::max(eta_max, eta[j]);
       }
     }
-    unpadded = static_cast<int64_t>(t.size());
-    T eta_max = T(1);
-    for (const T e : eta) eta_max = std::max(eta_max, e);
-    while (t.size() % kGridPad != 0) {
-      id.push_back(T(-1));
-      t.push_back(T(0));
-      lp.push_back(static_cast<T>(kPadLogPrior));
-      eta.push_back(eta_max);
+    for (int64_t j = unpadded; j < padded; ++j) {
+      id[j] = T(-1);
+      t[j] = T(0);
+      lp[j] = static_cast<T>(kPadLogPrior);
+      eta[j] = eta_max;
     }
   }
   int64_t unpadded = 0;  // K * V
@@ -629,9 +635,8 @@ __attribute__((always_inline)) inline void paper_rows(const SurrogateArgs<T>& a,
 
 template <bool kFma, typename T>
 __attribute__((always_inline)) inline void paper_forward_impl(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse,
-                                                              T* __restrict Zs, T* __restrict Es) {
+                                                              T* __restrict Zs, const T* __restrict Es) {
   const int64_t b = a.bin[i], K = a.K, V = a.V, KV = a.KV_padded;
-  fill_own_eta(a, b, Es);
   T* const none = nullptr;  // no factor rows
   paper_rows<kFma, false>(a, b, paper_sample(a, i), a.target[i], Es, Zs, none, none, none, none);
   T own = 0;
@@ -641,8 +646,8 @@ __attribute__((always_inline)) inline void paper_forward_impl(const SurrogateArg
 }
 
 // Sample i's loss (when lse_out is given: lse_out and loss are written) and its gradient
-// before the incoming one, paper mode, in one pass over the grid after paper_rows (scratch:
-// Es, KV_padded, then terms, 5 KV_padded): d loss_i / d (pred, shift, var, u), the
+// before the incoming one, paper mode, in one pass over the grid after paper_rows (Es: the
+// bin's own shares, fill_own_eta; scratch: terms, 5 KV_padded): d loss_i / d (pred, shift, var, u), the
 // softmax-weighted sums of the terms' derivatives less the numerator terms' (averaged over
 // k). paper_term's derivatives are constants of the sample times the factors,
 //   dZ/dp = 2 u ed,  dZ/dshift = alpha u R1,  dZ/dvar = beta u^2 R2,
@@ -655,11 +660,11 @@ __attribute__((always_inline)) inline void paper_forward_impl(const SurrogateArg
 // the training path's.
 template <bool kFma, typename T>
 __attribute__((always_inline)) inline std::array<T, 4> paper_partials_impl(const SurrogateArgs<T>& a, int64_t i,
-                                                                          T* lse_out, T* loss, T* __restrict Es,
+                                                                          T* lse_out, T* loss,
+                                                                          const T* __restrict Es,
                                                                           T* __restrict terms) {
   const int64_t b = a.bin[i], K = a.K, V = a.V, KV = a.KV_padded;
   const T y = a.target[i], p = a.pred[i], shift = a.shift[i], var = a.var[i], u = a.u;
-  fill_own_eta(a, b, Es);
   T *Z = terms, *ed = terms + KV, *edd = terms + 2 * KV, *r1 = terms + 3 * KV, *r2 = terms + 4 * KV;
   paper_rows<kFma, true>(a, b, paper_sample(a, i), y, Es, Z, ed, edd, r1, r2);
   constexpr int64_t kLanes = kGridPad;
@@ -709,10 +714,10 @@ inline void paper_gradient(const T* partials, T grad, T u, T* g_pred, T* g_shift
 }
 
 #define IRDA_PAPER_ENTRY_POINTS(TARGET, FMA, T)                                                                     \
-  TARGET void paper_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse, T* Zs, T* Es) {                 \
+  TARGET void paper_forward(const SurrogateArgs<T>& a, int64_t i, T* loss, T* lse, T* Zs, const T* Es) {           \
     paper_forward_impl<FMA, T>(a, i, loss, lse, Zs, Es);                                                            \
   }                                                                                                                 \
-  TARGET std::array<T, 4> paper_partials(const SurrogateArgs<T>& a, int64_t i, T* lse_out, T* loss, T* Es,         \
+  TARGET std::array<T, 4> paper_partials(const SurrogateArgs<T>& a, int64_t i, T* lse_out, T* loss, const T* Es,   \
                                          T* terms) {                                                                \
     return paper_partials_impl<FMA, T>(a, i, lse_out, loss, Es, terms);                                             \
   }
@@ -807,24 +812,62 @@ SurrogateArgs<T> make_args(const Prepared& p, double alpha, double beta, const C
 // Work per sample: the grid, about 20 flops a point.
 int64_t sample_grain(const Prepared& p, bool exact) { return grain_for(20 * p.B * p.K * (exact ? p.K : 1)); }
 
+// Paper mode's samples in bin order (a counting sort; within a bin, in sample order), so
+// that a thread fills a bin's own shares (fill_own_eta) once for the run of the bin's samples
+// instead of once a sample: each sample's outputs are its own, whatever the order.
+template <typename T>
+std::vector<int64_t> samples_by_bin(const SurrogateArgs<T>& a) {
+  std::vector<int64_t> start(a.B + 1, 0), order(a.n);
+  for (int64_t i = 0; i < a.n; ++i) ++start[a.bin[i] + 1];
+  for (int64_t b = 0; b < a.B; ++b) start[b + 1] += start[b];
+  for (int64_t i = 0; i < a.n; ++i) order[start[a.bin[i]]++] = i;
+  return order;
+}
+
+// One thread's own-bin shares (paper mode): refilled when the bin changes.
+template <typename T>
+struct ThreadOwnShares {
+  const SurrogateArgs<T>& args;
+  int64_t current = -1;  // the bin whose shares `row` holds
+  std::vector<T> row;
+
+  ThreadOwnShares(const SurrogateArgs<T>& a, bool active) : args(a), row(active ? a.KV_padded : 0) {}
+
+  const T* of(int64_t i) {
+    const int64_t b = args.bin[i];
+    if (b != current) {
+      fill_own_eta(args, b, row.data());
+      current = b;
+    }
+    return row.data();
+  }
+};
+
 // Calls fn(i, scratch, table) once for every sample i, in parallel over samples: scratch
-// holds `scratch_rows` rows of KV_padded values, the thread's own; table is the sample's
-// exact-mode denominators (ThreadDenominators) or nullptr.
+// holds `scratch_rows` rows of KV_padded values, the thread's own; table is, in exact mode,
+// the sample's denominators (ThreadDenominators) or nullptr, in paper mode its bin's own
+// shares (ThreadOwnShares).
 template <typename T, typename Fn>
 void for_each_sample(const Prepared& p, const SurrogateArgs<T>& a, bool exact, int64_t scratch_rows, const Fn& fn) {
   const DenominatorPlan<T> plan = exact ? DenominatorPlan<T>(a) : DenominatorPlan<T>();
+  const std::vector<int64_t> by_bin = exact ? std::vector<int64_t>() : samples_by_bin(a);
   at::parallel_for(0, p.n, sample_grain(p, exact), [&](int64_t begin, int64_t end) {
     std::vector<T> scratch(scratch_rows * a.KV_padded);
     ThreadDenominators<T> tables(plan, a);
+    ThreadOwnShares<T> shares(a, !exact);
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t i = plan.sample_at(r);
-      fn(i, scratch.data(), tables.of(i));
+      if (exact) {
+        const int64_t i = plan.sample_at(r);
+        fn(i, scratch.data(), tables.of(i));
+      } else {
+        fn(by_bin[r], scratch.data(), shares.of(by_bin[r]));
+      }
     }
   });
 }
 
 // Scratch rows of the partials' passes: exact, fill_sample_rows (kSampleRows) and a row's
-// terms (4); paper, the own-bin shares (1) and the terms (5).
+// terms (4); paper, the terms (5).
 constexpr int64_t kPartialScratchRows = kSampleRows + 4;
 
 // The forward: loss [n] and lse [n, L]; with `partials` (a gradient will follow:
@@ -851,12 +894,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> surrogate_forward(
     scalar_t* lse_ptr = lse.data_ptr<scalar_t>();
     if (!with_partials) {
       // one sample's row of logits over the padded grid, then (exact) its rows of
-      // fill_sample_rows or (paper) its own-bin shares
+      // fill_sample_rows
       for_each_sample(p, a, exact, 1 + kSampleRows, [&](int64_t i, scalar_t* s, const scalar_t* table) {
         if (exact) {
           exact_forward(a, i, loss_ptr + i, lse_ptr + i * L, s, s + KV, table);
         } else {
-          paper_forward(a, i, loss_ptr + i, lse_ptr + i * L, s, s + KV);
+          paper_forward(a, i, loss_ptr + i, lse_ptr + i * L, s, table);
         }
       });
       return;
@@ -869,7 +912,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> surrogate_forward(
                                                          table);
         o[0] = e.m, o[1] = e.s2, o[2] = e.u, o[3] = e.s2_value, o[4] = e.capped;
       } else {
-        const std::array<scalar_t, 4> g = paper_partials(a, i, lse_ptr + i * L, loss_ptr + i, s, s + KV);
+        const std::array<scalar_t, 4> g = paper_partials(a, i, lse_ptr + i * L, loss_ptr + i, table, s);
         o[0] = g[0], o[1] = g[1], o[2] = g[2], o[3] = g[3], o[4] = scalar_t(0);
       }
     });
@@ -931,7 +974,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> irda_surrogate_backwa
                                                          table);
         exact_gradient(e, gp[i], a.alpha, a.beta, a.u, a.K, o_pred + i, o_shift + i, o_var + i, o_nv + i);
       } else {
-        const std::array<scalar_t, 4> part = paper_partials(a, i, nullptr, nullptr, s, s + a.KV_padded);
+        const std::array<scalar_t, 4> part = paper_partials(a, i, nullptr, nullptr, table, s);
         paper_gradient(part.data(), gp[i], a.u, o_pred + i, o_shift + i, o_var + i, o_nv + i);
       }
     });
