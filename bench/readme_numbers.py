@@ -58,11 +58,16 @@ def paragraph() -> str:
             irda_case = (f"; with a var per bin, as `IRDALoss` passes it, {per_bin['train_ms']:.2f} ms and "
                          f"{per_bin['dense_ms'] / per_bin['autograd_ms']:.1f}x faster than the dense reference "
                          f"through autograd")
+        paper = data["modes"].get("paper")
+        paper_case = ""
+        if paper:
+            paper_case = (f"; paper mode {paper['autograd_ms']:.3f} ms through autograd, "
+                          f"{paper['dense_ms'] / paper['autograd_ms']:.1f}x faster than the dense reference")
         parts.append(f"Built for {'AVX2 only' if isa == 'avx2' else 'AVX-512 (the default clones)'}, the exact "
                      f"surrogate runs at {gflops:.0f} GFLOP/s, {peak / gflops:.1f}x from the core's "
                      f"{peak:.0f} GFLOP/s ({exact['train_ms']:.2f} ms forward+backward on the training path, "
-                     f"{exact['raw_ms']:.2f} ms as a forward and a recomputing backward{scaling}{irda_case}; "
-                     f"{machine(data['env'], 1)}; `surrogate_bound.md`).")
+                     f"{exact['raw_ms']:.2f} ms as a forward and a recomputing backward{scaling}{irda_case}"
+                     f"{paper_case}; {machine(data['env'], 1)}; `surrogate_bound.md`).")
     rows = step["rows"]
     mse, irda = rows.get("vanilla-mse"), rows.get("irda")
     if mse and irda:
