@@ -32,10 +32,12 @@ assert built is not None, f"{lib} has no CUDA build marker: were the CUDA source
 print(f"library built with CUDA {built}, torch has CUDA {torch.version.cuda}")
 
 torch.ops.load_library(lib)
-missing = []
+missing, composites = [], []
 for op in ops:
     name = f"irda_ext::{op}"
     composite = torch._C._dispatch_has_kernel_for_dispatch_key(name, "CompositeImplicitAutograd")
+    if composite:
+        composites.append(op)
     for key in ("CPU",) if op in host_only and not composite else ("CUDA", "CPU"):
         ok = composite or torch._C._dispatch_has_kernel_for_dispatch_key(name, key)
         print(f"  {name:<36} {key:<4} {('ok (composite)' if composite else 'ok') if ok else 'MISSING'}")
@@ -44,4 +46,5 @@ for op in ops:
 if missing:
     sys.exit("ops without a kernel: " + ", ".join(missing))
 print(f"all {len(ops)} ops have their kernels: CPU and CUDA, or CPU for the host-only "
-      f"{', '.join(sorted(host_only)) or '(none)'}")
+      f"{', '.join(sorted(host_only - set(composites))) or '(none)'}; composites (every device): "
+      f"{', '.join(composites) or '(none)'}")

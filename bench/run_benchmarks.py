@@ -68,7 +68,12 @@ def bench_bin_stats(n=256, D=512, B=100):
     isda = OneHotEstimator(B, D)
     rows["ISDA one-hot update_CV"] = median_time(lambda: isda.update(z, b), min_time=2.0, max_reps=5, warmup=1)
     rows["read+write pass over touched bins"] = statistics.median(medians["read+write pass over touched bins"])
-    return rows, len(present)
+    # The ratio to the read+write pass per round (the slower update over the pass timed in the
+    # same round), then the median over rounds: the machine's memory bandwidth drifts (the pass
+    # alone moved 1.3-2.1 ms between runs minutes apart), and a round's loops are seconds apart.
+    per_round = [max(medians[f"BinStats.update momentum={m}"][r] for m in (None, 0.9))
+                 / medians["read+write pass over touched bins"][r] for r in range(ROUNDS)]
+    return rows, len(present), per_round
 
 
 def surrogate_peak_bytes(fn, args, mode):
@@ -109,16 +114,16 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     env = dict(cpu_description(), date=time.strftime("%Y-%m-%d"))
-    stats_rows, touched = bench_bin_stats()
+    stats_rows, touched, rw_ratios = bench_bin_stats()
     sur_rows = bench_surrogate()
 
     ours = stats_rows["BinStats.update momentum=None"]
     ours_m = stats_rows["BinStats.update momentum=0.9"]
     isda = stats_rows["ISDA one-hot update_CV"]
-    rw = stats_rows["read+write pass over touched bins"]
     checks = {
         "BinStats vs ISDA one-hot (>= 40x)": (isda / max(ours, ours_m), 40.0, ">="),
-        "BinStats vs touched read+write pass (<= 2.5x)": (max(ours, ours_m) / rw, 2.5, "<="),
+        "BinStats vs touched read+write pass (<= 2.5x; median of the rounds' ratios)": (
+            statistics.median(rw_ratios), 2.5, "<="),
     }
     for mode in ("exact", "paper"):
         speedup = sur_rows[(mode, "dense")][0] / sur_rows[(mode, "fused")][0]
@@ -130,6 +135,8 @@ def main(argv=None):
              f"## BinStats.update, n=256, D=512, B=100 ({touched} bins in the batch), float32", "",
              "| implementation | time (ms) |", "|---|---|"]
     lines += [f"| {k} | {v * 1e3:.2f} |" for k, v in stats_rows.items()]
+    lines += ["", "BinStats.update (the slower momentum) over the read+write pass, round by round: "
+              + ", ".join(f"{r:.2f}x" for r in rw_ratios) + "."]
     lines += ["", "## Fused surrogate forward+backward, n=256, K=3, B=100, float32", "",
               "| mode | implementation | time (ms) | peak tensor memory (MiB) |", "|---|---|---|---|"]
     lines += [f"| {m} | {i} | {t * 1e3:.2f} | {mem:.3f} |" for (m, i), (t, mem) in sur_rows.items()]
@@ -142,6 +149,7 @@ def main(argv=None):
     write_results(args.out, "cpu_kernels", lines, {
         "env": env, "bin_stats_seconds": stats_rows,
         "surrogate": {f"{m}/{i}": {"seconds": t, "peak_tensor_mib": mem} for (m, i), (t, mem) in sur_rows.items()},
+        "read_write_ratio_by_round": rw_ratios,
         "checks": {k: {"value": v, "target": t, "op": o} for k, (v, t, o) in checks.items()}}, indent=2)
     return 0 if ok_all else 1
 
