@@ -156,9 +156,13 @@ std::tuple<at::Tensor, at::Tensor> irda_surrogate_autograd(const at::Tensor& pre
 
 // irda_surrogate_reduced: irda_surrogate's loss reduced, "mean" (an empty batch gives 0, as
 // irda_ext.irda_surrogate's does) or "sum".
-at::Tensor reduce_loss(const at::Tensor& loss, c10::string_view reduction) {
+void check_reduction(c10::string_view reduction) {
   TORCH_CHECK_VALUE(reduction == "mean" || reduction == "sum", "reduction must be 'mean' or 'sum', got '", reduction,
                     "'");
+}
+
+at::Tensor reduce_loss(const at::Tensor& loss, c10::string_view reduction) {
+  check_reduction(reduction);
   return reduction == "mean" && loss.size(0) > 0 ? loss.mean() : loss.sum();
 }
 
@@ -239,8 +243,7 @@ at::Tensor irda_surrogate_reduced_autograd_cpu(const at::Tensor& pred, const at:
     return irda_surrogate_reduced_composite(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta,
                                             noise_var, mode, reduction);
   }
-  TORCH_CHECK_VALUE(reduction == "mean" || reduction == "sum", "reduction must be 'mean' or 'sum', got '", reduction,
-                    "'");
+  check_reduction(reduction);
   return SurrogateReduced::apply(pred, target, bin_index, centers, eta, log_prior, shift, var, alpha, beta, noise_var,
                                  mode, reduction)[0];
 }

@@ -485,6 +485,19 @@ __attribute__((always_inline)) inline void fill_denominators_impl(const Surrogat
 IRDA_FMA_VARIANTS(IRDA_DENOMINATOR_VARIANT)
 #undef IRDA_DENOMINATOR_VARIANT
 
+// The samples in bin order, within a bin in sample order (a counting sort): exact mode's
+// DenominatorPlan sorts each bin's run further; paper mode visits them in this order, so that a
+// thread fills a bin's own shares (fill_own_eta) once for the run of the bin's samples instead
+// of once a sample. Each sample's outputs are its own, whatever the order.
+template <typename T>
+std::vector<int64_t> samples_by_bin(const SurrogateArgs<T>& a) {
+  std::vector<int64_t> start(a.B + 1, 0), order(a.n);
+  for (int64_t i = 0; i < a.n; ++i) ++start[a.bin[i] + 1];
+  for (int64_t b = 0; b < a.B; ++b) start[b + 1] += start[b];
+  for (int64_t i = 0; i < a.n; ++i) order[start[a.bin[i]]++] = i;
+  return order;
+}
+
 // In exact mode a competitor's a, 1 / r and -log(r) / 2 (a division and a log, most of a
 // term's cost) depend on the sample only through its bin and its s2; IRDALoss gives
 // every sample of a bin the same var, hence the same s2. When the (bin, s2) pairs number
@@ -511,16 +524,15 @@ struct DenominatorPlan {
       Bits s2;
       int64_t sample;
     };
-    // Sorted by (bin, s2, sample): bucketed by bin in sample order (a counting sort), then
+    // Sorted by (bin, s2, sample): bucketed by bin in sample order (samples_by_bin), then
     // each bin's run sorted by s2, stably; with IRDALoss's one s2 a bin the runs come sorted.
-    std::vector<int64_t> start(args.B + 1, 0);
-    for (int64_t i = 0; i < n; ++i) ++start[args.bin[i] + 1];
-    for (int64_t b = 0; b < args.B; ++b) start[b + 1] += start[b];
+    const std::vector<int64_t> by_bin = samples_by_bin(args);
     std::vector<Key> keys(n);
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t i = by_bin[r];
       T s2;
       sample_variance(args, i, &s2);
-      keys[start[args.bin[i]]++] = {args.bin[i], FloatLayout<T>::to_bits(s2), i};
+      keys[r] = {args.bin[i], FloatLayout<T>::to_bits(s2), i};
     }
     const auto by_s2 = [](const Key& x, const Key& y) { return x.s2 < y.s2; };
     for (int64_t lo = 0, hi; lo < n; lo = hi) {
@@ -811,18 +823,6 @@ SurrogateArgs<T> make_args(const Prepared& p, double alpha, double beta, const C
 
 // Work per sample: the grid, about 20 flops a point.
 int64_t sample_grain(const Prepared& p, bool exact) { return grain_for(20 * p.B * p.K * (exact ? p.K : 1)); }
-
-// Paper mode's samples in bin order (a counting sort; within a bin, in sample order), so
-// that a thread fills a bin's own shares (fill_own_eta) once for the run of the bin's samples
-// instead of once a sample: each sample's outputs are its own, whatever the order.
-template <typename T>
-std::vector<int64_t> samples_by_bin(const SurrogateArgs<T>& a) {
-  std::vector<int64_t> start(a.B + 1, 0), order(a.n);
-  for (int64_t i = 0; i < a.n; ++i) ++start[a.bin[i] + 1];
-  for (int64_t b = 0; b < a.B; ++b) start[b + 1] += start[b];
-  for (int64_t i = 0; i < a.n; ++i) order[start[a.bin[i]]++] = i;
-  return order;
-}
 
 // One thread's own-bin shares (paper mode): refilled when the bin changes.
 template <typename T>
